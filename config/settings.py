@@ -1,0 +1,432 @@
+"""Typed, validated settings of the responder.
+
+One TOML file (``config/responder.toml`` by default, or the path in
+``RESPONDER_CONFIG``) holds every setting; a few deployment values can be
+overridden from the environment (see ``ENV_OVERRIDES``) so that the same code
+talks to the local Cloud Armor API or to Google.
+
+``load()`` is called once, at the edge (the entry points, the CLI, the run
+script); the rest of the code receives a ``Settings`` object and never reads
+the environment. Any invalid value raises ``ConfigError`` naming the field,
+e.g. ``band.end: must be greater than band.start (20000)``.
+
+This module uses the standard library only and imports nothing of the
+product: it is the bottom layer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).resolve().parent
+DEFAULT_PATH = CONFIG_DIR / "responder.toml"
+
+# Highest priority a rule may use; 2147483647 is the default rule.
+MAX_RULE_PRIORITY = 2147483646
+DENY_ACTIONS = ("deny(403)", "deny(404)", "deny(502)")
+SEVERITIES = ("low", "medium", "high", "critical")
+SOURCE_KINDS = ("manual", "feed", "log", "alert")
+FEED_FORMATS = ("auto", "json", "spamhaus", "netset", "plain", "tor", "stix", "misp")
+
+# Environment variable -> dotted setting. Values are parsed like the file's.
+ENV_OVERRIDES: Mapping[str, str] = {
+    "RESPONDER_PROJECT": "policy.project",
+    "RESPONDER_POLICY": "policy.name",
+    "RESPONDER_REGION": "policy.region",
+    "RESPONDER_API_ENDPOINT": "policy.api_endpoint",
+    "RESPONDER_BAND_START": "band.start",
+    "RESPONDER_BAND_END": "band.end",
+    "RESPONDER_VALIDATE_ONLY": "band.validate_only",
+    "RESPONDER_PREVIEW": "band.preview",
+}
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+_TAG = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message starts with the setting's dotted name."""
+
+
+def parse_duration(value: object, where: str) -> timedelta:
+    """``"90s"``, ``"15m"``, ``"6h"``, ``"7d"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration like '6h', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+    else:
+        raise ConfigError(f"{where}: expected a duration like '6h', '15m' or '7d', got {value!r}")
+    if seconds <= 0:
+        raise ConfigError(f"{where}: must be positive, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    project: str
+    name: str
+    region: str = ""  # empty: a global policy
+    api_endpoint: str = ""  # empty: Google's endpoint
+    request_timeout: timedelta = timedelta(seconds=30)
+    operation_timeout: timedelta = timedelta(seconds=180)
+
+
+@dataclass(frozen=True)
+class BandSettings:
+    start: int
+    end: int
+    owner_tag: str = "car1"
+    expiry_granularity: timedelta = timedelta(minutes=15)
+    validate_only: bool = False
+    preview: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """The policy label used as a lease by the one writer that may patch or
+    remove band rules (see README, 'Concurrency')."""
+
+    label: str = "car-lease"
+    duration: timedelta = timedelta(seconds=120)
+    wait: timedelta = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Defaults for one kind of source (manual, feed, log, alert)."""
+
+    default_ttl: timedelta
+    max_ttl: timedelta
+    action: str = "deny(403)"
+    severity: str = "medium"
+    min_prefix_v4: int = 32
+    min_prefix_v6: int = 64
+    widen_v6_to: int | None = None  # single IPv6 hosts become this prefix
+    allow_permanent: bool = False
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """Per-feed settings; unset values fall back to ``sources.feed``."""
+
+    name: str
+    format: str = "auto"
+    ttl: timedelta | None = None
+    action: str | None = None
+    severity: str | None = None
+    min_confidence: int = 0
+    max_entries: int = 100_000
+    snapshot: bool = False
+    max_drop_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_ranges_per_event: int = 20_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy: PolicySettings
+    band: BandSettings
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
+    sources: Mapping[str, SourceSettings] = field(default_factory=dict)
+    feeds: Mapping[str, FeedSettings] = field(default_factory=dict)
+    guards: GuardSettings = field(default_factory=GuardSettings)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def source(self, kind: str) -> SourceSettings:
+        return self.sources[kind]
+
+    def feed(self, name: str) -> FeedSettings:
+        """A configured feed, or an unconfigured one with the defaults."""
+        return self.feeds.get(name) or FeedSettings(name=name)
+
+    def with_policy(self, **changes: Any) -> Settings:
+        return replace(self, policy=replace(self.policy, **changes))
+
+
+_SOURCE_DEFAULTS: Mapping[str, SourceSettings] = {
+    "manual": SourceSettings(
+        default_ttl=timedelta(hours=24), max_ttl=timedelta(days=365), severity="high",
+        min_prefix_v4=16, min_prefix_v6=48, allow_permanent=True,
+    ),
+    "feed": SourceSettings(
+        default_ttl=timedelta(hours=24), max_ttl=timedelta(days=30), severity="medium",
+        min_prefix_v4=12, min_prefix_v6=32,
+    ),
+    "log": SourceSettings(
+        default_ttl=timedelta(hours=1), max_ttl=timedelta(days=7), severity="medium",
+        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64,
+    ),
+    "alert": SourceSettings(
+        default_ttl=timedelta(hours=6), max_ttl=timedelta(days=7), severity="high",
+        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64,
+    ),
+}
+
+
+class _Reader:
+    """Reads one table of the TOML document, naming fields in errors."""
+
+    def __init__(self, table: Mapping[str, Any], where: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+        self.table = table
+        self.where = where
+        self.used: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                raise ConfigError(f"{self._name(key)}: required")
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise ConfigError(f"{self._name(key)}: expected {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self._name(key)}: expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def duration(self, key: str, default: timedelta | None = None) -> timedelta | None:
+        self.used.add(key)
+        if key not in self.table:
+            return default
+        return parse_duration(self.table[key], self._name(key))
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> Any:
+        value = self.get(key, str, default)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{self._name(key)}: must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def prefix(self, key: str, bits: int, default: int) -> int:
+        value = self.get(key, int, default)
+        if not 0 <= value <= bits:
+            raise ConfigError(f"{self._name(key)}: must be between 0 and {bits}, got {value}")
+        return int(value)
+
+    def sub(self, key: str) -> _Reader:
+        self.used.add(key)
+        return _Reader(self.table.get(key, {}), self._name(key))
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(f"{self._name(unknown[0])}: unknown setting")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _network(text: object, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(text, str):
+        raise ConfigError(f"{where}: expected an address or CIDR string, got {text!r}")
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"{where}: not an IP address or CIDR: {text!r}") from None
+
+
+def _policy(r: _Reader) -> PolicySettings:
+    project = r.get("project", str)
+    name = r.get("name", str)
+    if not project:
+        raise ConfigError("policy.project: required")
+    if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise ConfigError(f"policy.name: not a valid resource name: {name!r}")
+    endpoint = r.get("api_endpoint", str, "")
+    if endpoint and not re.match(r"^https?://[^/\s]+/?$", endpoint):
+        raise ConfigError(f"policy.api_endpoint: expected http(s)://host[:port], got {endpoint!r}")
+    policy = PolicySettings(
+        project=project,
+        name=name,
+        region=r.get("region", str, ""),
+        api_endpoint=endpoint.rstrip("/"),
+        request_timeout=r.duration("request_timeout", timedelta(seconds=30)),  # type: ignore[arg-type]
+        operation_timeout=r.duration("operation_timeout", timedelta(seconds=180)),  # type: ignore[arg-type]
+    )
+    r.done()
+    return policy
+
+
+def _band(r: _Reader) -> BandSettings:
+    start = r.get("start", int)
+    end = r.get("end", int)
+    if not 0 <= start <= MAX_RULE_PRIORITY:
+        raise ConfigError(f"band.start: must be between 0 and {MAX_RULE_PRIORITY}, got {start}")
+    if not start < end <= MAX_RULE_PRIORITY:
+        raise ConfigError(f"band.end: must be greater than band.start ({start}) and at most {MAX_RULE_PRIORITY}, got {end}")
+    tag = r.get("owner_tag", str, "car1")
+    if not _TAG.match(tag):
+        raise ConfigError(f"band.owner_tag: 2 to 8 lowercase letters or digits, starting with a letter, got {tag!r}")
+    granularity = r.duration("expiry_granularity", timedelta(minutes=15))
+    assert granularity is not None
+    if granularity < timedelta(minutes=1) or granularity.total_seconds() % 60:
+        raise ConfigError("band.expiry_granularity: must be a whole number of minutes, at least 1m")
+    band = BandSettings(
+        start=start, end=end, owner_tag=tag, expiry_granularity=granularity,
+        validate_only=r.get("validate_only", bool, False), preview=r.get("preview", bool, False),
+    )
+    r.done()
+    return band
+
+
+def _lease(r: _Reader) -> LeaseSettings:
+    label = r.get("label", str, "car-lease")
+    if not _LABEL_KEY.match(label):
+        raise ConfigError(f"lease.label: not a valid label key: {label!r}")
+    lease = LeaseSettings(
+        label=label,
+        duration=r.duration("duration", timedelta(seconds=120)),  # type: ignore[arg-type]
+        wait=r.duration("wait", timedelta(seconds=60)),  # type: ignore[arg-type]
+    )
+    r.done()
+    return lease
+
+
+def _source(kind: str, r: _Reader) -> SourceSettings:
+    base = _SOURCE_DEFAULTS[kind]
+    default_ttl = r.duration("default_ttl", base.default_ttl)
+    max_ttl = r.duration("max_ttl", base.max_ttl)
+    assert default_ttl is not None and max_ttl is not None
+    if default_ttl > max_ttl:
+        raise ConfigError(f"sources.{kind}.default_ttl: longer than max_ttl ({max_ttl})")
+    widen = r.get("widen_v6_to", int, base.widen_v6_to if base.widen_v6_to is not None else 0) or None
+    if widen is not None and not 0 < widen <= 128:
+        raise ConfigError(f"sources.{kind}.widen_v6_to: must be between 1 and 128, got {widen}")
+    src = SourceSettings(
+        default_ttl=default_ttl,
+        max_ttl=max_ttl,
+        action=r.choice("action", DENY_ACTIONS, base.action),
+        severity=r.choice("severity", SEVERITIES, base.severity),
+        min_prefix_v4=r.prefix("min_prefix_v4", 32, base.min_prefix_v4),
+        min_prefix_v6=r.prefix("min_prefix_v6", 128, base.min_prefix_v6),
+        widen_v6_to=widen,
+        allow_permanent=r.get("allow_permanent", bool, base.allow_permanent),
+    )
+    r.done()
+    return src
+
+
+def _feed(name: str, r: _Reader) -> FeedSettings:
+    if not _NAME.match(name):
+        raise ConfigError(f"feeds.{name}: feed names are 1 to 16 of a-z, 0-9 and '-', starting with a letter")
+    share = r.get("max_drop_share", (int, float), 0.5)
+    if not 0 <= share <= 1:
+        raise ConfigError(f"feeds.{name}.max_drop_share: must be between 0 and 1, got {share}")
+    confidence = r.get("min_confidence", int, 0)
+    if not 0 <= confidence <= 100:
+        raise ConfigError(f"feeds.{name}.min_confidence: must be between 0 and 100, got {confidence}")
+    max_entries = r.get("max_entries", int, 100_000)
+    if max_entries < 1:
+        raise ConfigError(f"feeds.{name}.max_entries: must be at least 1, got {max_entries}")
+    feed = FeedSettings(
+        name=name,
+        format=r.choice("format", FEED_FORMATS, "auto"),
+        ttl=r.duration("ttl"),
+        action=r.choice("action", DENY_ACTIONS, None),
+        severity=r.choice("severity", SEVERITIES, None),
+        min_confidence=confidence,
+        max_entries=max_entries,
+        snapshot=r.get("snapshot", bool, False),
+        max_drop_share=float(share),
+    )
+    r.done()
+    return feed
+
+
+def _guards(r: _Reader) -> GuardSettings:
+    allow = r.get("allowlist", list, [])
+    guards = GuardSettings(
+        allowlist=tuple(_network(v, f"guards.allowlist[{i}]") for i, v in enumerate(allow)),
+        max_ranges_per_event=r.get("max_ranges_per_event", int, 20_000),
+    )
+    if guards.max_ranges_per_event < 1:
+        raise ConfigError("guards.max_ranges_per_event: must be at least 1")
+    r.done()
+    return guards
+
+
+def _set_dotted(doc: dict[str, Any], dotted: str, text: str) -> None:
+    table_name, key = dotted.split(".")
+    table = doc.setdefault(table_name, {})
+    current = table.get(key)
+    where = f"{dotted} (from the environment)"
+    if isinstance(current, bool) or key in ("validate_only", "preview"):
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"{where}: expected true or false, got {text!r}")
+        table[key] = text.lower() in ("true", "1", "yes")
+    elif isinstance(current, int) or key in ("start", "end"):
+        try:
+            table[key] = int(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {text!r}") from None
+    else:
+        table[key] = text
+
+
+def from_dict(doc: Mapping[str, Any]) -> Settings:
+    """Validates a parsed document (the TOML file's content) into Settings."""
+    root = _Reader(doc, "")
+    policy = _policy(root.sub("policy"))
+    band = _band(root.sub("band"))
+    lease = _lease(root.sub("lease"))
+    src_reader = root.sub("sources")
+    sources = {kind: _source(kind, src_reader.sub(kind)) for kind in SOURCE_KINDS}
+    src_reader.done()
+    feeds_table = root.get("feeds", dict, {})
+    feeds = {name: _feed(name, _Reader(tbl, f"feeds.{name}")) for name, tbl in feeds_table.items()}
+    guards = _guards(root.sub("guards"))
+    # Sections owned by other parts of the project (deploy, bootstrap,
+    # detectors, alerts) are validated by their own readers.
+    for key in ("deploy", "bootstrap", "detectors", "alerts"):
+        root.used.add(key)
+    root.done()
+    return Settings(policy, band, lease, sources, feeds, guards, raw=dict(doc))
+
+
+def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Loads the file (``RESPONDER_CONFIG`` or the bundled default), applies
+    the environment overrides and validates everything."""
+    env = os.environ if environ is None else environ
+    file = Path(path or env.get("RESPONDER_CONFIG") or DEFAULT_PATH)
+    try:
+        with open(file, "rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {file}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file.name}: not valid TOML: {exc}") from None
+    for var, dotted in ENV_OVERRIDES.items():
+        if var in env:
+            _set_dotted(doc, dotted, env[var])
+    return from_dict(doc)

@@ -1,0 +1,107 @@
+"""Manual commands from operators, published to the manual topic.
+
+Schema (JSON object; unknown keys are refused so that a typo never silently
+falls back to a default)::
+
+    {"action": "block" | "unblock" | "extend",       required
+     "ranges": ["45.155.205.233", "2a0e:1c80::/48"], required, 1..1000
+     "actor": "alice@example.com",                    required
+     "reason": "credential stuffing on /predict",     optional
+     "ttl": "6h" | 21600,        block/extend: TTL from the publish time
+     "expiry": "2026-12-01T00:00:00Z",                or an absolute expiry
+     "permanent": true,          block only: no expiry (automation never shortens it)
+     "severity": "high",         optional, default from [sources.manual]
+     "force": false,             accept ranges broader than the manual minimum prefix
+     "preview": false}           commit the rule with preview: true
+
+Without ttl/expiry/permanent a block lasts ``sources.manual.default_ttl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from config.settings import ConfigError, parse_duration
+from responder.errors import BadEvent
+from responder.guards import parse_network
+from responder.model import Intent, ItemError, Severity, Verb
+from responder.service import Outcome
+
+from handlers import common
+from handlers.envelope import Message, parse_time
+from handlers.runtime import Runtime
+
+KIND = "manual"
+MAX_RANGES = 1000
+KEYS = {"action", "ranges", "actor", "reason", "ttl", "expiry", "permanent", "severity", "force", "preview"}
+
+
+def _field(doc: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    value = doc.get(key, default)
+    if value is not default and (not isinstance(value, kind) or isinstance(value, bool) and bool not in _tuple(kind)):
+        raise BadEvent(f"manual command: '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def handle(message: Message, rt: Runtime) -> Outcome:
+    doc = message.json()
+    if not isinstance(doc, Mapping):
+        raise BadEvent("manual command: expected a JSON object")
+    unknown = sorted(set(doc) - KEYS)
+    if unknown:
+        raise BadEvent(f"manual command: unknown field '{unknown[0]}' (fields: {', '.join(sorted(KEYS))})")
+    try:
+        verb = Verb(doc.get("action"))
+    except ValueError:
+        raise BadEvent("manual command: 'action' must be block, unblock or extend") from None
+    ranges = _field(doc, "ranges", list)
+    if not ranges or len(ranges) > MAX_RANGES:
+        raise BadEvent(f"manual command: 'ranges' must list 1 to {MAX_RANGES} addresses or CIDRs")
+    actor = _field(doc, "actor", str)
+    if not actor or not actor.strip():
+        raise BadEvent("manual command: 'actor' is required (who asks for this)")
+    reason = _field(doc, "reason", str, "")
+    permanent = _field(doc, "permanent", bool, False)
+    force = _field(doc, "force", bool, False)
+    preview = _field(doc, "preview", bool, False)
+    source = rt.settings.source(KIND)
+    try:
+        severity = Severity.parse(_field(doc, "severity", str, source.severity))
+    except ValueError as exc:
+        raise BadEvent(f"manual command: 'severity': {exc}") from None
+    timing = [k for k in ("ttl", "expiry", "permanent") if doc.get(k) not in (None, False)]
+    if len(timing) > 1:
+        raise BadEvent(f"manual command: give only one of ttl, expiry, permanent (got {', '.join(timing)})")
+    if verb is Verb.UNBLOCK and timing:
+        raise BadEvent("manual command: unblock takes no ttl, expiry or permanent")
+    if verb is Verb.EXTEND and (permanent or not timing):
+        raise BadEvent("manual command: extend needs a ttl or an expiry")
+    if permanent and not source.allow_permanent:
+        raise BadEvent("manual command: permanent blocks are disabled (sources.manual.allow_permanent)")
+    try:
+        ttl = parse_duration(doc["ttl"], "ttl") if "ttl" in doc else None
+        expiry = parse_time(doc["expiry"]) if "expiry" in doc else None
+    except (ConfigError, ValueError) as exc:
+        raise BadEvent(f"manual command: {exc}") from None
+    when = None if permanent or verb is Verb.UNBLOCK else common.expiry_for(message.publish_time, source, ttl=ttl, expiry=expiry)
+    intents: list[Intent] = []
+    errors: list[ItemError] = []
+    for item in ranges:
+        try:
+            network = parse_network(item)
+        except ValueError as exc:
+            errors.append(ItemError(str(item), str(exc)))
+            continue
+        intents.append(Intent(
+            verb, network, KIND, expiry=when, permanent=permanent, severity=severity,
+            action=source.action, preview=preview, reason=reason,
+        ))
+    if not intents:
+        raise BadEvent(f"manual command: no valid range ({errors[0].error})")
+    common.report_items(rt, message, KIND, errors)
+    return common.apply(rt, message, KIND, intents, force=force, actor=actor.strip(), reason=reason)

@@ -1,0 +1,104 @@
+"""What every handler is given: settings, the audit trail, and the band
+service, built lazily once per process.
+
+The compute adapter (and with it ``google.cloud.compute_v1``, ~3 s and
+~150 MB) is created only when a handler first needs the band, so messages
+that change nothing (filtered, duplicate, malformed) never pay for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+from config import settings as config
+from responder.audit import Audit
+from responder.errors import BadEvent
+from responder.service import EventRef, PolicyApi, Responder, utcnow
+
+from handlers.envelope import Message, from_cloud_event
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: config.Settings,
+        audit: Audit,
+        *,
+        api_factory: Callable[[config.Settings], PolicyApi] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.audit = audit
+        self.clock = clock
+        self._api_factory = api_factory or _compute_api
+        self._lock = threading.Lock()
+
+    @cached_property
+    def api(self) -> PolicyApi:
+        with self._lock:
+            return self._api_factory(self.settings)
+
+    @cached_property
+    def responder(self) -> Responder:
+        return Responder(self.settings, self.api, self.audit, clock=self.clock)
+
+
+def _compute_api(settings: config.Settings) -> PolicyApi:
+    from responder.compute import CloudArmor
+
+    return CloudArmor(settings.policy)
+
+
+_runtime: Runtime | None = None
+
+
+def configure(environ: dict[str, str] | None = None) -> Runtime:
+    """Loads and validates the configuration (raising ConfigError naming the
+    field) and sets up structured logging; called when main.py is imported,
+    so that a bad configuration stops the function at start."""
+    global _runtime
+    from responder.audit import setup_logging
+
+    env = dict(os.environ if environ is None else environ)
+    settings = config.load(environ=env)
+    setup_logging()
+    _runtime = Runtime(settings, Audit(file=env.get("RESPONDER_AUDIT_FILE") or None))
+    return _runtime
+
+
+def current() -> Runtime:
+    return _runtime if _runtime is not None else configure()
+
+
+def dispatch(kind: str, handler: Callable[[Message, Runtime], Any], event: Any, rt: Runtime | None = None) -> Any:
+    """Runs one handler on one CloudEvent.
+
+    A malformed or unsupported message is recorded once ("rejected") and
+    acknowledged by returning normally. Every other failure propagates, so
+    that Pub/Sub redelivers the message (and finally dead-letters it): a
+    transient cloud failure, a missing policy or permission, or a bug.
+    """
+    rt = rt or current()
+    message_id = ""
+    try:
+        message = from_cloud_event(event)
+        message_id = message.message_id
+        return handler(message, rt)
+    except BadEvent as exc:
+        rt.audit.record(
+            "rejected", f"{kind} message {message_id or '(no id)'} rejected: {exc}",
+            level=logging.ERROR, message_id=message_id or None, source=kind, error=str(exc),
+        )
+        return None
+
+
+def event_ref(message: Message, source: str, actor: str = "", reason: str = "") -> EventRef:
+    return EventRef(message_id=message.message_id, source=source, actor=actor, reason=reason)

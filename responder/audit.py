@@ -1,0 +1,106 @@
+"""The audit trail: one structured record per change to the band.
+
+Records go through the standard ``logging`` module. On Cloud Functions,
+``setup_logging()`` installs google-cloud-logging's ``StructuredLogHandler``
+on stdout, which Cloud Logging ingests as ``jsonPayload``; every record then
+carries the stable field ``jsonPayload.responder.change`` (see ``CHANGES``)
+for log-based metrics. Locally, records can also be appended to a JSON-lines
+file (``RESPONDER_AUDIT_FILE``) that ``responder.cli explain`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+LOGGER_NAME = "responder.audit"
+
+# Values of ``responder.change``; stable, used by log-based metrics.
+CHANGES = (
+    "added",  # a range is now blocked
+    "extended",  # a blocked range got a later expiry or another source
+    "removed",  # unblocked on request
+    "expired",  # dropped by cleanup after its expiry
+    "evicted",  # dropped to make room (capacity policy)
+    "refused",  # an intent the guards or the planner would not apply
+    "unchanged",  # an event that needed no change
+    "rejected",  # a malformed event, acknowledged
+    "lint",  # a problem in the policy found at cleanup/start
+    "usage",  # band utilisation, reported by cleanup
+)
+
+_setup_lock = threading.Lock()
+_configured = False
+
+
+def setup_logging(stream: Any = None) -> None:
+    """Installs the structured handler on the root logger, once."""
+    global _configured
+    with _setup_lock:
+        if _configured:
+            return
+        from google.cloud.logging_v2.handlers import StructuredLogHandler
+
+        handler = StructuredLogHandler(stream=stream or sys.stdout)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        _configured = True
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+class Audit:
+    """Writes audit records; keeps the ones of this process for callers that
+    want to report on them (the run script, tests)."""
+
+    def __init__(self, logger: logging.Logger | None = None, file: str | Path | None = None) -> None:
+        self.logger = logger or logging.getLogger(LOGGER_NAME)
+        self.file = Path(file) if file else None
+        self.records: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def record(self, change: str, message: str, *, level: int = logging.INFO, **fields: Any) -> dict[str, Any]:
+        if change not in CHANGES:
+            raise ValueError(f"unknown audit change {change!r}")
+        body = {"change": change, **{k: _jsonable(v) for k, v in fields.items() if v is not None}}
+        self.logger.log(level, message, extra={"json_fields": {"responder": body}})
+        with self._lock:
+            self.records.append(body)
+            if self.file is not None:
+                self.file.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.file, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"message": message, **body}) + "\n")
+        return body
+
+    def changes(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["change"] == kind]
+
+
+def read_file(path: str | Path) -> Iterable[dict[str, Any]]:
+    """The records of a local audit file, oldest first."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+    except FileNotFoundError:
+        return

@@ -1,0 +1,87 @@
+"""The band rule description: where the policy itself stores the band's state.
+
+Every rule the responder writes carries, in its description (at most 64
+characters), the owner tag and the metadata shared by all its ranges::
+
+    car1 x=202611291830 v=h s=manual+spamhaus
+    |    |              |   `- sources, sorted, '+'-joined ('*' = more not kept)
+    |    |              `----- severity: l, m, h, c
+    |    `-------------------- expiry, UTC, YYYYMMDDhhmm; 'never' = permanent
+    `------------------------- owner tag (band.owner_tag)
+
+A rule in the band whose description does not start with the owner tag and
+decode cleanly is *foreign*: reported, never changed. Unknown ``key=value``
+fields are ignored on decode so that a newer writer's rules still read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from responder.model import Severity
+
+MAX_DESCRIPTION = 64
+_TIME_FORMAT = "%Y%m%d%H%M"
+PERMANENT = "never"
+TRUNCATED = "*"
+
+
+@dataclass(frozen=True)
+class RuleMeta:
+    """Metadata shared by every range of one band rule."""
+
+    expiry: datetime | None  # None: permanent
+    severity: Severity
+    sources: frozenset[str]
+    truncated: bool = False  # more sources existed than the description holds
+
+    def expired(self, now: datetime) -> bool:
+        return self.expiry is not None and self.expiry <= now
+
+
+def encode(tag: str, meta: RuleMeta) -> str:
+    """The description for a rule; sources that do not fit are dropped
+    (sorted order, the rest marked ``*``) so the result is at most 64
+    characters."""
+    expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+    head = f"{tag} x={expiry} v={meta.severity.code} s="
+    names = sorted(meta.sources)
+    text = head + "+".join(names + ([TRUNCATED] if meta.truncated else []))
+    if len(text) > MAX_DESCRIPTION:
+        kept: list[str] = []
+        for name in names:
+            if len(head + "+".join([*kept, name, TRUNCATED])) > MAX_DESCRIPTION:
+                break
+            kept.append(name)
+        text = head + "+".join([*kept, TRUNCATED])
+    assert len(text) <= MAX_DESCRIPTION, text
+    return text
+
+
+def decode(tag: str, description: str) -> RuleMeta | None:
+    """The metadata of a band rule, or None when the rule is not ours."""
+    words = description.split(" ")
+    if not words or words[0] != tag:
+        return None
+    fields: dict[str, str] = {}
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if not sep or key in fields:
+            return None
+        fields[key] = value
+    try:
+        raw_expiry, raw_severity, raw_sources = fields["x"], fields["v"], fields["s"]
+        if raw_expiry == PERMANENT:
+            expiry = None
+        else:
+            if len(raw_expiry) != 12 or not raw_expiry.isdigit():
+                return None
+            expiry = datetime.strptime(raw_expiry, _TIME_FORMAT).replace(tzinfo=timezone.utc)
+        severity = Severity.from_code(raw_severity)
+    except (KeyError, ValueError):
+        return None
+    names = [n for n in raw_sources.split("+") if n]
+    truncated = TRUNCATED in names
+    sources = frozenset(n for n in names if n != TRUNCATED)
+    return RuleMeta(expiry=expiry, severity=severity, sources=sources, truncated=truncated)

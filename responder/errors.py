@@ -1,0 +1,53 @@
+"""The responder's own exception types.
+
+One base class; the two branches decide what a function does with a failure:
+``TransientError`` propagates so that Pub/Sub redelivers the message, while a
+``PermanentError`` is logged once and the message acknowledged. Only the
+compute adapter translates ``google.api_core`` exceptions into these.
+"""
+
+from __future__ import annotations
+
+
+class ResponderError(Exception):
+    """Base of every error the responder raises on purpose."""
+
+
+class TransientError(ResponderError):
+    """May succeed if tried again later: 429, 5xx, timeouts, a held lease."""
+
+
+class PermanentError(ResponderError):
+    """Will fail again the same way: a bad request, a missing policy."""
+
+
+class BadEvent(PermanentError):
+    """The event itself is malformed or unsupported; acknowledge it."""
+
+
+class PolicyNotFound(PermanentError):
+    """The configured security policy does not exist."""
+
+
+class PermissionDenied(PermanentError):
+    """The caller lacks a permission on the policy."""
+
+
+class PriorityTaken(PermanentError):
+    """addRule at a priority that another rule holds (or has reserved)."""
+
+
+class RuleNotFound(PermanentError):
+    """patchRule/removeRule/getRule at a priority that holds no rule."""
+
+
+class QuotaExceeded(PermanentError):
+    """The project's security policy rule quota is used up."""
+
+
+class FingerprintMismatch(TransientError):
+    """A compare-and-set (patch or setLabels) lost against another writer."""
+
+
+class OutcomeUnknown(TransientError):
+    """A mutation may or may not have been committed (timeout, reset, 5xx)."""

@@ -1,0 +1,552 @@
+"""The band planner: current band + intents + now -> rule operations.
+
+Pure: no I/O, no clock, no environment, no logging. Everything it needs is
+an argument, so the property tests can drive it with any state.
+
+The model
+---------
+The band's state is a set of *entries*, one per blocked network, each with
+its metadata (expiry, severity, sources) and the rule fields it needs
+(action, preview). Entries with identical metadata form a *group*; a group's
+networks are aggregated (``ipaddress.collapse_addresses``) and packed at most
+10 to a rule, and the group's metadata is encoded in each of those rules'
+descriptions (``responder.codec``). Expiries are rounded up to
+``band.expiry_granularity`` so that sightings close in time share a group.
+
+Two ways to plan
+----------------
+``plan_append`` is what event writers use: it only ever *adds* rules at free
+priorities. A network whose entry changes (new, extended, another source) is
+written again into a new rule carrying the merged metadata; the older rule
+keeps blocking until the compactor drops its now-redundant copy. Adding
+needs no lock: addRule at a taken priority fails, so concurrent writers
+cannot overwrite each other (see README, "Concurrency").
+
+``plan_reconcile`` is what the lease holder uses (cleanup, unblocks, a full
+band): it computes the whole desired band, drops expired entries, evicts by
+the capacity policy if needed, repacks, and diffs against the current rules
+for the fewest adds, patches and removes, ordered so that coverage is added
+before it is taken away.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+
+from config.settings import BandSettings
+from responder.codec import RuleMeta, decode, encode
+from responder.model import Intent, Network, Severity, Verb
+from responder.policy import PolicyRule
+
+MAX_RANGES_PER_RULE = 10
+MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One blocked network and everything recorded about it."""
+
+    network: Network
+    meta: RuleMeta
+    action: str = "deny(403)"
+    preview: bool = False
+
+    @property
+    def group(self) -> tuple[RuleMeta, str, bool]:
+        return (self.meta, self.action, self.preview)
+
+    @property
+    def manual(self) -> bool:
+        return MANUAL in self.meta.sources
+
+
+@dataclass(frozen=True)
+class BandRule:
+    """A rule of ours, decoded."""
+
+    priority: int
+    networks: tuple[Network, ...]
+    meta: RuleMeta
+    action: str
+    preview: bool
+    rule: PolicyRule
+
+    @property
+    def group(self) -> tuple[RuleMeta, str, bool]:
+        return (self.meta, self.action, self.preview)
+
+
+@dataclass(frozen=True)
+class Band:
+    """The band as read from one policy snapshot."""
+
+    rules: tuple[BandRule, ...]
+    foreign: tuple[PolicyRule, ...]
+    used: frozenset[int]
+
+    def entries(self, now: datetime | None = None) -> dict[Network, Entry]:
+        """One entry per network; a network held by several rules merges
+        (latest expiry, highest severity, union of sources, enforced over
+        preview). With ``now``, expired entries are left out."""
+        out: dict[Network, Entry] = {}
+        for rule in sorted(self.rules, key=lambda r: r.priority):
+            if now is not None and rule.meta.expired(now):
+                continue
+            for net in rule.networks:
+                entry = Entry(net, rule.meta, rule.action, rule.preview)
+                seen = out.get(net)
+                out[net] = entry if seen is None else _merge_entries(seen, entry)
+        return out
+
+
+@dataclass(frozen=True)
+class Add:
+    rule: PolicyRule
+
+
+@dataclass(frozen=True)
+class Patch:
+    rule: PolicyRule
+    before: PolicyRule
+
+
+@dataclass(frozen=True)
+class Remove:
+    before: PolicyRule
+
+
+Op = Add | Patch | Remove
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do, and what the band will hold once it is done."""
+
+    ops: tuple[Op, ...] = ()
+    entries: Mapping[Network, Entry] = field(default_factory=dict)
+    refused: tuple[tuple[Intent, str], ...] = ()
+    satisfied: int = 0
+    expired: tuple[Entry, ...] = ()
+    evicted: tuple[Entry, ...] = ()
+    needs_lease: str = ""  # why an append plan cannot be applied by adds alone
+
+    @property
+    def mutations(self) -> int:
+        return len(self.ops)
+
+
+# --------------------------------------------------------------------------
+# Reading the band
+
+
+def read_band(rules: Iterable[PolicyRule], band: BandSettings) -> Band:
+    """Splits the rules inside the band into ours and foreign ones."""
+    ours: list[BandRule] = []
+    foreign: list[PolicyRule] = []
+    used: set[int] = set()
+    for rule in rules:
+        if not band.start <= rule.priority <= band.end:
+            continue
+        used.add(rule.priority)
+        decoded = _decode_rule(rule, band.owner_tag)
+        if decoded is None:
+            foreign.append(rule)
+        else:
+            ours.append(decoded)
+    return Band(tuple(ours), tuple(foreign), frozenset(used))
+
+
+def _decode_rule(rule: PolicyRule, tag: str) -> BandRule | None:
+    meta = decode(tag, rule.description)
+    if meta is None or rule.expression or not rule.ranges or len(rule.ranges) > MAX_RANGES_PER_RULE:
+        return None
+    try:
+        networks = tuple(ipaddress.ip_network(r, strict=True) for r in rule.ranges)
+    except ValueError:
+        return None
+    return BandRule(rule.priority, networks, meta, rule.action, rule.preview, rule)
+
+
+# --------------------------------------------------------------------------
+# Applying intents to entries
+
+
+def round_up(moment: datetime, granularity: timedelta) -> datetime:
+    """The next multiple of ``granularity`` since the epoch, at or after
+    ``moment`` (so expiries land on whole minutes and sightings share)."""
+    step = int(granularity.total_seconds())
+    seconds = math.ceil(moment.timestamp() / step) * step
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    """The later expiry; None (permanent) is later than any time."""
+    if a is None or b is None:
+        return None
+    return max(a, b)
+
+
+def _merge_entries(a: Entry, b: Entry) -> Entry:
+    meta = RuleMeta(
+        expiry=_later(a.meta.expiry, b.meta.expiry),
+        severity=max(a.meta.severity, b.meta.severity),
+        sources=a.meta.sources | b.meta.sources,
+        truncated=a.meta.truncated or b.meta.truncated,
+    )
+    # The entry with the later expiry decides the action (on a tie the first,
+    # so that reading the band back gives the same answer); enforced wins.
+    newer = a if _later(a.meta.expiry, b.meta.expiry) == a.meta.expiry else b
+    return Entry(a.network, meta, newer.action, a.preview and b.preview)
+
+
+def covering(entries: Mapping[Network, Entry], net: Network) -> Entry | None:
+    """The entry of a strict supernet of ``net``, the most specific first."""
+    for prefix in range(net.prefixlen - 1, -1, -1):
+        found = entries.get(net.supernet(new_prefix=prefix))
+        if found is not None:
+            return found
+    return None
+
+
+def _subnets(entries: Mapping[Network, Entry], net: Network) -> list[Network]:
+    return [n for n in entries if n.version == net.version and n.subnet_of(net)]  # type: ignore[arg-type]
+
+
+def _block(entries: dict[Network, Entry], intent: Intent, expiry: datetime | None) -> bool:
+    """Applies a block; returns False when it was already in effect."""
+    wanted = Entry(
+        intent.network,
+        RuleMeta(expiry, intent.severity, frozenset({intent.source})),
+        intent.action,
+        intent.preview,
+    )
+    existing = entries.get(intent.network)
+    if existing is None:
+        cover = covering(entries, intent.network)
+        if cover is not None and _satisfies(cover, wanted):
+            return False
+        entries[intent.network] = wanted
+        return True
+    merged = _merge_entries(existing, wanted)
+    if existing.manual and intent.source != MANUAL:
+        # Automation adds its claim but never changes a manual block's rule fields.
+        merged = replace(merged, action=existing.action, preview=existing.preview)
+    if merged == existing:
+        return False
+    entries[intent.network] = merged
+    return True
+
+
+def _satisfies(have: Entry, want: Entry) -> bool:
+    return (
+        _later(have.meta.expiry, want.meta.expiry) == have.meta.expiry
+        and have.meta.severity >= want.meta.severity
+        and want.meta.sources <= have.meta.sources
+        and have.action == want.action
+        and (want.preview or not have.preview)
+    )
+
+
+def _extend(entries: dict[Network, Entry], intent: Intent, expiry: datetime | None) -> str | None:
+    """Moves the expiry of what blocks ``intent.network`` later; never
+    earlier. Returns why it could not, or None."""
+    targets = _subnets(entries, intent.network)
+    if not targets:
+        cover = covering(entries, intent.network)
+        if cover is None:
+            return "not blocked"
+        if _later(cover.meta.expiry, expiry) == cover.meta.expiry and intent.source in cover.meta.sources:
+            return None  # already in effect: no entry of its own
+        entries[intent.network] = replace(cover, network=intent.network)
+        targets = [intent.network]
+    for net in targets:
+        entry = entries[net]
+        meta = replace(
+            entry.meta,
+            expiry=_later(entry.meta.expiry, expiry),
+            sources=entry.meta.sources | {intent.source},
+        )
+        entries[net] = replace(entry, meta=meta)
+    return None
+
+
+def _unblock(entries: dict[Network, Entry], intent: Intent) -> None:
+    """Manual unblocks lift every block on the network (splitting broader
+    entries around it); another source only withdraws its own claim on the
+    exact network, and the entry goes when no source is left."""
+    net = intent.network
+    if intent.source != MANUAL:
+        entry = entries.get(net)
+        if entry is not None and intent.source in entry.meta.sources:
+            left = entry.meta.sources - {intent.source}
+            if left or entry.meta.truncated:
+                entries[net] = replace(entry, meta=replace(entry.meta, sources=left))
+            else:
+                del entries[net]
+        return
+    for sub in _subnets(entries, net):
+        del entries[sub]
+    while (cover := covering(entries, net)) is not None:
+        del entries[cover.network]
+        for piece in cover.network.address_exclude(net):  # type: ignore[arg-type]
+            entries[piece] = replace(cover, network=piece)
+
+
+def apply_intents(
+    current: Mapping[Network, Entry],
+    intents: Sequence[Intent],
+    now: datetime,
+    granularity: timedelta,
+) -> tuple[dict[Network, Entry], list[tuple[Intent, str]], int]:
+    """The live entries after the intents, in order; plus the intents
+    refused (with why) and the number already in effect."""
+    entries = {n: e for n, e in current.items() if not e.meta.expired(now)}
+    refused: list[tuple[Intent, str]] = []
+    satisfied = 0
+    for intent in intents:
+        if intent.verb is Verb.UNBLOCK:
+            before = len(entries), entries.get(intent.network)
+            _unblock(entries, intent)
+            satisfied += before == (len(entries), entries.get(intent.network))
+            continue
+        if intent.permanent:
+            if intent.source != MANUAL:
+                refused.append((intent, "only manual blocks can be permanent"))
+                continue
+            expiry = None
+        elif intent.expiry is None:
+            refused.append((intent, "no expiry"))
+            continue
+        else:
+            expiry = round_up(intent.expiry, granularity)
+            if expiry <= now:
+                refused.append((intent, "expiry is in the past"))
+                continue
+        if intent.verb is Verb.BLOCK:
+            satisfied += not _block(entries, intent, expiry)
+        else:
+            why = _extend(entries, intent, expiry)
+            if why:
+                refused.append((intent, why))
+    return entries, refused, satisfied
+
+
+# --------------------------------------------------------------------------
+# Packing and priorities
+
+
+def pack(entries: Iterable[Entry]) -> dict[tuple[RuleMeta, str, bool], list[Network]]:
+    """Groups entries by metadata and aggregates each group's networks."""
+    groups: dict[tuple[RuleMeta, str, bool], list[Network]] = defaultdict(list)
+    for entry in entries:
+        groups[entry.group].append(entry.network)
+    return {key: _collapse(nets) for key, nets in groups.items()}
+
+
+def _collapse(nets: Iterable[Network]) -> list[Network]:
+    v4 = [n for n in nets if n.version == 4]
+    v6 = [n for n in nets if n.version == 6]
+    out: list[Network] = list(ipaddress.collapse_addresses(v4))  # type: ignore[arg-type]
+    out.extend(ipaddress.collapse_addresses(v6))  # type: ignore[arg-type]
+    return out
+
+
+def _chunks(nets: Sequence[Network]) -> list[list[Network]]:
+    return [list(nets[i : i + MAX_RANGES_PER_RULE]) for i in range(0, len(nets), MAX_RANGES_PER_RULE)]
+
+
+class _Priorities:
+    """Hands out free priorities of the band in a seeded random order, so
+    that concurrent writers seldom pick the same one."""
+
+    def __init__(self, band: BandSettings, used: Iterable[int], seed: int) -> None:
+        self.band = band
+        self.used = set(used)
+        self.rng = random.Random(seed)
+
+    @property
+    def free(self) -> int:
+        return self.band.size - len(self.used)
+
+    def take(self) -> int | None:
+        if self.free <= 0:
+            return None
+        if self.free * 4 >= self.band.size:  # plenty free: sample
+            while True:
+                candidate = self.rng.randint(self.band.start, self.band.end)
+                if candidate not in self.used:
+                    break
+        else:
+            candidates = [p for p in range(self.band.start, self.band.end + 1) if p not in self.used]
+            candidate = self.rng.choice(candidates)
+        self.used.add(candidate)
+        return candidate
+
+
+def make_rule(priority: int, nets: Sequence[Network], group: tuple[RuleMeta, str, bool], tag: str) -> PolicyRule:
+    meta, action, preview = group
+    ranges = tuple(sorted((str(n) for n in nets), key=_range_order))
+    return PolicyRule(priority=priority, action=action, ranges=ranges, description=encode(tag, meta), preview=preview)
+
+
+def _range_order(text: str) -> tuple[int, int, int]:
+    net = ipaddress.ip_network(text)
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+# --------------------------------------------------------------------------
+# The two planners
+
+
+def plan_append(
+    band: Band,
+    intents: Sequence[Intent],
+    now: datetime,
+    settings: BandSettings,
+    seed: int = 0,
+) -> Plan:
+    """Adds-only plan for an event writer. When the intents need a rule
+    changed or removed (an unblock), or the band has no room, the plan is
+    empty and ``needs_lease`` says why: the caller then reconciles under the
+    lease."""
+    current = band.entries(now)
+    entries, refused, satisfied = apply_intents(current, intents, now, settings.expiry_granularity)
+    if any(net not in entries for net in current) or any(
+        current[n] != entries.get(n) and _weaker(current[n], entries[n]) for n in current if n in entries
+    ):
+        return Plan(entries=entries, refused=tuple(refused), satisfied=satisfied, needs_lease="an entry must be removed or narrowed")
+    changed = [e for n, e in entries.items() if current.get(n) != e]
+    groups = pack(changed)
+    priorities = _Priorities(settings, band.used, seed)
+    ops: list[Op] = []
+    for group, nets in sorted(groups.items(), key=lambda kv: _group_order(kv[0])):
+        for chunk in _chunks(nets):
+            priority = priorities.take()
+            if priority is None:
+                return Plan(entries=entries, refused=tuple(refused), satisfied=satisfied, needs_lease="the band is full")
+            ops.append(Add(make_rule(priority, chunk, group, settings.owner_tag)))
+    return Plan(tuple(ops), entries, tuple(refused), satisfied)
+
+
+def _weaker(before: Entry, after: Entry) -> bool:
+    """True when ``after`` drops something ``before`` had: a source claim
+    (only a lease holder can rewrite a rule to take it away)."""
+    return not before.meta.sources <= after.meta.sources
+
+
+def _group_order(group: tuple[RuleMeta, str, bool]) -> tuple[int, float, str, str, bool]:
+    meta, action, preview = group
+    expiry = math.inf if meta.expiry is None else meta.expiry.timestamp()
+    return (-int(meta.severity), -expiry, ",".join(sorted(meta.sources)), action, preview)
+
+
+def plan_reconcile(
+    band: Band,
+    intents: Sequence[Intent],
+    now: datetime,
+    settings: BandSettings,
+    *,
+    capacity: int | None = None,
+    compact: bool = True,
+    seed: int = 0,
+) -> Plan:
+    """The whole desired band and the fewest operations to reach it.
+
+    ``capacity`` caps the number of band rules (free band priorities and the
+    project's rule quota, as the caller knows them); when the entries need
+    more, non-manual entries are evicted, lowest severity and soonest expiry
+    first. ``compact`` repacks partly filled rules of a group into as few
+    rules as its ranges need."""
+    current = band.entries(now)
+    entries, refused, satisfied = apply_intents(current, intents, now, settings.expiry_granularity)
+    expired = tuple(e for n, e in band.entries().items() if n not in current)
+    groups = pack(entries.values())
+    limit = settings.size - len(band.foreign)
+    if capacity is not None:
+        limit = min(limit, capacity)
+    evicted = _evict(groups, entries, limit)
+    packed_entries = {n: Entry(n, *g) for g, nets in groups.items() for n in nets}
+
+    by_group: dict[tuple[RuleMeta, str, bool], list[BandRule]] = defaultdict(list)
+    for rule in band.rules:
+        by_group[rule.group].append(rule)
+    priorities = _Priorities(settings, band.used, seed)
+    adds: list[Op] = []
+    grows: list[Op] = []
+    shrinks: list[Op] = []
+    removes: list[Op] = []
+    for group in sorted(set(groups) | set(by_group), key=_group_order):
+        wanted = groups.get(group, [])
+        rules = by_group.get(group, [])
+        want_set = set(wanted)
+        kept = {r.priority: [n for n in r.networks if n in want_set] for r in rules}
+        needed = math.ceil(len(wanted) / MAX_RANGES_PER_RULE)
+        if not compact:
+            needed = max(needed, sum(1 for held in kept.values() if held))
+        ranked = sorted(rules, key=lambda r: (-len(kept[r.priority]), r.priority))
+        chosen, dropped = ranked[:needed], ranked[needed:]
+        placed = {n for r in chosen for n in kept[r.priority]}
+        pool = [n for n in wanted if n not in placed]
+        for rule in chosen:
+            held = kept[rule.priority]
+            room = MAX_RANGES_PER_RULE - len(held)
+            final, pool = held + pool[:room], pool[room:]
+            after = make_rule(rule.priority, final, group, settings.owner_tag)
+            if set(after.ranges) != set(rule.rule.ranges) or after.description != rule.rule.description:
+                target = grows if set(rule.networks) <= set(final) else shrinks
+                target.append(Patch(after, rule.rule))
+        for chunk in _chunks(pool):
+            priority = priorities.take()
+            if priority is None:  # cannot happen within capacity; stay safe
+                refused.extend((i, "the band is full") for i in intents if i.network in chunk)
+                continue
+            adds.append(Add(make_rule(priority, chunk, group, settings.owner_tag)))
+        removes.extend(Remove(r.rule) for r in dropped)
+    ops = tuple(adds + grows + shrinks + removes)
+    return Plan(ops, packed_entries, tuple(refused), satisfied, expired, evicted)
+
+
+def _evict(
+    groups: dict[tuple[RuleMeta, str, bool], list[Network]],
+    entries: Mapping[Network, Entry],
+    limit: int,
+) -> tuple[Entry, ...]:
+    """Removes aggregated networks from ``groups`` until they fit ``limit``
+    rules: lowest severity first, then soonest expiry; manual never."""
+
+    def rules_needed() -> int:
+        return sum(math.ceil(len(nets) / MAX_RANGES_PER_RULE) for nets in groups.values())
+
+    need = rules_needed()
+    if need <= max(limit, 0):
+        return ()
+    candidates = sorted(
+        ((g, n) for g, nets in groups.items() if MANUAL not in g[0].sources for n in nets),
+        key=lambda gn: (
+            int(gn[0][0].severity),
+            math.inf if gn[0][0].expiry is None else gn[0][0].expiry.timestamp(),
+            str(gn[1]),
+        ),
+    )
+    evicted: list[Entry] = []
+    for group, net in candidates:
+        if need <= limit:
+            break
+        nets = groups[group]
+        before = math.ceil(len(nets) / MAX_RANGES_PER_RULE)
+        nets.remove(net)
+        need -= before - math.ceil(len(nets) / MAX_RANGES_PER_RULE)
+        evicted.append(Entry(net, *group))
+        if not nets:
+            del groups[group]
+    return tuple(evicted)
+
+
+def severity_of(name: str) -> Severity:
+    return Severity.parse(name)

@@ -1,0 +1,383 @@
+"""Get, plan, apply: the one place where decisions meet the cloud.
+
+``Responder.apply`` is what every event goes through: read the policy once,
+plan (``responder.planner``), apply the operations through the adapter, and
+write one audit record per change. ``Responder.cleanup`` is the scheduled
+reconcile: expire, compact, report usage and lint the policy.
+
+Concurrency (README, "Concurrency", tells the whole story):
+
+* Event writers only ever **add** rules, at seeded-random free priorities.
+  addRule fails when the priority is taken, so two writers can never
+  overwrite each other; on such a collision the writer re-reads and re-plans.
+* Anything that **patches or removes** a band rule (cleanup, unblocks,
+  withdrawn claims, a full band or quota) runs under a **lease**: a policy
+  label set with ``setLabels`` and its ``labelFingerprint`` (the API's
+  compare-and-set), so at most one such writer runs at a time and it alone
+  touches existing rules. Writers that only add need no lease.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+from config.settings import Settings
+from responder import planner
+from responder.audit import Audit
+from responder.errors import (
+    FingerprintMismatch,
+    PriorityTaken,
+    QuotaExceeded,
+    TransientError,
+)
+from responder.model import Intent, Network
+from responder.planner import Add, Band, Patch, Plan, Remove
+from responder.policy import DEFAULT_RULE_PRIORITY, PolicyRule, PolicySnapshot
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Derive = Callable[[Mapping[Network, "planner.Entry"]], Sequence[Intent]]
+ADD_ATTEMPTS = 5
+
+
+def utcnow() -> datetime:
+    return datetime.now(tz=timezone.utc)
+
+
+class PolicyApi(Protocol):
+    """What the service needs of the adapter (``responder.compute.CloudArmor``)."""
+
+    def get_policy(self) -> PolicySnapshot: ...
+    def add_rule(self, rule: PolicyRule, *, validate_only: bool = False) -> None: ...
+    def patch_rule(self, rule: PolicyRule, *, validate_only: bool = False) -> None: ...
+    def remove_rule(self, priority: int) -> None: ...
+    def set_labels(self, labels: Mapping[str, str], label_fingerprint: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class EventRef:
+    """Where a change came from, for the audit trail and the planner seed."""
+
+    message_id: str
+    source: str  # kind of source: manual, feed, log, alert, cleanup
+    actor: str = ""
+    reason: str = ""
+
+
+@dataclass
+class Outcome:
+    """What one event did to the band (counts, for callers and benchmarks)."""
+
+    added: int = 0
+    extended: int = 0
+    removed: int = 0
+    expired: int = 0
+    evicted: int = 0
+    refused: int = 0
+    satisfied: int = 0
+    ops: int = 0
+    leased: bool = False
+    lint: list[str] = field(default_factory=list)
+
+
+class Lease:
+    """Mutual exclusion for band writers that patch or remove rules.
+
+    The lease is the policy label ``settings.lease.label`` whose value is
+    ``<holder>-<expiry epoch seconds>``. Taking it is a ``setLabels`` with
+    the ``labelFingerprint`` just read: if anyone changed the labels in
+    between, the API answers 412 and we read again. A lease whose expiry has
+    passed may be taken over (its holder died). The holder checks the time
+    left before each operation, so it stops before its lease can lapse.
+    """
+
+    def __init__(self, api: PolicyApi, settings: Settings, holder: str, clock: Clock, sleep: Callable[[float], None]) -> None:
+        self.api = api
+        self.label = settings.lease.label
+        self.duration = settings.lease.duration
+        self.wait = settings.lease.wait
+        self.holder = holder
+        self.clock = clock
+        self.sleep = sleep
+        self.expiry: datetime | None = None
+        self.snapshot: PolicySnapshot | None = None
+
+    def _value(self, expiry: datetime) -> str:
+        return f"{self.holder}-{int(expiry.timestamp())}"
+
+    @staticmethod
+    def _parse(value: str) -> tuple[str, datetime] | None:
+        holder, _, stamp = value.rpartition("-")
+        if not holder or not stamp.isdigit():
+            return None
+        return holder, datetime.fromtimestamp(int(stamp), tz=timezone.utc)
+
+    def acquire(self) -> PolicySnapshot:
+        """Takes the lease; returns the policy as read just before taking it."""
+        give_up = self.clock() + self.wait
+        delay = 0.2
+        while True:
+            snap = self.api.get_policy()
+            now = self.clock()
+            held = self._parse(snap.labels.get(self.label, ""))
+            if held and held[0] != self.holder and held[1] > now:
+                if now >= give_up:
+                    raise TransientError(f"the band lease is held by {held[0]} until {held[1].isoformat()}")
+                self.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            expiry = now + self.duration
+            labels = {**snap.labels, self.label: self._value(expiry)}
+            try:
+                self.api.set_labels(labels, snap.label_fingerprint)
+            except FingerprintMismatch:
+                continue
+            self.expiry = expiry
+            self.snapshot = snap
+            return snap
+
+    def check(self, margin: timedelta = timedelta(seconds=15)) -> None:
+        """Raises if the lease is (nearly) over: better to stop and be
+        redelivered than to patch rules another holder may now own."""
+        if self.expiry is None or self.clock() + margin >= self.expiry:
+            raise TransientError("the band lease ran out before the work was done")
+
+    def release(self) -> None:
+        for _ in range(3):
+            snap = self.api.get_policy()
+            held = self._parse(snap.labels.get(self.label, ""))
+            if not held or held[0] != self.holder:
+                return
+            labels = {k: v for k, v in snap.labels.items() if k != self.label}
+            try:
+                self.api.set_labels(labels, snap.label_fingerprint)
+                return
+            except FingerprintMismatch:
+                continue
+        log.warning("could not release the band lease; it expires by itself at %s", self.expiry)
+
+
+class Responder:
+    """Applies intents to the band of one policy."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: PolicyApi,
+        audit: Audit,
+        *,
+        clock: Clock = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
+        holder: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.audit = audit
+        self.clock = clock
+        self.sleep = sleep
+        self.holder = holder or "w" + secrets.token_hex(5)
+
+    # -- public -----------------------------------------------------------
+
+    def apply(self, intents: Sequence[Intent], event: EventRef, derive: Derive | None = None) -> Outcome:
+        """Brings the band in line with the intents (already screened).
+
+        ``derive``, if given, is called with the band's live entries and
+        returns more intents to apply first (a snapshot feed's withdrawals);
+        it may raise BadEvent to refuse the whole event."""
+        outcome = Outcome()
+        if not intents and derive is None:
+            return outcome
+        now = self.clock()
+        snap = self.api.get_policy()
+        for attempt in range(ADD_ATTEMPTS):
+            band = planner.read_band(snap.rules, self.settings.band)
+            todo = [*derive(band.entries(now)), *intents] if derive else list(intents)
+            plan = planner.plan_append(band, todo, now, self.settings.band, seed=_seed(event, attempt))
+            if plan.needs_lease:
+                return self._reconcile(todo, event, now, outcome, compact=False)
+            try:
+                self._execute(plan, band, event, outcome, lease=None)
+                return outcome
+            except PriorityTaken:
+                snap = self.api.get_policy()  # another writer got there first
+            except QuotaExceeded:
+                return self._reconcile(intents, event, now, outcome, compact=True, quota_full=True)
+        raise TransientError(f"no free band priority after {ADD_ATTEMPTS} attempts")
+
+    def cleanup(self, event: EventRef) -> Outcome:
+        """Expires, compacts and reports; takes the lease only when there is
+        something to change."""
+        outcome = Outcome()
+        now = self.clock()
+        snap = self.api.get_policy()
+        band = planner.read_band(snap.rules, self.settings.band)
+        outcome.lint = self.lint(snap)
+        plan = planner.plan_reconcile(band, [], now, self.settings.band, seed=_seed(event, 0))
+        if plan.ops:
+            self._reconcile([], event, now, outcome, compact=True)
+            snap = self.api.get_policy()
+            band = planner.read_band(snap.rules, self.settings.band)
+        self.report_usage(band, snap, event)
+        return outcome
+
+    def lint(self, snap: PolicySnapshot) -> list[str]:
+        """Problems in the policy that make the band useless or unsafe."""
+        band = self.settings.band
+        problems = [
+            f"rule {r.priority} ({r.description or 'no description'}) is inside the band "
+            f"{band.start}-{band.end} but not the responder's: move it out of the band"
+            for r in planner.read_band(snap.rules, band).foreign
+        ]
+        for rule in snap.rules:
+            if rule.priority < band.start and rule.action == "allow" and (
+                "*" in rule.ranges or any(r in ("0.0.0.0/0", "::/0") for r in rule.ranges)
+            ) and not rule.preview:
+                problems.append(
+                    f"rule {rule.priority} allows every address before the band ({band.start}-{band.end}) "
+                    f"is evaluated, so no block takes effect: narrow it or give the band lower numbers"
+                )
+        for problem in problems:
+            self.audit.record("lint", problem, level=logging.ERROR, policy=snap.name)
+        return problems
+
+    def report_usage(self, band: Band, snap: PolicySnapshot, event: EventRef) -> dict[str, int]:
+        ours = band.rules
+        usage = {
+            "band_rules": len(ours),
+            "band_size": self.settings.band.size,
+            "foreign_rules": len(band.foreign),
+            "ranges": sum(len(r.networks) for r in ours),
+            "policy_rules": len(snap.rules),
+        }
+        self.audit.record(
+            "usage",
+            f"band holds {usage['band_rules']} rules ({usage['ranges']} ranges) of {usage['band_size']} priorities",
+            message_id=event.message_id,
+            **usage,
+        )
+        return usage
+
+    # -- internals --------------------------------------------------------
+
+    def _reconcile(
+        self,
+        intents: Sequence[Intent],
+        event: EventRef,
+        now: datetime,
+        outcome: Outcome,
+        *,
+        compact: bool,
+        quota_full: bool = False,
+    ) -> Outcome:
+        lease = Lease(self.api, self.settings, self.holder, self.clock, self.sleep)
+        snap = lease.acquire()
+        now = self.clock()
+        outcome.leased = True
+        try:
+            capacity: int | None = None
+            for attempt in range(ADD_ATTEMPTS):
+                band = planner.read_band(snap.rules, self.settings.band)
+                if quota_full:
+                    capacity = len(band.rules)  # no room to grow: evict to fit
+                plan = planner.plan_reconcile(
+                    band, intents, now, self.settings.band, capacity=capacity, compact=compact, seed=_seed(event, attempt)
+                )
+                try:
+                    self._execute(plan, band, event, outcome, lease=lease)
+                    return outcome
+                except PriorityTaken:
+                    pass
+                except QuotaExceeded:
+                    quota_full = True
+                snap = self.api.get_policy()
+            raise TransientError(f"could not reconcile the band after {ADD_ATTEMPTS} attempts")
+        finally:
+            lease.release()
+
+    def _execute(self, plan: Plan, band: Band, event: EventRef, outcome: Outcome, lease: Lease | None) -> None:
+        validate_only = self.settings.band.validate_only
+        before = band.entries(self.clock())
+        for intent, why in plan.refused:
+            outcome.refused += 1
+            self.audit.record(
+                "refused", f"refused {intent.verb.value} {intent.network}: {why}",
+                level=logging.WARNING, message_id=event.message_id, source=intent.source,
+                ranges=[str(intent.network)], reason=why,
+            )
+        outcome.satisfied += plan.satisfied
+        for op in plan.ops:
+            if lease is not None:
+                lease.check()
+            if isinstance(op, Add):
+                self.api.add_rule(op.rule, validate_only=validate_only)
+            elif isinstance(op, Patch):
+                self.api.patch_rule(op.rule, validate_only=validate_only)
+            elif not validate_only:
+                self.api.remove_rule(op.before.priority)
+            outcome.ops += 1
+        self._audit_changes(plan, before, event, outcome, validate_only)
+
+    def _audit_changes(
+        self, plan: Plan, before: Mapping[Network, planner.Entry], event: EventRef, outcome: Outcome, validate_only: bool
+    ) -> None:
+        """One record per changed rule (its new and extended ranges), one for
+        ranges removed, expired or evicted."""
+        mode = "validate_only" if validate_only else "applied"
+        after = plan.entries
+        common = {"message_id": event.message_id, "source": event.source, "actor": event.actor or None,
+                  "reason": event.reason or None, "outcome": mode}
+        for op in plan.ops:
+            if isinstance(op, Remove):
+                continue
+            nets = [ipaddress.ip_network(r) for r in op.rule.ranges]
+            new = [n for n in nets if n not in before and planner.covering(before, n) is None]
+            grown = [n for n in nets if n not in new and before.get(n) != after.get(n)]
+            meta = planner.read_band([op.rule], self.settings.band).rules[0]
+            for change, ranges in (("added", new), ("extended", grown)):
+                if not ranges:
+                    continue
+                setattr(outcome, change, getattr(outcome, change) + len(ranges))
+                self.audit.record(
+                    change, f"{change} {len(ranges)} range(s) until {_when(meta.meta.expiry)} at priority {op.rule.priority}",
+                    ranges=[str(n) for n in ranges], action=op.rule.action, preview=op.rule.preview,
+                    expiry=_when(meta.meta.expiry), sources=sorted(meta.meta.sources),
+                    severity=meta.meta.severity.name.lower(), priority=op.rule.priority, **common,
+                )
+        evicted = {e.network for e in plan.evicted}
+        gone = [n for n in before if n not in after and n not in evicted and planner.covering(after, n) is None]
+        for change, ranges in (
+            ("removed", gone),
+            ("expired", [e.network for e in plan.expired]),
+            ("evicted", sorted(evicted, key=str)),
+        ):
+            if ranges:
+                setattr(outcome, change, getattr(outcome, change) + len(ranges))
+                self.audit.record(
+                    change, f"{change} {len(ranges)} range(s)",
+                    level=logging.WARNING if change == "evicted" else logging.INFO,
+                    ranges=[str(n) for n in ranges], **common,
+                )
+        if not plan.ops and not plan.refused:
+            self.audit.record("unchanged", "no change needed", **common)
+
+
+def _when(expiry: datetime | None) -> str:
+    return "permanent" if expiry is None else expiry.isoformat().replace("+00:00", "Z")
+
+
+def _seed(event: EventRef, attempt: int) -> int:
+    digest = hashlib.sha256(f"{event.message_id}/{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+__all__ = ["DEFAULT_RULE_PRIORITY", "EventRef", "Lease", "Outcome", "PolicyApi", "Responder"]

@@ -1,0 +1,189 @@
+"""Runs the responder locally: the local Cloud Armor API, the five functions
+as functions-framework processes, and example events delivered as Eventarc
+delivers them (binary-mode CloudEvents over HTTP).
+
+Prints the band before and after, then stops everything, unless ``--keep``
+is given: then the stack stays up (Ctrl-C stops it) and prints how to
+publish by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import eventarc  # noqa: E402
+
+from config import settings as config  # noqa: E402
+
+ENTRY_POINTS = {
+    "on_threat_feed": "feed",
+    "on_log_sink": "log",
+    "on_alert": "alert",
+    "on_manual": "manual",
+    "on_cleanup": "cleanup",
+}
+
+# (entry point, example file, attributes, what it shows)
+SCRIPT: list[tuple[str, str, dict[str, str], str]] = [
+    ("on_manual", "manual-block.json", {}, "an operator blocks two addresses for 6 hours"),
+    ("on_threat_feed", "feed-intel.json", {"feed": "example-intel"}, "a JSON threat feed with four indicators"),
+    ("on_threat_feed", "spamhaus-drop.txt", {"feed": "spamhaus-drop", "format": "spamhaus"}, "a Spamhaus DROP excerpt"),
+    ("on_threat_feed", "feed-intel.json", {"feed": "example-intel"}, "the same feed again: nothing changes"),
+    ("on_manual", "manual-extend.json", {}, "the operator extends one block to 2 days"),
+    ("on_manual", "manual-unblock.json", {}, "the operator unblocks one address"),
+    ("on_manual", "manual-bad.json", {}, "a malformed command: logged and acknowledged"),
+    ("on_cleanup", "cleanup.json", {}, "the scheduled cleanup: expire, compact, report"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up in {timeout:.0f} s") from None
+            time.sleep(0.2)
+
+
+def start_local_api(state: Path, project: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localapi", "--port", "0", "--state", str(state), "--project", project, "--op-delay", "0.5"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"the local API did not start: {line!r}")
+    return proc, line.rsplit(" ", 1)[-1].strip()
+
+
+def ensure_policy(endpoint: str, settings: config.Settings) -> None:
+    """Creates the example cluster policy (operator rules outside the band)
+    when the local API does not have it yet."""
+    base = f"{endpoint}/compute/v1/projects/{settings.policy.project}/global/securityPolicies"
+    try:
+        urllib.request.urlopen(f"{base}/{settings.policy.name}", timeout=5)
+        return
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+    policy = {
+        "name": settings.policy.name,
+        "description": "ML cluster edge policy (local example)",
+        "rules": [
+            {"priority": 1000, "action": "allow", "description": "trusted: CI runners and NAT egress",
+             "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ["34.120.10.0/28", "35.244.1.7/32"]}}},
+            {"priority": 3000, "action": "deny(403)", "description": "WAF: SQL injection",
+             "match": {"expr": {"expression": "evaluatePreconfiguredWaf('sqli-v33-stable')"}}},
+            {"priority": 2147483647, "action": "allow", "description": "default rule",
+             "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ["*"]}}},
+        ],
+    }
+    req = urllib.request.Request(base, data=json.dumps(policy).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        op = json.load(resp)
+    ops = f"{endpoint}/compute/v1/projects/{settings.policy.project}/global/operations/{op['name']}/wait"
+    urllib.request.urlopen(urllib.request.Request(ops, data=b"", method="POST"), timeout=30)
+
+
+def start_function(target: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("functions-framework")), "--target", target,
+         "--signature-type", "cloudevent", "--source", str(ROOT / "main.py"), "--port", str(port),
+         "--host", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+    )
+
+
+def print_band(endpoint: str, settings: config.Settings, title: str) -> None:
+    from responder.cli import band_table
+    from responder.compute import CloudArmor
+
+    api = CloudArmor(settings.with_policy(api_endpoint=endpoint).policy)
+    print(f"\n== {title}")
+    print(band_table(api.get_policy(), settings, datetime.now(tz=timezone.utc)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true", help="keep the stack up for publishing by hand")
+    parser.add_argument("--fresh", action="store_true", help="start from an empty local API state")
+    args = parser.parse_args(argv)
+
+    var = ROOT / "var"
+    var.mkdir(exist_ok=True)
+    state = var / "local-api-state.json"
+    if args.fresh and state.exists():
+        state.unlink()
+    settings = config.load()
+    procs: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = []
+    try:
+        api_proc, endpoint = start_local_api(state, settings.policy.project)
+        procs.append(api_proc)
+        print(f"local Cloud Armor API: {endpoint} (state in var/local-api-state.json)")
+        ensure_policy(endpoint, settings)
+        env = {**os.environ, "RESPONDER_API_ENDPOINT": endpoint, "RESPONDER_AUDIT_FILE": str(var / "audit.jsonl"),
+               "PYTHONUNBUFFERED": "1"}
+        urls: dict[str, str] = {}
+        for target in ENTRY_POINTS:
+            port = free_port()
+            procs.append(start_function(target, port, env, var / f"{target}.log"))
+            urls[target] = f"http://127.0.0.1:{port}/"
+        for target, url in urls.items():
+            wait_http(url)
+            print(f"{target:15} {url}  (log: var/{target}.log)")
+        print_band(endpoint, settings, "band before")
+        for target, example, attributes, what in SCRIPT:
+            data = (ROOT / "examples" / example).read_bytes()
+            status = eventarc.post(urls[target], data, attributes=attributes)
+            print(f"-> {target:15} {example:22} HTTP {status}  {what}")
+        print_band(endpoint, settings, "band after")
+        print("\naudit records: var/audit.jsonl; function logs: var/*.log")
+        if args.keep:
+            print("\nThe stack stays up. Publish by hand, e.g.:")
+            print(f"  .venv/bin/python scripts/publish.py {urls['on_manual']} examples/manual-block.json")
+            print("Ctrl-C stops everything.")
+            signal.pause()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
