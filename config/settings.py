@@ -46,6 +46,7 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "RESPONDER_BAND_END": "band.end",
     "RESPONDER_VALIDATE_ONLY": "band.validate_only",
     "RESPONDER_PREVIEW": "band.preview",
+    "RESPONDER_RETRY_DEADLINE": "policy.retry_deadline",
 }
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -82,6 +83,7 @@ class PolicySettings:
     api_endpoint: str = ""  # empty: Google's endpoint
     request_timeout: timedelta = timedelta(seconds=30)
     operation_timeout: timedelta = timedelta(seconds=180)
+    retry_deadline: timedelta = timedelta(seconds=60)  # retrying transient failures, then raise
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,7 @@ def _policy(r: _Reader) -> PolicySettings:
         api_endpoint=endpoint.rstrip("/"),
         request_timeout=r.duration("request_timeout", timedelta(seconds=30)),  # type: ignore[arg-type]
         operation_timeout=r.duration("operation_timeout", timedelta(seconds=180)),  # type: ignore[arg-type]
+        retry_deadline=r.duration("retry_deadline", timedelta(seconds=60)),  # type: ignore[arg-type]
     )
     r.done()
     return policy

@@ -54,7 +54,7 @@ class Runtime:
 def _compute_api(settings: config.Settings) -> PolicyApi:
     from responder.compute import CloudArmor
 
-    return CloudArmor(settings.policy)
+    return CloudArmor(settings.policy, retry_deadline=settings.policy.retry_deadline)
 
 
 _runtime: Runtime | None = None

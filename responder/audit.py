@@ -84,7 +84,7 @@ class Audit:
         body = {"change": change, **{k: _jsonable(v) for k, v in fields.items() if v is not None}}
         self.logger.log(level, message, extra={"json_fields": {"responder": body}})
         with self._lock:
-            self.records.append(body)
+            self.records.append({"message": message, **body})
             if self.file is not None:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.file, "a", encoding="utf-8") as fh:
