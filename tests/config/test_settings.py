@@ -1,0 +1,103 @@
+"""The configuration file: defaults, environment overrides, and errors that
+name the field."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import settings as config
+
+DEFAULT = Path(config.DEFAULT_PATH)
+
+
+def _doc() -> dict[str, Any]:
+    with open(DEFAULT, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def test_bundled_configuration_is_valid() -> None:
+    loaded = config.load(environ={})
+    assert (20000, 20999) == (loaded.band.start, loaded.band.end)
+    assert timedelta(minutes=15) == loaded.band.expiry_granularity
+    assert {"manual", "feed", "log", "alert"} == set(loaded.sources)
+
+
+def test_environment_overrides_deployment_values() -> None:
+    env = {
+        "RESPONDER_PROJECT": "prod-ml",
+        "RESPONDER_POLICY": "edge",
+        "RESPONDER_REGION": "us-central1",
+        "RESPONDER_API_ENDPOINT": "http://127.0.0.1:8080",
+        "RESPONDER_BAND_START": "5000",
+        "RESPONDER_BAND_END": "5999",
+        "RESPONDER_VALIDATE_ONLY": "true",
+    }
+    loaded = config.load(environ=env)
+    assert ("prod-ml", "edge", "us-central1", "http://127.0.0.1:8080") == (
+        loaded.policy.project, loaded.policy.name, loaded.policy.region, loaded.policy.api_endpoint)
+    assert (5000, 5999, True) == (loaded.band.start, loaded.band.end, loaded.band.validate_only)
+
+
+@pytest.mark.parametrize(
+    "table, key, value, message",
+    [
+        ("band", "end", 100, "band.end: must be greater than band.start (20000)"),
+        ("band", "start", -1, "band.start: must be between 0 and 2147483646"),
+        ("band", "owner_tag", "Car 1", "band.owner_tag:"),
+        ("band", "expiry_granularity", "90s", "band.expiry_granularity: must be a whole number of minutes"),
+        ("band", "colour", "red", "band.colour: unknown setting"),
+        ("policy", "name", "Not_Valid", "policy.name: not a valid resource name"),
+        ("policy", "api_endpoint", "localhost:8080", "policy.api_endpoint: expected http(s)://host[:port]"),
+        ("policy", "request_timeout", "soon", "policy.request_timeout: expected a duration"),
+        ("guards", "allowlist", ["35.191.0.0/16", "nonsense"], "guards.allowlist[1]: not an IP address or CIDR"),
+        ("lease", "label", "Lease!", "lease.label: not a valid label key"),
+    ],
+)
+def test_invalid_value_fails_with_a_message_naming_the_field(table: str, key: str, value: object, message: str) -> None:
+    doc = _doc()
+    doc[table][key] = value
+    with pytest.raises(config.ConfigError) as raised:
+        config.from_dict(doc)
+    assert str(raised.value).startswith(message)
+
+
+def test_invalid_source_action_names_the_source() -> None:
+    doc = _doc()
+    doc["sources"]["feed"]["action"] = "deny(451)"
+    with pytest.raises(config.ConfigError, match=r"^sources\.feed\.action: must be one of deny\(403\), deny\(404\), deny\(502\)"):
+        config.from_dict(doc)
+
+
+def test_default_ttl_longer_than_max_is_refused() -> None:
+    doc = _doc()
+    doc["sources"]["log"]["default_ttl"] = "30d"
+    with pytest.raises(config.ConfigError, match=r"^sources\.log\.default_ttl: longer than max_ttl"):
+        config.from_dict(doc)
+
+
+def test_bad_feed_setting_names_the_feed() -> None:
+    doc = _doc()
+    doc["feeds"]["example-intel"]["max_drop_share"] = 1.5
+    with pytest.raises(config.ConfigError, match=r"^feeds\.example-intel\.max_drop_share: must be between 0 and 1"):
+        config.from_dict(doc)
+
+
+def test_bad_environment_value_names_the_variable_setting() -> None:
+    with pytest.raises(config.ConfigError, match=r"^band\.start \(from the environment\): expected an integer"):
+        config.load(environ={"RESPONDER_BAND_START": "lots"})
+
+
+def test_missing_file_is_reported() -> None:
+    with pytest.raises(config.ConfigError, match="config file not found"):
+        config.load("/nonexistent/responder.toml", environ={})
+
+
+def test_unconfigured_feed_gets_defaults() -> None:
+    loaded = config.load(environ={})
+    feed = loaded.feed("never-configured")
+    assert ("never-configured", None, 0, False) == (feed.name, feed.ttl, feed.min_confidence, feed.snapshot)

@@ -1,0 +1,53 @@
+"""Decoding the Pub/Sub envelope of a CloudEvent."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+
+import pytest
+from cloudevents.http import CloudEvent
+
+from handlers.envelope import from_cloud_event
+from responder.errors import BadEvent
+
+ATTRS = {"type": "google.cloud.pubsub.topic.v1.messagePublished", "source": "//pubsub.googleapis.com/projects/p/topics/t",
+         "id": "ce-1", "time": "2026-11-29T10:00:00Z"}
+
+
+def _event(message: object) -> CloudEvent:
+    return CloudEvent(ATTRS, {"message": message, "subscription": "projects/p/subscriptions/s"})
+
+
+def test_decodes_data_attributes_id_and_publish_time() -> None:
+    event = _event({"data": base64.b64encode(b'{"a": 1}').decode(), "attributes": {"feed": "x"},
+                    "messageId": "42", "publishTime": "2026-11-29T09:59:58.123Z"})
+    message = from_cloud_event(event)
+    assert (b'{"a": 1}', "42", {"feed": "x"}) == (message.data, message.message_id, dict(message.attributes))
+    assert datetime(2026, 11, 29, 9, 59, 58, 123000, tzinfo=timezone.utc) == message.publish_time
+
+
+def test_accepts_the_legacy_snake_case_spelling() -> None:
+    event = _event({"data": "", "message_id": "7", "publish_time": "2026-11-29T09:00:00+00:00"})
+    message = from_cloud_event(event)
+    assert ("7", b"") == (message.message_id, message.data)
+
+
+def test_falls_back_to_the_cloudevent_id_and_time() -> None:
+    message = from_cloud_event(_event({"data": base64.b64encode(b"x").decode()}))
+    assert ("ce-1", datetime(2026, 11, 29, 10, tzinfo=timezone.utc)) == (message.message_id, message.publish_time)
+
+
+@pytest.mark.parametrize(
+    "message, complaint",
+    [
+        ("not an object", "no 'message' object"),
+        ({"data": "%%%", "messageId": "1"}, "not valid base64"),
+        ({"data": 5, "messageId": "1"}, "not a base64 string"),
+        ({"data": "", "messageId": "1", "attributes": {"a": 1}}, "not a map of strings"),
+        ({"data": "", "messageId": "1", "publishTime": "yesterday"}, "publishTime"),
+    ],
+)
+def test_malformed_envelope_is_a_bad_event(message: object, complaint: str) -> None:
+    with pytest.raises(BadEvent, match=complaint):
+        from_cloud_event(_event(message))
