@@ -1,0 +1,47 @@
+"""``python -m localapi --port 8080 [--state FILE] [--op-delay 0.2|MIN,MAX] ...``"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .faults import FaultConfig
+from .server import LocalCloudArmor
+
+
+def _delay(text: str) -> float | tuple[float, float]:
+    if "," in text:
+        lo, hi = (float(x) for x in text.split(",", 1))
+        return (lo, hi)
+    return float(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m localapi", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    p.add_argument("--state", help="JSON file to load from and save to after each commit")
+    p.add_argument("--project", help="serve only this project (others are 404); default: any")
+    p.add_argument("--op-delay", type=_delay, default=0.2, help="seconds, or MIN,MAX")
+    p.add_argument("--quota", type=int, default=200, help="rules per project")
+    p.add_argument("--quota-mode", choices=("operation", "http"), default="operation")
+    p.add_argument("--duplicate-mode", choices=("http", "operation"), default="http")
+    p.add_argument("--wait-timeout", type=float, default=30.0)
+    p.add_argument("--faults", help="FaultConfig as inline JSON or a JSON file path")
+    p.add_argument("--seed", type=int)
+    args = p.parse_args(argv)
+    server = LocalCloudArmor(
+        op_delay=args.op_delay, quota=args.quota, quota_mode=args.quota_mode,
+        duplicate_mode=args.duplicate_mode, wait_timeout=args.wait_timeout,
+        state_file=args.state, faults=FaultConfig.from_json(args.faults) if args.faults else None,
+        host=args.host, port=args.port, seed=args.seed, project=args.project)
+    server.start()
+    print(f"localapi listening on {server.endpoint}", flush=True)
+    try:
+        server._thread.join()  # type: ignore[union-attr]
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
