@@ -1,0 +1,472 @@
+"""Tests of deploy.sh against a recording fake gcloud (tests/deploy/fake_gcloud).
+
+The fake validates every flag against the real gcloud's synopsis
+(gcloud_flags.json), keeps a JSON state of what exists, and logs each call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy.sh"
+FAKE = Path(__file__).resolve().parent / "fake_gcloud"
+REGION = "us-central1"
+PROJECT = "my-ml-project"
+TOPICS = ["car-threat-feed", "car-log-sink", "car-alerts", "car-manual", "car-cleanup", "car-dead-letter"]
+FUNCTIONS = {
+    "car-threat-feed": "on_threat_feed",
+    "car-log-sink": "on_log_sink",
+    "car-alert": "on_alert",
+    "car-manual": "on_manual",
+    "car-cleanup": "on_cleanup",
+}
+TRUSTED = [f"10.{i}.0.0/16" for i in range(12)]
+
+# Commands that a second run against the same state may issue again: each is
+# idempotent by its documentation (add-iam-policy-binding adds a binding that
+# is already there as a no-op; "functions deploy" is "create or update"; the
+# update commands set the same values again).
+REPEATABLE = (
+    ("projects", "add-iam-policy-binding"),
+    ("iam", "service-accounts", "add-iam-policy-binding"),
+    ("pubsub", "topics", "add-iam-policy-binding"),
+    ("pubsub", "subscriptions", "add-iam-policy-binding"),
+    ("functions", "add-invoker-policy-binding"),
+    ("functions", "deploy"),
+    ("pubsub", "subscriptions", "update"),
+    ("scheduler", "jobs", "update", "pubsub"),
+    ("logging", "sinks", "update"),
+)
+READ_ONLY_VERBS = {"describe", "list"}
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.bin = tmp / "bin"
+        self.bin.mkdir()
+        self.log = tmp / "gcloud.log"
+        self.state = tmp / "state.json"
+        wrapper = self.bin / "gcloud"
+        # The interpreter directly (faster than a pyenv shim); -S -E: the fake
+        # needs the standard library only.
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S -E "{FAKE}" "$@"\n')
+        wrapper.chmod(0o755)
+        self.seed({"backend_services": {"ml-web": {"name": "ml-web", "securityPolicy": ""}}})
+
+    def seed(self, state: dict) -> None:
+        self.state.write_text(json.dumps(state))
+
+    def read_state(self) -> dict:
+        return json.loads(self.state.read_text())
+
+    def calls(self) -> list[list[str]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def clear_log(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+    def start(self, *args: str, config: Path | None = None) -> subprocess.Popen[str]:
+        env = dict(os.environ)
+        env.update({
+            "PATH": f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
+            "FAKE_GCLOUD_LOG": str(self.log),
+            "FAKE_GCLOUD_STATE": str(self.state),
+            "DEPLOY_RETRY_SLEEP": "0",
+            "PYTHON": sys.executable,
+        })
+        for var in [v for v in env if v.startswith("RESPONDER_")]:
+            del env[var]
+        argv = ["bash", str(DEPLOY), *args]
+        if config is not None:
+            argv += ["--config", str(config)]
+        return subprocess.Popen(argv, cwd=self.tmp, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def run(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return finish(self.start(*args, config=config))
+
+
+def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def write_config(path: Path, *, ranges: list[str] | None = None, backends: list[str] | None = None,
+                 extra: str = "") -> Path:
+    text = (ROOT / "config" / "responder.toml").read_text()
+    if ranges is not None:
+        text = text.replace("trusted_ranges = []", "trusted_ranges = " + json.dumps(ranges))
+    if backends is not None:
+        text = text.replace("backend_services = []", "backend_services = " + json.dumps(backends))
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+@pytest.fixture
+def cfg_dir():
+    """A directory inside the repository (so that --config is accepted)."""
+    d = ROOT / "tests" / "deploy" / f".tmp-config-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def verb_of(call: list[str]) -> tuple[str, ...]:
+    words = []
+    for arg in call:
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return tuple(words)
+
+
+def is_mutating(call: list[str]) -> bool:
+    words = [w for w in verb_of(call) if w not in ("alpha", "beta")]
+    return not (set(words) & READ_ONLY_VERBS)
+
+
+def index_of(calls: list[list[str]], *prefix: str, contains: str | None = None) -> int:
+    for i, call in enumerate(calls):
+        if tuple(call[: len(prefix)]) == prefix and (contains is None or contains in call):
+            return i
+    raise AssertionError(f"no call {prefix} {contains or ''} in:\n" + "\n".join(map(" ".join, calls)))
+
+
+def flag(call: list[str], name: str) -> str | None:
+    for arg in call:
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+# ------------------------------------------------------------------ first run
+
+EXISTING_POLICY = {
+    "name": "ml-cluster-edge", "region": None,
+    "rules": [
+        {"priority": 2147483647, "action": "deny-403", "description": "default"},
+        {"priority": 500, "action": "allow", "description": "ops"},
+        {"priority": 20010, "action": "deny-403", "description": "car1 exp=... feed"},
+        {"priority": 20500, "action": "deny-404", "description": "someone else's rule"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory):
+    """The full runs (the slow part), started concurrently and shared:
+
+    * first: a first run on an empty project, bootstrapping the policy;
+    * existing: a run against an existing policy with a foreign band rule;
+    * override: flags overriding the config, and a regional policy.
+    """
+    d = ROOT / "tests" / "deploy" / f".tmp-config-scenarios-{os.getpid()}"
+    d.mkdir(exist_ok=True)
+    try:
+        first = Env(tmp_path_factory.mktemp("first"))
+        first_cfg = write_config(d / "bootstrap.toml", ranges=TRUSTED, backends=["ml-web"])
+        existing = Env(tmp_path_factory.mktemp("existing"))
+        existing.seed({"policies": {"ml-cluster-edge": EXISTING_POLICY},
+                       "backend_services": {"ml-web": {"name": "ml-web", "securityPolicy": ""}}})
+        existing_cfg = write_config(d / "existing.toml", ranges=TRUSTED, backends=["ml-web"])
+        override = Env(tmp_path_factory.mktemp("override"))
+        override.seed({"project": {"projectId": "other-proj", "projectNumber": "42"}})
+        regional_cfg = d / "regional.toml"
+        regional_cfg.write_text(
+            (ROOT / "config" / "responder.toml").read_text().replace('region = ""', 'region = "us-east1"', 1))
+        procs = {
+            "first": (first, first_cfg, first.start("--region", REGION, "--with-monitoring", config=first_cfg)),
+            "existing": (existing, existing_cfg, existing.start("--region", REGION, config=existing_cfg)),
+            "override": (override, regional_cfg, override.start(
+                "--project", "other-proj", "--region", "europe-west4", "--policy", "edge2",
+                "--band-start", "30000", "--band-end", "30499", config=regional_cfg)),
+        }
+        yield {name: (env, cfg, finish(proc)) for name, (env, cfg, proc) in procs.items()}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def first_run(scenarios, env: Env):
+    """A private copy of the state and log after the first run."""
+    template, cfg, result = scenarios["first"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    shutil.copy(template.state, env.state)
+    shutil.copy(template.log, env.log)
+    return env, cfg, result
+
+
+def test_first_run_creates_everything_in_order(first_run) -> None:
+    env, _, _ = first_run
+    calls = env.calls()
+    state = env.read_state()
+
+    enable = index_of(calls, "services", "enable")
+    sa = index_of(calls, "iam", "service-accounts", "create", "car-responder")
+    role = index_of(calls, "iam", "roles", "create")
+    topic_first = min(index_of(calls, "pubsub", "topics", "create", t) for t in TOPICS)
+    topic_last = max(index_of(calls, "pubsub", "topics", "create", t) for t in TOPICS)
+    policy = index_of(calls, "compute", "security-policies", "create")
+    deploys = [index_of(calls, "functions", "deploy", fn) for fn in FUNCTIONS]
+    sinks = [index_of(calls, "logging", "sinks", "create", s)
+             for s in ("car-lb-armor", "car-ids-threats", "car-firewall-denies")]
+    job = index_of(calls, "scheduler", "jobs", "create", "pubsub")
+
+    assert enable < sa < role < min(deploys)          # APIs, then accounts, then functions
+    assert topic_last < min(deploys)                  # topics before functions
+    assert topic_first < min(sinks)                   # sinks after topics
+    assert topic_last < job
+    assert policy < min(deploys)                      # the policy exists before the functions run
+
+    assert set(state["services"]) >= {
+        "cloudfunctions.googleapis.com", "run.googleapis.com", "cloudbuild.googleapis.com",
+        "artifactregistry.googleapis.com", "eventarc.googleapis.com", "pubsub.googleapis.com",
+        "cloudscheduler.googleapis.com", "compute.googleapis.com", "logging.googleapis.com",
+        "iam.googleapis.com", "monitoring.googleapis.com"}
+    assert set(state["topics"]) == set(TOPICS)
+    assert set(state["service_accounts"]) == {
+        f"car-responder@{PROJECT}.iam.gserviceaccount.com", f"car-trigger@{PROJECT}.iam.gserviceaccount.com"}
+    assert state["roles"]["car_responder"]["includedPermissions"] == sorted([
+        "compute.securityPolicies.get", "compute.securityPolicies.update",
+        "compute.securityPolicies.setLabels", "compute.globalOperations.get", "logging.logEntries.create"])
+    assert set(state["sinks"]) == {"car-lb-armor", "car-ids-threats", "car-firewall-denies"}
+    assert state["scheduler_jobs"]["car-cleanup"]["body"] == '{"action":"cleanup"}'
+    assert state["scheduler_jobs"]["car-cleanup"]["schedule"] == "*/10 * * * *"
+    assert len(state["channels"]) == 1 and len(state["alert_policies"]) == 1
+    assert "car-ml-probes" in state["metrics"]
+
+
+def test_functions_are_configured(first_run) -> None:
+    env, cfg, _ = first_run
+    state = env.read_state()
+    assert set(state["functions"]) == set(FUNCTIONS)
+    for name, entry in FUNCTIONS.items():
+        fn = state["functions"][name]
+        assert fn["entryPoint"] == entry
+        assert fn["retry"] is True
+        assert fn["serviceAccount"] == f"car-responder@{PROJECT}.iam.gserviceaccount.com"
+        assert (fn["memory"], fn["maxInstances"], fn["concurrency"], fn["timeout"]) == ("512Mi", "10", "1", "120s")
+        assert fn["env"] == {
+            "RESPONDER_PROJECT": PROJECT, "RESPONDER_POLICY": "ml-cluster-edge", "RESPONDER_REGION": "",
+            "RESPONDER_BAND_START": "20000", "RESPONDER_BAND_END": "20999",
+            "RESPONDER_CONFIG": str(cfg.relative_to(ROOT)),
+        }
+    deploy = [c for c in env.calls() if c[:2] == ["functions", "deploy"]][0]
+    for needed in ("--gen2", "--retry"):
+        assert needed in deploy
+    assert flag(deploy, "--runtime") == "python312"
+    assert flag(deploy, "--source") == str(ROOT)
+    assert flag(deploy, "--region") == REGION
+
+
+def test_dead_lettering_on_every_eventarc_subscription(first_run) -> None:
+    env, _, _ = first_run
+    state = env.read_state()
+    pubsub_agent = "serviceAccount:service-123456789012@gcp-sa-pubsub.iam.gserviceaccount.com"
+    for name in FUNCTIONS:
+        trigger = state["functions"][name]["eventTrigger"]["trigger"].rsplit("/", 1)[-1]
+        sub = state["triggers"][trigger]["transport"]["pubsub"]["subscription"]
+        conf = state["subscriptions"][sub]
+        assert conf["dead-letter-topic"] == f"projects/{PROJECT}/topics/car-dead-letter"
+        assert conf["max-delivery-attempts"] == "5"
+        assert (conf["min-retry-delay"], conf["max-retry-delay"]) == ("10s", "600s")
+        assert ["pubsub:" + sub, pubsub_agent, "roles/pubsub.subscriber"] in state["iam"]
+        assert ["functions:" + name, f"serviceAccount:car-trigger@{PROJECT}.iam.gserviceaccount.com",
+                "roles/run.invoker"] in state["iam"]
+    assert ["pubsub:car-dead-letter", pubsub_agent, "roles/pubsub.publisher"] in state["iam"]
+    assert state["subscriptions"]["car-dead-letter-hold"]["topic"] == "car-dead-letter"
+
+
+def test_sink_writer_identities_may_publish(first_run) -> None:
+    env, _, _ = first_run
+    state = env.read_state()
+    for sink in state["sinks"].values():
+        assert ["pubsub:car-log-sink", sink["writerIdentity"], "roles/pubsub.publisher"] in state["iam"]
+    lb = state["sinks"]["car-lb-armor"]["filter"]
+    assert 'resource.type="http_load_balancer"' in lb
+    assert 'jsonPayload.enforcedSecurityPolicy.outcome="DENY"' in lb
+    assert "priority<20000" in lb and "priority>20999" in lb   # never the band's own denies
+    assert 'jsonPayload.disposition="DENIED"' in state["sinks"]["car-firewall-denies"]["filter"]
+    assert 'logName:"ids.googleapis.com%2Fthreat"' in state["sinks"]["car-ids-threats"]["filter"]
+
+
+def test_bootstrap_creates_default_and_trusted_rules(first_run) -> None:
+    env, _, _ = first_run
+    state = env.read_state()
+    rules = {r["priority"]: r for r in state["policies"]["ml-cluster-edge"]["rules"]}
+    assert set(rules) == {2147483647, 1000, 1001}
+    assert rules[2147483647]["action"] == "allow"
+    assert rules[1000]["match"]["config"]["srcIpRanges"] == TRUSTED[:10]
+    assert rules[1001]["match"]["config"]["srcIpRanges"] == TRUSTED[10:]
+    assert all(r["action"] == "allow" for r in rules.values())
+    assert not [p for p in rules if 20000 <= p <= 20999]      # the band is left empty
+    assert state["backend_services"]["ml-web"]["securityPolicy"].endswith("/ml-cluster-edge")
+    calls = env.calls()
+    assert index_of(calls, "compute", "security-policies", "rules", "update", "2147483647") > \
+        index_of(calls, "compute", "security-policies", "create")
+
+
+def test_second_run_creates_nothing(first_run) -> None:
+    env, cfg, _ = first_run
+    before = env.read_state()
+    env.clear_log()
+    result = env.run("--region", REGION, "--with-monitoring", config=cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = env.calls()
+    mutating = [c for c in calls if is_mutating(c)]
+    unexpected = [c for c in mutating if not any(tuple(c[: len(p)]) == p for p in REPEATABLE)]
+    assert unexpected == [], "\n".join(map(" ".join, unexpected))
+    assert not [c for c in calls if "create" in verb_of(c) or "enable" in verb_of(c)]
+    assert not [c for c in calls if c[:3] == ["compute", "security-policies", "rules"]]
+    assert "kept as is" in result.stdout
+    after = env.read_state()
+    assert after["policies"] == before["policies"]
+    assert after["iam"] == before["iam"]
+
+
+def test_dry_run_prints_the_plan_and_calls_nothing(env: Env, cfg_dir: Path) -> None:
+    cfg = write_config(cfg_dir / "dry.toml", ranges=TRUSTED, backends=["ml-web"])
+    result = env.run("--region", REGION, "--dry-run", "--with-monitoring", config=cfg)
+    assert result.returncode == 0, result.stderr
+    assert env.calls() == []
+    assert "ml-cluster-edge" not in json.dumps(env.read_state().get("policies", {}))
+    lines = [line for line in result.stdout.splitlines() if line.startswith("+ gcloud ")]
+    text = "\n".join(lines)
+    first = {key: text.index(key) for key in (
+        "+ gcloud services enable", "+ gcloud iam service-accounts create car-responder",
+        "+ gcloud iam roles create", "+ gcloud pubsub topics create car-threat-feed",
+        "+ gcloud compute security-policies create", "+ gcloud functions deploy car-threat-feed",
+        "+ gcloud scheduler jobs create pubsub", "+ gcloud logging sinks create",
+        "+ gcloud beta monitoring channels create", "+ gcloud alpha monitoring policies create")}
+    assert list(first.values()) == sorted(first.values()), first
+    assert text.count("+ gcloud functions deploy ") == 5
+    assert text.count("+ gcloud pubsub topics create ") == 6
+    assert text.count("+ gcloud compute security-policies rules create ") == 2
+    assert text.count("+ gcloud logging sinks create ") == 3
+    assert "+ gcloud compute backend-services update ml-web" in text
+    # a comment line introduces each step
+    assert sum(1 for line in result.stdout.splitlines() if line.startswith("# ")) >= 10
+    # every printed command is one of the commands the fake knows
+    flags = json.loads((FAKE.parent / "gcloud_flags.json").read_text())
+    for line in lines:
+        words = line[len("+ gcloud "):].split(" ")
+        cmd = " ".join(w for w in words if not w.startswith(("-", "'")))
+        known = [k for k in flags["commands"] if cmd.startswith(k)]
+        assert known, line
+
+
+def test_existing_policy_is_never_modified(scenarios) -> None:
+    env, _, result = scenarios["existing"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = env.calls()
+    compute = [c for c in calls if c[0] == "compute"]
+    assert compute and all("describe" in verb_of(c) for c in compute), compute
+    assert env.read_state()["policies"]["ml-cluster-edge"] == EXISTING_POLICY
+    assert env.read_state()["backend_services"]["ml-web"]["securityPolicy"] == ""
+    assert "kept as is" in result.stdout
+    assert "20500" in result.stderr and "20010" not in result.stderr   # foreign band rule warned about
+    assert "ml-web does not use ml-cluster-edge" in result.stderr
+
+
+def test_flags_override_config(scenarios) -> None:
+    env, _, result = scenarios["override"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = env.read_state()
+    fn = state["functions"]["car-manual"]
+    assert fn["region"] == "europe-west4"                     # --region: the functions' region
+    assert fn["env"] == {"RESPONDER_PROJECT": "other-proj", "RESPONDER_POLICY": "edge2",
+                         "RESPONDER_REGION": "us-east1",      # the policy's region, from the config
+                         "RESPONDER_BAND_START": "30000", "RESPONDER_BAND_END": "30499",
+                         "RESPONDER_CONFIG": fn["env"]["RESPONDER_CONFIG"]}
+    assert all(flag(c, "--project") in ("other-proj", None) for c in env.calls())
+    assert "priority<30000" in state["sinks"]["car-lb-armor"]["filter"]
+    assert state["scheduler_jobs"]["car-cleanup"]["name"] == "car-cleanup"
+    assert [c for c in env.calls() if c[:2] == ["scheduler", "jobs"] and flag(c, "--location") != "europe-west4"] == []
+
+
+def test_regional_policy_uses_regional_permissions(scenarios) -> None:
+    env, _, result = scenarios["override"]
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = env.read_state()
+    assert state["policies"]["edge2"]["region"] == "us-east1"
+    assert 'resource.type="http_external_regional_lb_rule"' in state["sinks"]["car-lb-armor"]["filter"]
+    perms = state["roles"]["car_responder"]["includedPermissions"]
+    assert "compute.regionSecurityPolicies.update" in perms and "compute.regionOperations.get" in perms
+    assert not [p for p in perms if p.startswith("compute.securityPolicies")]
+    assert all(flag(c, "--region") == "us-east1" for c in env.calls() if c[0] == "compute")
+
+
+def test_bad_flag_is_a_usage_error(env: Env) -> None:
+    result = env.run("--regoin", REGION)
+    assert result.returncode == 2
+    assert "unrecognized argument: --regoin" in result.stderr
+    assert "--help" in result.stderr
+    assert env.calls() == []
+    for args in (["--band-start", "abc"], ["--project"]):
+        result = env.run(*args)
+        assert result.returncode == 2, args
+        assert env.calls() == []
+
+
+def test_help(env: Env) -> None:
+    result = env.run("--help")
+    assert result.returncode == 0
+    for word in ("--project", "--region", "--policy", "--band-start", "--band-end", "--config",
+                 "--dry-run", "--with-monitoring"):
+        assert word in result.stdout
+
+
+def test_invalid_config_is_refused(env: Env, cfg_dir: Path) -> None:
+    cfg = write_config(cfg_dir / "bad.toml", ranges=["10.0.0.0/8", "not-an-ip"])
+    result = env.run("--region", REGION, config=cfg)
+    assert result.returncode == 3
+    assert "bootstrap.trusted_ranges[1]" in result.stderr
+    assert env.calls() == []
+    overlap = write_config(cfg_dir / "overlap.toml", ranges=TRUSTED)
+    overlap.write_text(overlap.read_text().replace("trusted_priority = 1000", "trusted_priority = 20000"))
+    result = env.run("--region", REGION, config=overlap)
+    assert result.returncode == 3 and "overlap the band" in result.stderr
+    result = env.run("--region", REGION, "--band-start", "21000")      # start > end
+    assert result.returncode == 3 and "band" in result.stderr
+
+
+def test_config_outside_the_source_is_refused(env: Env, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "elsewhere.toml")
+    result = env.run("--region", REGION, config=cfg)
+    assert result.returncode == 3
+    assert "must lie inside" in result.stderr
+    assert env.calls() == []
+
+
+def test_fake_rejects_unknown_flags(env: Env) -> None:
+    """The safety net itself: a typo in a gcloud flag fails like gcloud."""
+    proc = subprocess.run(
+        [str(env.bin / "gcloud"), "pubsub", "topics", "create", "t", "--project=my-ml-project", "--lables=a=b"],
+        env={**os.environ, "FAKE_GCLOUD_LOG": str(env.log), "FAKE_GCLOUD_STATE": str(env.state)},
+        capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --lables=a=b" in proc.stderr
+
+
+def test_shellcheck_clean() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    result = subprocess.run([shellcheck, "-x", str(DEPLOY)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
