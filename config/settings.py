@@ -11,7 +11,10 @@ the environment. Any invalid value raises ``ConfigError`` naming the field,
 e.g. ``band.end: must be greater than band.start (20000)``.
 
 This module uses the standard library only and imports nothing of the
-product: it is the bottom layer.
+product at import time: it is the bottom layer. The one exception is the
+``[detectors]`` reader, which loads and validates the detector file through
+``config/detectors.py`` (the pure parser ``handlers.formats.logs``) when the
+settings are validated, so that a bad detector fails at start.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class PolicySettings:
     request_timeout: timedelta = timedelta(seconds=30)
     operation_timeout: timedelta = timedelta(seconds=180)
     retry_deadline: timedelta = timedelta(seconds=60)  # retrying transient failures, then raise
+    read_cache: timedelta = timedelta(seconds=5)  # how old a policy read an event writer may reuse
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class BandSettings:
     expiry_granularity: timedelta = timedelta(minutes=15)
     validate_only: bool = False
     preview: bool = False
+    max_rules: int = 0  # most band rules the project's quota leaves room for; 0: the band's size
 
     @property
     def size(self) -> int:
@@ -108,6 +113,7 @@ class LeaseSettings:
     label: str = "car-lease"
     duration: timedelta = timedelta(seconds=120)
     wait: timedelta = timedelta(seconds=60)
+    mode_label: str = "car-mode"  # "preview" while the break-glass switch is on
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,11 @@ class SourceSettings:
     min_prefix_v6: int = 64
     widen_v6_to: int | None = None  # single IPv6 hosts become this prefix
     allow_permanent: bool = False
+    validate_only: bool = False  # dry run for this kind of source only
+    preview: bool = False  # this kind's new rules are committed with preview: true
+    flood_limit: int = 0  # new ranges per flood_window and instance before the breaker trips; 0: off
+    flood_window: timedelta = timedelta(minutes=10)
+    on_flood: str = "preview"  # "preview": new rules go to preview; "refuse": refused
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,54 @@ class GuardSettings:
 
 
 @dataclass(frozen=True)
+class DetectorSettings:
+    """``[detectors]``: where the log detectors come from (see
+    ``config/detectors.toml``) and the threshold counter's bound."""
+
+    file: Path = CONFIG_DIR / "detectors.toml"
+    lists_dir: Path = CONFIG_DIR  # "@name" in url_paths -> <lists_dir>/<name>.txt
+    enable: tuple[str, ...] = ()  # turn on detectors the file disables
+    disable: tuple[str, ...] = ()  # turn off detectors the file enables
+    max_tracked: int = 100_000  # (detector, address) keys the threshold counter keeps
+
+
+CLOSE_ACTIONS = ("keep", "shorten", "lift")
+
+
+@dataclass(frozen=True)
+class MonitoringAlertSettings:
+    """``[alerts.monitoring]``: Cloud Monitoring incidents."""
+
+    label_keys: tuple[str, ...] = ("client_ip", "remote_ip", "source_ip")
+    ttl: timedelta | None = None  # None: sources.alert.default_ttl
+    severity: str | None = None  # None: sources.alert.severity
+    on_close: str = "keep"  # keep | shorten | lift
+    close_ttl: timedelta = timedelta(minutes=15)  # on_close = "shorten": block until close + this
+
+
+_SCC_TTLS: Mapping[str, timedelta] = {
+    "low": timedelta(hours=1), "medium": timedelta(hours=6),
+    "high": timedelta(hours=24), "critical": timedelta(hours=72),
+}
+
+
+@dataclass(frozen=True)
+class SccAlertSettings:
+    """``[alerts.scc]``: Security Command Center finding notifications."""
+
+    ttl_by_severity: Mapping[str, timedelta] = field(default_factory=lambda: dict(_SCC_TTLS))
+    categories: tuple[str, ...] = ()  # allow-list of finding categories; empty: all
+    on_inactive: str = "lift"  # lift | keep
+    muted: str = "ignore"  # ignore | apply
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    monitoring: MonitoringAlertSettings = field(default_factory=MonitoringAlertSettings)
+    scc: SccAlertSettings = field(default_factory=SccAlertSettings)
+
+
+@dataclass(frozen=True)
 class Settings:
     policy: PolicySettings
     band: BandSettings
@@ -153,6 +212,8 @@ class Settings:
     sources: Mapping[str, SourceSettings] = field(default_factory=dict)
     feeds: Mapping[str, FeedSettings] = field(default_factory=dict)
     guards: GuardSettings = field(default_factory=GuardSettings)
+    detectors: DetectorSettings = field(default_factory=DetectorSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def source(self, kind: str) -> SourceSettings:
@@ -258,6 +319,16 @@ def _network(text: object, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6
         raise ConfigError(f"{where}: not an IP address or CIDR: {text!r}") from None
 
 
+def _optional_duration(r: _Reader, key: str, default: timedelta) -> timedelta:
+    """A duration that may also be 0 (off)."""
+    if r.table.get(key) in (0, "0", "0s"):
+        r.used.add(key)
+        return timedelta(0)
+    value = r.duration(key, default)
+    assert value is not None
+    return value
+
+
 def _policy(r: _Reader) -> PolicySettings:
     project = r.get("project", str)
     name = r.get("name", str)
@@ -276,6 +347,7 @@ def _policy(r: _Reader) -> PolicySettings:
         request_timeout=r.duration("request_timeout", timedelta(seconds=30)),  # type: ignore[arg-type]
         operation_timeout=r.duration("operation_timeout", timedelta(seconds=180)),  # type: ignore[arg-type]
         retry_deadline=r.duration("retry_deadline", timedelta(seconds=60)),  # type: ignore[arg-type]
+        read_cache=_optional_duration(r, "read_cache", timedelta(seconds=5)),
     )
     r.done()
     return policy
@@ -298,7 +370,10 @@ def _band(r: _Reader) -> BandSettings:
     band = BandSettings(
         start=start, end=end, owner_tag=tag, expiry_granularity=granularity,
         validate_only=r.get("validate_only", bool, False), preview=r.get("preview", bool, False),
+        max_rules=r.get("max_rules", int, 0),
     )
+    if not 0 <= band.max_rules:
+        raise ConfigError(f"band.max_rules: must be 0 (the band's size) or positive, got {band.max_rules}")
     r.done()
     return band
 
@@ -307,8 +382,12 @@ def _lease(r: _Reader) -> LeaseSettings:
     label = r.get("label", str, "car-lease")
     if not _LABEL_KEY.match(label):
         raise ConfigError(f"lease.label: not a valid label key: {label!r}")
+    mode_label = r.get("mode_label", str, "car-mode")
+    if not _LABEL_KEY.match(mode_label) or mode_label == label:
+        raise ConfigError(f"lease.mode_label: not a valid label key, or the same as lease.label: {mode_label!r}")
     lease = LeaseSettings(
         label=label,
+        mode_label=mode_label,
         duration=r.duration("duration", timedelta(seconds=120)),  # type: ignore[arg-type]
         wait=r.duration("wait", timedelta(seconds=60)),  # type: ignore[arg-type]
     )
@@ -335,7 +414,14 @@ def _source(kind: str, r: _Reader) -> SourceSettings:
         min_prefix_v6=r.prefix("min_prefix_v6", 128, base.min_prefix_v6),
         widen_v6_to=widen,
         allow_permanent=r.get("allow_permanent", bool, base.allow_permanent),
+        validate_only=r.get("validate_only", bool, False),
+        preview=r.get("preview", bool, False),
+        flood_limit=r.get("flood_limit", int, 0),
+        flood_window=r.duration("flood_window", timedelta(minutes=10)),  # type: ignore[arg-type]
+        on_flood=r.choice("on_flood", ("preview", "refuse"), "preview"),
     )
+    if src.flood_limit < 0:
+        raise ConfigError(f"sources.{kind}.flood_limit: must be 0 (off) or positive, got {src.flood_limit}")
     r.done()
     return src
 
@@ -379,6 +465,81 @@ def _guards(r: _Reader) -> GuardSettings:
     return guards
 
 
+def _names(r: _Reader, key: str) -> tuple[str, ...]:
+    values = r.get(key, list, [])
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{r._name(key)}[{i}]: expected a non-empty string, got {v!r}")
+    return tuple(values)
+
+
+def _path(r: _Reader, key: str, default: Path) -> Path:
+    text = r.get(key, str, "")
+    if not text:
+        return default
+    path = Path(text)
+    return path if path.is_absolute() else CONFIG_DIR / path
+
+
+def _detectors(r: _Reader) -> DetectorSettings:
+    file = _path(r, "file", CONFIG_DIR / "detectors.toml")
+    det = DetectorSettings(
+        file=file,
+        lists_dir=_path(r, "lists_dir", file.parent),
+        enable=_names(r, "enable"),
+        disable=_names(r, "disable"),
+        max_tracked=r.get("max_tracked", int, 100_000),
+    )
+    if det.max_tracked < 1:
+        raise ConfigError(f"detectors.max_tracked: must be at least 1, got {det.max_tracked}")
+    both = sorted(set(det.enable) & set(det.disable))
+    if both:
+        raise ConfigError(f"detectors.enable: {both[0]!r} is also in detectors.disable")
+    r.done()
+    from config import detectors  # loads and validates the file (ConfigError naming the field)
+
+    detectors.load(det)
+    return det
+
+
+def _monitoring(r: _Reader) -> MonitoringAlertSettings:
+    keys = _names(r, "label_keys") if r.has("label_keys") else MonitoringAlertSettings.label_keys
+    if not keys:
+        raise ConfigError("alerts.monitoring.label_keys: must name at least one label key")
+    mon = MonitoringAlertSettings(
+        label_keys=keys,
+        ttl=r.duration("ttl"),
+        severity=r.choice("severity", SEVERITIES, None),
+        on_close=r.choice("on_close", CLOSE_ACTIONS, "keep"),
+        close_ttl=r.duration("close_ttl", timedelta(minutes=15)),  # type: ignore[arg-type]
+    )
+    r.done()
+    return mon
+
+
+def _scc(r: _Reader) -> SccAlertSettings:
+    ttls = dict(_SCC_TTLS)
+    table = r.sub("ttl_by_severity")
+    for key in list(table.table):
+        if key not in SEVERITIES:
+            raise ConfigError(f"alerts.scc.ttl_by_severity.{key}: not a severity (one of {', '.join(SEVERITIES)})")
+        ttls[key] = table.duration(key)  # type: ignore[assignment]
+    scc = SccAlertSettings(
+        ttl_by_severity=ttls,
+        categories=_names(r, "categories"),
+        on_inactive=r.choice("on_inactive", ("lift", "keep"), "lift"),
+        muted=r.choice("muted", ("ignore", "apply"), "ignore"),
+    )
+    r.done()
+    return scc
+
+
+def _alerts(r: _Reader) -> AlertSettings:
+    alerts = AlertSettings(monitoring=_monitoring(r.sub("monitoring")), scc=_scc(r.sub("scc")))
+    r.done()
+    return alerts
+
+
 def _set_dotted(doc: dict[str, Any], dotted: str, text: str) -> None:
     table_name, key = dotted.split(".")
     table = doc.setdefault(table_name, {})
@@ -409,12 +570,14 @@ def from_dict(doc: Mapping[str, Any]) -> Settings:
     feeds_table = root.get("feeds", dict, {})
     feeds = {name: _feed(name, _Reader(tbl, f"feeds.{name}")) for name, tbl in feeds_table.items()}
     guards = _guards(root.sub("guards"))
-    # Sections owned by other parts of the project (deploy, bootstrap,
-    # detectors, alerts) are validated by their own readers.
-    for key in ("deploy", "bootstrap", "detectors", "alerts"):
+    detectors = _detectors(root.sub("detectors"))
+    alerts = _alerts(root.sub("alerts"))
+    # Sections owned by other parts of the project (deploy, bootstrap) are
+    # validated by their own readers.
+    for key in ("deploy", "bootstrap"):
         root.used.add(key)
     root.done()
-    return Settings(policy, band, lease, sources, feeds, guards, raw=dict(doc))
+    return Settings(policy, band, lease, sources, feeds, guards, detectors, alerts, raw=dict(doc))
 
 
 def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -15,6 +15,11 @@ falls back to a default)::
      "preview": false}           commit the rule with preview: true
 
 Without ttl/expiry/permanent a block lasts ``sources.manual.default_ttl``.
+
+Break-glass: ``{"action": "preview-all", "actor": ..., "reason": ...}`` puts
+every band rule in preview (logged, not enforced), and every new one while
+it lasts; ``{"action": "enforce-all", ...}`` enforces them again. Neither
+takes ranges.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from responder.service import Outcome
 
 from handlers import common
 from handlers.envelope import Message, parse_time
-from handlers.runtime import Runtime
+from handlers.runtime import Runtime, event_ref
 
 KIND = "manual"
 MAX_RANGES = 1000
@@ -55,10 +60,12 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     unknown = sorted(set(doc) - KEYS)
     if unknown:
         raise BadEvent(f"manual command: unknown field '{unknown[0]}' (fields: {', '.join(sorted(KEYS))})")
+    if doc.get("action") in BREAK_GLASS:
+        return _break_glass(doc, message, rt)
     try:
         verb = Verb(doc.get("action"))
     except ValueError:
-        raise BadEvent("manual command: 'action' must be block, unblock or extend") from None
+        raise BadEvent("manual command: 'action' must be block, unblock, extend, preview-all or enforce-all") from None
     ranges = _field(doc, "ranges", list)
     if not ranges or len(ranges) > MAX_RANGES:
         raise BadEvent(f"manual command: 'ranges' must list 1 to {MAX_RANGES} addresses or CIDRs")
@@ -105,3 +112,17 @@ def handle(message: Message, rt: Runtime) -> Outcome:
         raise BadEvent(f"manual command: no valid range ({errors[0].error})")
     common.report_items(rt, message, KIND, errors)
     return common.apply(rt, message, KIND, intents, force=force, actor=actor.strip(), reason=reason)
+
+
+BREAK_GLASS = {"preview-all": True, "enforce-all": False}
+
+
+def _break_glass(doc: Mapping[str, Any], message: Message, rt: Runtime) -> Outcome:
+    extra = sorted(set(doc) - {"action", "actor", "reason"})
+    if extra:
+        raise BadEvent(f"manual command: {doc['action']} takes only actor and reason (got '{extra[0]}')")
+    actor = _field(doc, "actor", str)
+    if not actor or not actor.strip():
+        raise BadEvent("manual command: 'actor' is required (who asks for this)")
+    reason = _field(doc, "reason", str, "")
+    return rt.responder.set_mode(BREAK_GLASS[doc["action"]], event_ref(message, KIND, actor.strip(), reason))

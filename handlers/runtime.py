@@ -19,6 +19,7 @@ from typing import Any
 from config import settings as config
 from responder.audit import Audit
 from responder.errors import BadEvent
+from responder.guards import FloodBreaker
 from responder.service import EventRef, PolicyApi, Responder, utcnow
 
 from handlers.envelope import Message, from_cloud_event
@@ -40,6 +41,7 @@ class Runtime:
         self.clock = clock
         self._api_factory = api_factory or _compute_api
         self._lock = threading.Lock()
+        self.breaker = FloodBreaker()
 
     @cached_property
     def api(self) -> PolicyApi:

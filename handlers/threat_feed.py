@@ -34,7 +34,7 @@ from responder.service import Outcome
 from handlers import common
 from handlers.envelope import Message
 from handlers.formats import FormatError, parse_feed
-from handlers.runtime import Runtime, event_ref
+from handlers.runtime import Runtime
 
 KIND = "feed"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
@@ -69,18 +69,11 @@ def handle(message: Message, rt: Runtime) -> Outcome:
             raise BadEvent(f"threat feed {name}: no valid indicator ({intents_errors[0].error})")
         rt.audit.record("unchanged", f"threat feed {name}: no indicator to apply", message_id=message.message_id, source=name)
         return Outcome()
-    accepted, refused = guards.screen(intents, KIND, rt.settings)
-    for intent, why in refused:
-        rt.audit.record("refused", f"refused {intent.network}: {why}", message_id=message.message_id,
-                        source=name, ranges=[str(intent.network)], reason=why)
-    derive = _withdrawals(name, feed, accepted) if snapshot else None
+    accepted, refused = common.screen(rt, message, KIND, intents)
     if snapshot and not any(i.verb is Verb.BLOCK for i in accepted):
         raise BadEvent(f"threat feed {name}: snapshot with no valid indicator refused (would withdraw the whole feed)")
-    if rt.settings.band.preview:
-        accepted = [common._preview(i) for i in accepted]
-    outcome = rt.responder.apply(accepted, event_ref(message, name, reason=f"feed {name}"), derive=derive)
-    outcome.refused += len(refused)
-    return outcome
+    derive = _withdrawals(name, feed, accepted) if snapshot else None
+    return common.apply_screened(rt, message, KIND, accepted, refused, source_id=name, reason=f"feed {name}", derive=derive)
 
 
 def _intents(

@@ -5,7 +5,7 @@ Records go through the standard ``logging`` module. On Cloud Functions,
 on stdout, which Cloud Logging ingests as ``jsonPayload``; every record then
 carries the stable field ``jsonPayload.responder.change`` (see ``CHANGES``)
 for log-based metrics. Locally, records can also be appended to a JSON-lines
-file (``RESPONDER_AUDIT_FILE``) that ``responder.cli explain`` reads.
+file (``RESPONDER_AUDIT_FILE``) that ``cli.py explain`` reads.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ CHANGES = (
     "rejected",  # a malformed event, acknowledged
     "lint",  # a problem in the policy found at cleanup/start
     "usage",  # band utilisation, reported by cleanup
+    "breaker",  # a source flooded: its new rules go to preview or are refused
+    "mode",  # the break-glass switch: every band rule to preview, or back
 )
 
 _setup_lock = threading.Lock()

@@ -19,8 +19,11 @@ Unblocks are only parsed: lifting a block is always allowed.
 from __future__ import annotations
 
 import ipaddress
+import threading
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import datetime, timedelta
 
 from config.settings import Settings
 from responder.model import Intent, Network, Verb
@@ -95,3 +98,32 @@ def screen(
         refused.extend((i, f"over the cap of {cap} ranges per event") for i in accepted[cap:])
         accepted = accepted[:cap]
     return accepted, refused
+
+
+class FloodBreaker:
+    """A circuit breaker per kind of source, for one function instance.
+
+    It counts the new block ranges each kind asks for in a sliding window
+    (``flood_window``); past ``flood_limit`` the breaker is open and
+    ``admit`` says what to do with the rest: put them in preview or refuse
+    them (``on_flood``). Counting lives in this process only: instances that
+    scale out count apart and a restart forgets, so the limit is a per-
+    instance bound, documented as such. The clock is an argument.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, deque[tuple[datetime, int]]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, kind: str, count: int, now: datetime, limit: int, window: timedelta) -> bool:
+        """Counts ``count`` new ranges; True while the total in the window
+        stays within ``limit`` (always True when limit is 0)."""
+        if limit <= 0 or count <= 0:
+            return True
+        with self._lock:
+            seen = self._seen.setdefault(kind, deque())
+            while seen and seen[0][0] <= now - window:
+                seen.popleft()
+            total = sum(n for _, n in seen)
+            seen.append((now, count))
+            return total + count <= limit

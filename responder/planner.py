@@ -46,6 +46,7 @@ from responder.policy import PolicyRule
 
 MAX_RANGES_PER_RULE = 10
 MANUAL = "manual"
+NEEDS_REMOVAL = "an entry must be removed or narrowed"
 
 
 @dataclass(frozen=True)
@@ -228,9 +229,17 @@ def _block(entries: dict[Network, Entry], intent: Intent, expiry: datetime | Non
     )
     existing = entries.get(intent.network)
     if existing is None:
-        cover = covering(entries, intent.network)
-        if cover is not None and _satisfies(cover, wanted):
+        net = intent.network  # any supernet may satisfy it, not only the nearest
+        covers = [c for p in range(net.prefixlen - 1, -1, -1) if (c := entries.get(net.supernet(new_prefix=p)))]
+        if any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in covers):
             return False
+        # The new entry also records the claims its supernets already make on
+        # it, so that replaying the same intents finds them satisfied.
+        for cover in covers:
+            folded = _merge_entries(replace(cover, network=net), wanted)
+            if cover.manual and intent.source != MANUAL:
+                folded = replace(folded, action=cover.action, preview=cover.preview)
+            wanted = folded
         entries[intent.network] = wanted
         return True
     merged = _merge_entries(existing, wanted)
@@ -243,12 +252,21 @@ def _block(entries: dict[Network, Entry], intent: Intent, expiry: datetime | Non
     return True
 
 
+def _as_claim_on(have: Entry, want: Entry) -> Entry:
+    """``want`` as it would merge into ``have``: automation adds its claim to
+    a manual block but never changes its rule fields (see ``_block``)."""
+    if have.manual and MANUAL not in want.meta.sources:
+        return replace(want, action=have.action, preview=have.preview)
+    return want
+
+
 def _satisfies(have: Entry, want: Entry) -> bool:
     return (
         _later(have.meta.expiry, want.meta.expiry) == have.meta.expiry
         and have.meta.severity >= want.meta.severity
         and want.meta.sources <= have.meta.sources
-        and have.action == want.action
+        # no action check: as in _merge_entries, the entry that lasts at
+        # least as long keeps its action
         and (want.preview or not have.preview)
     )
 
@@ -261,8 +279,10 @@ def _extend(entries: dict[Network, Entry], intent: Intent, expiry: datetime | No
         cover = covering(entries, intent.network)
         if cover is None:
             return "not blocked"
-        if _later(cover.meta.expiry, expiry) == cover.meta.expiry and intent.source in cover.meta.sources:
-            return None  # already in effect: no entry of its own
+        net = intent.network  # already in effect through any supernet: no entry of its own
+        for c in (entries.get(net.supernet(new_prefix=p)) for p in range(net.prefixlen - 1, -1, -1)):
+            if c is not None and _later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources:
+                return None
         entries[intent.network] = replace(cover, network=intent.network)
         targets = [intent.network]
     for net in targets:
@@ -295,7 +315,9 @@ def _unblock(entries: dict[Network, Entry], intent: Intent) -> None:
     while (cover := covering(entries, net)) is not None:
         del entries[cover.network]
         for piece in cover.network.address_exclude(net):  # type: ignore[arg-type]
-            entries[piece] = replace(cover, network=piece)
+            part = replace(cover, network=piece)
+            seen = entries.get(piece)  # a piece of a narrower cover split before
+            entries[piece] = part if seen is None else _merge_entries(seen, part)
 
 
 def apply_intents(
@@ -420,9 +442,14 @@ def plan_append(
     if any(net not in entries for net in current) or any(
         current[n] != entries.get(n) and _weaker(current[n], entries[n]) for n in current if n in entries
     ):
-        return Plan(entries=entries, refused=tuple(refused), satisfied=satisfied, needs_lease="an entry must be removed or narrowed")
+        return Plan(entries=entries, refused=tuple(refused), satisfied=satisfied, needs_lease=NEEDS_REMOVAL)
     changed = [e for n, e in entries.items() if current.get(n) != e]
-    groups = pack(changed)
+    # New networks aggregate; a network the band already holds is written
+    # again as it is, so that reading the band back merges it with its old rule.
+    groups = pack(e for e in changed if e.network not in current)
+    for e in changed:
+        if e.network in current:
+            groups.setdefault(e.group, []).append(e.network)
     priorities = _Priorities(settings, band.used, seed)
     ops: list[Op] = []
     for group, nets in sorted(groups.items(), key=lambda kv: _group_order(kv[0])):
@@ -435,9 +462,10 @@ def plan_append(
 
 
 def _weaker(before: Entry, after: Entry) -> bool:
-    """True when ``after`` drops something ``before`` had: a source claim
-    (only a lease holder can rewrite a rule to take it away)."""
-    return not before.meta.sources <= after.meta.sources
+    """True when ``after`` drops something ``before`` had: a source claim,
+    expiry, severity, enforcement or action (only a lease holder can rewrite
+    a rule to take it away; an added rule would merge with the old one)."""
+    return _merge_entries(before, after) != after
 
 
 def _group_order(group: tuple[RuleMeta, str, bool]) -> tuple[int, float, str, str, bool]:
@@ -466,12 +494,16 @@ def plan_reconcile(
     current = band.entries(now)
     entries, refused, satisfied = apply_intents(current, intents, now, settings.expiry_granularity)
     expired = tuple(e for n, e in band.entries().items() if n not in current)
-    groups = pack(entries.values())
+    groups = _pack_merged(entries.values())
     limit = settings.size - len(band.foreign)
     if capacity is not None:
         limit = min(limit, capacity)
     evicted = _evict(groups, entries, limit)
-    packed_entries = {n: Entry(n, *g) for g, nets in groups.items() for n in nets}
+    packed_entries: dict[Network, Entry] = {}
+    for g, nets in groups.items():
+        for n in nets:  # two groups can aggregate to the same network
+            seen = packed_entries.get(n)
+            packed_entries[n] = Entry(n, *g) if seen is None else _merge_entries(seen, Entry(n, *g))
 
     by_group: dict[tuple[RuleMeta, str, bool], list[BandRule]] = defaultdict(list)
     for rule in band.rules:
@@ -499,8 +531,19 @@ def plan_reconcile(
             final, pool = held + pool[:room], pool[room:]
             after = make_rule(rule.priority, final, group, settings.owner_tag)
             if set(after.ranges) != set(rule.rule.ranges) or after.description != rule.rule.description:
-                target = grows if set(rule.networks) <= set(final) else shrinks
-                target.append(Patch(after, rule.rule))
+                if set(rule.networks) <= set(final):
+                    grows.append(Patch(after, rule.rule))
+                    continue
+                # A patch that drops some ranges and takes others could drop a
+                # range before the rule taking it over holds it (two rules
+                # swapping ranges): first grow to both, then shrink.
+                both = list(dict.fromkeys([*rule.networks, *final]))
+                if len(both) > len(final) > len(held) and len(both) <= MAX_RANGES_PER_RULE:
+                    bridge = make_rule(rule.priority, both, group, settings.owner_tag)
+                    grows.append(Patch(bridge, rule.rule))
+                    shrinks.append(Patch(after, bridge))
+                else:
+                    shrinks.append(Patch(after, rule.rule))
         for chunk in _chunks(pool):
             priority = priorities.take()
             if priority is None:  # cannot happen within capacity; stay safe
@@ -510,6 +553,22 @@ def plan_reconcile(
         removes.extend(Remove(r.rule) for r in dropped)
     ops = tuple(adds + grows + shrinks + removes)
     return Plan(ops, packed_entries, tuple(refused), satisfied, expired, evicted)
+
+
+def _pack_merged(entries: Iterable[Entry]) -> dict[tuple[RuleMeta, str, bool], list[Network]]:
+    """``pack``, repeated until no two groups aggregate to the same network
+    (such networks merge into one entry, as reading the band back would)."""
+    groups = pack(entries)
+    while True:
+        merged: dict[Network, Entry] = {}
+        for g, nets in groups.items():
+            for n in nets:
+                seen = merged.get(n)
+                merged[n] = Entry(n, *g) if seen is None else _merge_entries(seen, Entry(n, *g))
+        regrouped = pack(merged.values())
+        if regrouped == groups:
+            return groups
+        groups = regrouped
 
 
 def _evict(

@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from responder import planner
 from responder.audit import Audit
 from responder.errors import (
     FingerprintMismatch,
+    PolicyNotFound,
     PriorityTaken,
     QuotaExceeded,
     TransientError,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 Derive = Callable[[Mapping[Network, "planner.Entry"]], Sequence[Intent]]
 ADD_ATTEMPTS = 5
+PREVIEW_MODE = "preview"
 
 
 def utcnow() -> datetime:
@@ -113,6 +115,11 @@ class Lease:
 
     def _value(self, expiry: datetime) -> str:
         return f"{self.holder}-{int(expiry.timestamp())}"
+
+    def value(self) -> str:
+        """The label value of the lease as held now."""
+        assert self.expiry is not None
+        return self._value(self.expiry)
 
     @staticmethod
     def _parse(value: str) -> tuple[str, datetime] | None:
@@ -185,44 +192,141 @@ class Responder:
         self.clock = clock
         self.sleep = sleep
         self.holder = holder or "w" + secrets.token_hex(5)
+        self._started = False
+        self._last_lint: list[str] = []
+        self._cache: tuple[float, PolicySnapshot] | None = None
+
+    @property
+    def _max_rules(self) -> int:
+        return self.settings.band.max_rules or self.settings.band.size
+
+    def _cached_read(self) -> PolicySnapshot:
+        """The policy as an event writer may see it: a read at most
+        ``policy.read_cache`` old, plus the rules this process added since.
+
+        Safe under the concurrency design: writers only add, so a stale view
+        can at worst add a rule another instance already added (harmless) or
+        pick a priority that was taken meanwhile (addRule fails, we read
+        again). Everything that patches or removes reads afresh."""
+        ttl = self.settings.policy.read_cache.total_seconds()
+        if self._cache is not None and time.monotonic() - self._cache[0] < ttl:
+            return self._cache[1]
+        snap = self._read()
+        self._cache = (time.monotonic(), snap) if ttl > 0 else None
+        return snap
+
+    def _remember(self, snap: PolicySnapshot, plan: Plan) -> None:
+        """Adds this process's new rules to the cached view."""
+        if self._cache is not None and self._cache[1] is snap:
+            added = tuple(op.rule for op in plan.ops if isinstance(op, Add))
+            self._cache = (self._cache[0], replace(snap, rules=snap.rules + added))
+
+    def _read(self, lint: bool = False) -> PolicySnapshot:
+        """Reads the policy; the first read of a process is also linted, so
+        a misconfigured policy is reported as soon as the responder starts."""
+        self._cache = None
+        try:
+            snap = self.api.get_policy()
+        except PolicyNotFound:
+            self.audit.record(
+                "lint", f"the security policy {self.settings.policy.name} does not exist in project "
+                f"{self.settings.policy.project}{' region ' + self.settings.policy.region if self.settings.policy.region else ''}: "
+                f"create it with deploy.sh or 'python cli.py bootstrap-policy', or fix policy.name",
+                level=logging.ERROR, policy=self.settings.policy.name,
+            )
+            raise
+        if lint or not self._started:
+            self._started = True
+            self._last_lint = self.lint(snap)
+        return snap
 
     # -- public -----------------------------------------------------------
 
-    def apply(self, intents: Sequence[Intent], event: EventRef, derive: Derive | None = None) -> Outcome:
+    def apply(
+        self, intents: Sequence[Intent], event: EventRef, derive: Derive | None = None, *, validate_only: bool = False
+    ) -> Outcome:
         """Brings the band in line with the intents (already screened).
 
         ``derive``, if given, is called with the band's live entries and
         returns more intents to apply first (a snapshot feed's withdrawals);
-        it may raise BadEvent to refuse the whole event."""
+        it may raise BadEvent to refuse the whole event. With
+        ``validate_only`` (or ``band.validate_only``) the plan is validated
+        by the API and recorded, and nothing is committed."""
         outcome = Outcome()
         if not intents and derive is None:
             return outcome
+        validate_only = validate_only or self.settings.band.validate_only
         now = self.clock()
-        snap = self.api.get_policy()
+        snap = self._cached_read()
         for attempt in range(ADD_ATTEMPTS):
             band = planner.read_band(snap.rules, self.settings.band)
             todo = [*derive(band.entries(now)), *intents] if derive else list(intents)
+            if snap.labels.get(self.settings.lease.mode_label) == PREVIEW_MODE:
+                todo = [replace(i, preview=True) for i in todo]
             plan = planner.plan_append(band, todo, now, self.settings.band, seed=_seed(event, attempt))
+            if not plan.needs_lease and len(band.rules) + len(plan.ops) > self._max_rules:
+                plan = replace(plan, needs_lease=f"more than band.max_rules ({self._max_rules}) rules")
             if plan.needs_lease:
-                return self._reconcile(todo, event, now, outcome, compact=False)
+                # Room is made by compacting; a removal alone changes only what it must.
+                compact = plan.needs_lease != planner.NEEDS_REMOVAL
+                if validate_only:
+                    return self._dry_reconcile(band, todo, event, now, outcome, compact=compact)
+                return self._reconcile(todo, event, now, outcome, compact=compact)
             try:
-                self._execute(plan, band, event, outcome, lease=None)
+                self._execute(plan, band, event, outcome, lease=None, validate_only=validate_only)
+                if not validate_only:
+                    self._remember(snap, plan)
                 return outcome
             except PriorityTaken:
-                snap = self.api.get_policy()  # another writer got there first
+                snap = self._read()  # another writer got there first
             except QuotaExceeded:
-                return self._reconcile(intents, event, now, outcome, compact=True, quota_full=True)
+                return self._reconcile(todo, event, now, outcome, compact=True, quota_full=True)
         raise TransientError(f"no free band priority after {ADD_ATTEMPTS} attempts")
+
+    def set_mode(self, preview: bool, event: EventRef) -> Outcome:
+        """The break-glass switch: every band rule to preview (and every new
+        one while the mode label says so), or every band rule back to
+        enforced. Runs under the lease."""
+        outcome = Outcome(leased=True)
+        lease = Lease(self.api, self.settings, self.holder, self.clock, self.sleep)
+        snap = lease.acquire()
+        try:
+            labels = {k: v for k, v in snap.labels.items() if k != self.settings.lease.mode_label}
+            if preview:
+                labels[self.settings.lease.mode_label] = PREVIEW_MODE
+            labels[self.settings.lease.label] = lease.value()
+            current = self.api.get_policy()
+            self.api.set_labels(labels, current.label_fingerprint)
+            band = planner.read_band(current.rules, self.settings.band)
+            changed = []
+            for rule in band.rules:
+                if rule.preview != preview:
+                    lease.check()
+                    self.api.patch_rule(replace(rule.rule, preview=preview))
+                    changed.append(rule.priority)
+            outcome.ops = len(changed)
+            self.audit.record(
+                "mode", f"break-glass: {'every band rule is in preview' if preview else 'band rules are enforced again'} "
+                f"({len(changed)} rule(s) changed)", level=logging.WARNING, message_id=event.message_id,
+                source=event.source, actor=event.actor or None, reason=event.reason or None,
+                mode=PREVIEW_MODE if preview else "enforce", priorities=changed,
+            )
+            return outcome
+        finally:
+            self._cache = None
+            lease.release()
 
     def cleanup(self, event: EventRef) -> Outcome:
         """Expires, compacts and reports; takes the lease only when there is
         something to change."""
         outcome = Outcome()
         now = self.clock()
-        snap = self.api.get_policy()
+        snap = self._read(lint=True)
         band = planner.read_band(snap.rules, self.settings.band)
-        outcome.lint = self.lint(snap)
-        plan = planner.plan_reconcile(band, [], now, self.settings.band, seed=_seed(event, 0))
+        outcome.lint = self._last_lint
+        plan = planner.plan_reconcile(
+            band, [], now, self.settings.band, capacity=self._max_rules, seed=_seed(event, 0)
+        )
         if plan.ops:
             self._reconcile([], event, now, outcome, compact=True)
             snap = self.api.get_policy()
@@ -284,11 +388,20 @@ class Responder:
         now = self.clock()
         outcome.leased = True
         try:
-            capacity: int | None = None
+            capacity = self._max_rules
+            capped = False
             for attempt in range(ADD_ATTEMPTS):
                 band = planner.read_band(snap.rules, self.settings.band)
+                if snap.labels.get(self.settings.lease.mode_label) == PREVIEW_MODE:
+                    intents = [replace(i, preview=True) for i in intents]
                 if quota_full:
-                    capacity = len(band.rules)  # no room to grow: evict to fit
+                    if not capped:  # no room to grow: evict to fit the rules the quota holds now
+                        capacity, capped = min(capacity, len(band.rules)), True
+                    # A plan adds before it removes, so with the quota full its first add
+                    # fails; make room first with removals that change no entry.
+                    if self._drop_redundant(band, lease, outcome):
+                        snap = self.api.get_policy()
+                        band = planner.read_band(snap.rules, self.settings.band)
                 plan = planner.plan_reconcile(
                     band, intents, now, self.settings.band, capacity=capacity, compact=compact, seed=_seed(event, attempt)
                 )
@@ -302,10 +415,50 @@ class Responder:
                 snap = self.api.get_policy()
             raise TransientError(f"could not reconcile the band after {ADD_ATTEMPTS} attempts")
         finally:
+            self._cache = None
             lease.release()
 
-    def _execute(self, plan: Plan, band: Band, event: EventRef, outcome: Outcome, lease: Lease | None) -> None:
-        validate_only = self.settings.band.validate_only
+    def _drop_redundant(self, band: Band, lease: Lease, outcome: Outcome) -> int:
+        """Removes band rules whose removal changes no live entry: expired
+        rules, and the older copies that appends leave behind (a network
+        written again with merged metadata). Nothing is uncovered, so this
+        is safe with writers appending meanwhile. Returns how many went."""
+        now = self.clock()
+        want = band.entries(now)
+        holders: dict[Network, list[planner.BandRule]] = {}
+        for rule in band.rules:
+            if not rule.meta.expired(now):
+                for net in rule.networks:
+                    holders.setdefault(net, []).append(rule)
+        gone: set[int] = set()
+        for rule in sorted(band.rules, key=lambda r: (len(r.networks), r.priority)):
+            redundant = rule.meta.expired(now) or all(
+                _merged(net, [r for r in holders[net] if r.priority != rule.priority and r.priority not in gone])
+                == want[net]
+                for net in rule.networks
+            )
+            if redundant:
+                lease.check()
+                self.api.remove_rule(rule.priority)
+                gone.add(rule.priority)
+                outcome.ops += 1
+        if gone:
+            log.info("quota full: removed %d redundant band rule(s) before reconciling", len(gone))
+        return len(gone)
+
+    def _dry_reconcile(
+        self, band: Band, intents: Sequence[Intent], event: EventRef, now: datetime, outcome: Outcome, *, compact: bool
+    ) -> Outcome:
+        """A reconcile plan validated and recorded, without the lease."""
+        plan = planner.plan_reconcile(
+            band, intents, now, self.settings.band, capacity=self._max_rules, compact=compact, seed=_seed(event, 0)
+        )
+        self._execute(plan, band, event, outcome, lease=None, validate_only=True)
+        return outcome
+
+    def _execute(
+        self, plan: Plan, band: Band, event: EventRef, outcome: Outcome, lease: Lease | None, validate_only: bool = False
+    ) -> None:
         before = band.entries(self.clock())
         for intent, why in plan.refused:
             outcome.refused += 1
@@ -369,6 +522,11 @@ class Responder:
                 )
         if not plan.ops and not plan.refused:
             self.audit.record("unchanged", "no change needed", **common)
+
+
+def _merged(net: Network, rules: Sequence[planner.BandRule]) -> planner.Entry | None:
+    """The entry of ``net`` that ``rules`` alone give (as ``Band.entries``)."""
+    return planner.Band(tuple(rules), (), frozenset()).entries().get(net) if rules else None
 
 
 def _when(expiry: datetime | None) -> str:

@@ -124,7 +124,7 @@ def start_function(target: str, port: int, env: dict[str, str], log: Path) -> su
 
 
 def print_band(endpoint: str, settings: config.Settings, title: str) -> None:
-    from responder.cli import band_table
+    from cli import band_table
     from responder.compute import CloudArmor
 
     api = CloudArmor(settings.with_policy(api_endpoint=endpoint).policy)

@@ -230,3 +230,14 @@ def test_operator_rules_are_untouched_after_every_kind_of_change(functions: Harn
     functions.clock.advance(timedelta(days=2))
     functions.publish("on_cleanup", {})
     assert before == functions.other_rules()
+
+
+def test_repeated_sightings_reuse_a_recent_read_and_write_once(functions: Harness) -> None:
+    functions.server.requests.clear()
+    for i in range(20):
+        feed = {"feed": "intel", "indicators": [{"range": ATTACKER, "ttl": "6h"}]}
+        assert 200 == functions.publish("on_threat_feed", feed, message_id=f"hot-{i}")
+    reads = [r for r in functions.server.requests if r["method"] == "GET" and r["path"].endswith("/securityPolicies/ml-edge")]
+    assert 1 == len([m for m in functions.mutations() if m["path"].endswith("/addRule")])
+    assert len(reads) <= 2  # one read, reused within policy.read_cache (5 s)
+    assert [ATTACKER_NET] == list(functions.blocked())

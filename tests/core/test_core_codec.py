@@ -1,0 +1,142 @@
+"""The rule description codec: the band's state store, 64 characters a rule."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from responder.codec import MAX_DESCRIPTION, RuleMeta, decode, encode
+from responder.model import Severity
+
+TAG = "car1"
+EXPIRY = datetime(2026, 11, 29, 18, 30, tzinfo=timezone.utc)
+
+source_names = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True)
+tags = st.from_regex(r"[a-z][a-z0-9]{1,7}", fullmatch=True)
+minute_expiries = st.one_of(
+    st.none(),
+    st.integers(0, 60 * 24 * 365 * 5).map(lambda m: datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=m)),
+)
+
+
+@pytest.mark.parametrize("severity", list(Severity))
+def test_round_trip_keeps_every_severity(severity):
+    meta = RuleMeta(expiry=EXPIRY, severity=severity, sources=frozenset({"spamhaus"}))
+
+    decoded = decode(TAG, encode(TAG, meta))
+
+    assert meta == decoded
+
+
+def test_round_trip_keeps_a_permanent_expiry():
+    meta = RuleMeta(expiry=None, severity=Severity.HIGH, sources=frozenset({"manual"}))
+
+    decoded = decode(TAG, encode(TAG, meta))
+
+    assert meta == decoded
+
+
+def test_round_trip_keeps_a_timed_expiry_in_utc():
+    paris = timezone(timedelta(hours=1))
+    meta = RuleMeta(expiry=datetime(2026, 11, 29, 19, 30, tzinfo=paris), severity=Severity.LOW, sources=frozenset({"log"}))
+
+    decoded = decode(TAG, encode(TAG, meta))
+
+    assert EXPIRY == decoded.expiry
+
+
+def test_encode_writes_the_documented_layout():
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.HIGH, sources=frozenset({"spamhaus", "manual"}))
+
+    description = encode(TAG, meta)
+
+    assert "car1 x=202611291830 v=h s=manual+spamhaus" == description
+
+
+def test_round_trip_keeps_several_sources():
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.MEDIUM, sources=frozenset({"manual", "feed", "log", "alert"}))
+
+    decoded = decode(TAG, encode(TAG, meta))
+
+    assert meta == decoded
+
+
+def test_sources_that_do_not_fit_are_dropped_and_marked():
+    names = frozenset(f"feed-number-{i:04d}" for i in range(10))
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.MEDIUM, sources=names)
+
+    description = encode(TAG, meta)
+    decoded = decode(TAG, description)
+
+    assert len(description) <= MAX_DESCRIPTION
+    assert decoded.truncated
+    assert decoded.sources < names
+    assert sorted(names)[: len(decoded.sources)] == sorted(decoded.sources)
+
+
+def test_a_truncated_meta_encodes_to_the_same_text_again():
+    names = frozenset(f"feed-number-{i:04d}" for i in range(10))
+    first = encode(TAG, RuleMeta(expiry=None, severity=Severity.LOW, sources=names))
+
+    second = encode(TAG, decode(TAG, first))
+
+    assert first == second
+
+
+@settings(max_examples=200, deadline=None)
+@given(tags, st.frozensets(source_names, min_size=1, max_size=12), minute_expiries, st.sampled_from(list(Severity)))
+def test_any_meta_encodes_within_64_characters_and_decodes(tag, sources, expiry, severity):
+    meta = RuleMeta(expiry=expiry, severity=severity, sources=sources)
+
+    description = encode(tag, meta)
+    decoded = decode(tag, description)
+
+    assert len(description) <= MAX_DESCRIPTION
+    assert (expiry, severity) == (decoded.expiry, decoded.severity)
+    assert decoded.sources <= sources
+    assert (decoded.sources != sources) == decoded.truncated
+    assert sorted(sources)[: len(decoded.sources)] == sorted(decoded.sources)
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "",
+        "other team's rule",
+        "car2 x=202611291830 v=h s=manual",
+        "car10 x=202611291830 v=h s=manual",
+        "CAR1 x=202611291830 v=h s=manual",
+        "car1",
+        "car1 garbage",
+        "car1 x=202611291830 v=h",
+        "car1 x=202611291830 s=manual",
+        "car1 v=h s=manual",
+        "car1 x=202611291830 x=202611291830 v=h s=manual",
+        "car1 x=202611291830 v=h v=h s=manual",
+        "car1 x=202613291830 v=h s=manual",
+        "car1 x=202611321830 v=h s=manual",
+        "car1 x=202611292530 v=h s=manual",
+        "car1 x=2026112918 v=h s=manual",
+        "car1 x=2026-11-29T18:30 v=h s=manual",
+        "car1 x=forever v=h s=manual",
+        "car1 x=202611291830 v=x s=manual",
+        "car1 x=202611291830 v=high s=manual",
+        "car1  x=202611291830 v=h s=manual",
+    ],
+)
+def test_a_foreign_description_decodes_to_none(description):
+    assert None is decode(TAG, description)
+
+
+def test_unknown_extra_fields_are_tolerated():
+    decoded = decode(TAG, "car1 x=202611291830 v=c s=feed+manual r=ssh-brute n=3")
+
+    assert RuleMeta(EXPIRY, Severity.CRITICAL, frozenset({"feed", "manual"})) == decoded
+
+
+def test_field_order_does_not_matter():
+    decoded = decode(TAG, "car1 s=manual v=l x=never")
+
+    assert RuleMeta(None, Severity.LOW, frozenset({"manual"})) == decoded
