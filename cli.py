@@ -25,7 +25,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from config import settings as config
@@ -141,7 +141,7 @@ def cloud_trail(settings: config.Settings, days: int = 30) -> list[dict[str, Any
     from google.cloud import logging as cloud_logging
 
     client = cloud_logging.Client(project=settings.policy.project)
-    since = (datetime.now(tz=timezone.utc) - timedelta(days=days)).isoformat()
+    since = (datetime.now(tz=UTC) - timedelta(days=days)).isoformat()
     query = f'jsonPayload.responder.change:* AND timestamp>="{since}"'
     out = []
     for entry in client.list_entries(filter_=query, order_by=cloud_logging.ASCENDING, page_size=1000, max_results=20000):
@@ -176,7 +176,7 @@ def _manual(settings: config.Settings, doc: dict[str, Any], publish: str | None)
     if publish:
         return _publish(settings, publish, data)
     rt = _runtime(settings)
-    message = Message(data=data, message_id=f"cli-{uuid.uuid4().hex[:12]}", publish_time=datetime.now(tz=timezone.utc))
+    message = Message(data=data, message_id=f"cli-{uuid.uuid4().hex[:12]}", publish_time=datetime.now(tz=UTC))
     from responder.errors import BadEvent
 
     try:
@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, settings: config.Settings) -> int:
-    now = datetime.now(tz=timezone.utc)
+    now = datetime.now(tz=UTC)
     if args.command == "validate-config":
         print(f"configuration is valid: policy {settings.policy.name} in {settings.policy.project}"
               f"{' (' + settings.policy.region + ')' if settings.policy.region else ' (global)'}, "

@@ -75,6 +75,8 @@ def parse_duration(value: object, where: str) -> timedelta:
         raise ConfigError(f"{where}: expected a duration like '6h', '15m' or '7d', got {value!r}")
     if seconds <= 0:
         raise ConfigError(f"{where}: must be positive, got {value!r}")
+    if seconds > 100 * 365 * 86400:
+        raise ConfigError(f"{where}: longer than 100 years, got {value!r}")
     return timedelta(seconds=seconds)
 
 

@@ -38,17 +38,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
-from responder import guards
-from responder.errors import BadEvent
-from responder.model import Intent, ItemError, Network, ParseResult, Severity, Verb
-from responder.service import Outcome
-
 from handlers import common
 from handlers.envelope import Message
 from handlers.formats import FormatError
 from handlers.formats._common import load_json
 from handlers.formats.alerts import parse_monitoring_incident, parse_scc_notification
 from handlers.runtime import Runtime
+from responder import guards
+from responder.errors import BadEvent
+from responder.model import Intent, ItemError, Network, ParseResult, Severity, Verb
+from responder.service import Outcome
 
 KIND = "alert"
 MONITORING = "monitoring"

@@ -6,10 +6,9 @@ is not needed (any JSON object, or nothing, is accepted).
 
 from __future__ import annotations
 
-from responder.service import Outcome
-
 from handlers.envelope import Message
 from handlers.runtime import Runtime, event_ref
+from responder.service import Outcome
 
 
 def handle(message: Message, rt: Runtime) -> Outcome:

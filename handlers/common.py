@@ -8,12 +8,11 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from config.settings import SourceSettings
-from responder import guards
-from responder.model import Intent, ItemError, Verb
-from responder.service import Derive, Outcome
-
 from handlers.envelope import Message
 from handlers.runtime import Runtime, event_ref
+from responder import guards
+from responder.model import Intent, ItemError
+from responder.service import Derive, Flood, Outcome
 
 
 def expiry_for(
@@ -26,8 +25,9 @@ def expiry_for(
     """The expiry an item asks for (an absolute time, else a TTL from the
     message's publish time, else the source's default TTL), never later
     than the source's maximum TTL allows."""
-    wanted = expiry if expiry is not None else base + (ttl or source.default_ttl)
-    return min(wanted, base + source.max_ttl)
+    if expiry is not None:
+        return min(expiry, base + source.max_ttl)
+    return base + min(ttl or source.default_ttl, source.max_ttl)
 
 
 def report_items(rt: Runtime, message: Message, kind: str, errors: Sequence[ItemError], skipped: int = 0) -> None:
@@ -47,9 +47,9 @@ def screen(
 ) -> tuple[list[Intent], int]:
     """The intents that may go ahead, and how many were refused.
 
-    Applies the guards (recording each refusal), the flood breaker of the
-    kind (recording when it trips), and preview when the band or the kind
-    is in preview."""
+    Applies the guards (recording each refusal), and preview when the band
+    or the kind is in preview. (The flood breaker counts only ranges the band
+    does not hold yet, so the band service applies it: see ``flood``.)"""
     source = rt.settings.source(kind)
     accepted, refused = guards.screen(intents, kind, rt.settings, force=force)
     for intent, why in refused:
@@ -57,20 +57,6 @@ def screen(
             "refused", f"refused {intent.verb.value} {intent.network}: {why}", level=logging.WARNING,
             message_id=message.message_id, source=kind, ranges=[str(intent.network)], reason=why,
         )
-    blocks = sum(1 for i in accepted if i.verb is Verb.BLOCK)
-    if not rt.breaker.admit(kind, blocks, rt.clock(), source.flood_limit, source.flood_window):
-        rt.audit.record(
-            "breaker",
-            f"{kind} sources flooded: more than {source.flood_limit} new ranges in {source.flood_window}; "
-            f"{blocks} new range(s) of message {message.message_id} "
-            f"{'refused' if source.on_flood == 'refuse' else 'go to preview'}",
-            level=logging.ERROR, message_id=message.message_id, source=kind, count=blocks, on_flood=source.on_flood,
-        )
-        if source.on_flood == "refuse":
-            refused_now = [i for i in accepted if i.verb is Verb.BLOCK]
-            accepted = [i for i in accepted if i.verb is not Verb.BLOCK]
-            return accepted, len(refused) + len(refused_now)
-        accepted = [replace(i, preview=True) if i.verb is Verb.BLOCK else i for i in accepted]
     if rt.settings.band.preview or source.preview:
         accepted = [replace(i, preview=True) for i in accepted]
     return accepted, len(refused)
@@ -112,6 +98,21 @@ def apply_screened(
         return Outcome(refused=refused)
     validate_only = rt.settings.band.validate_only or rt.settings.source(kind).validate_only
     ref = event_ref(message, source_id or kind, actor, reason)
-    outcome = rt.responder.apply(accepted, ref, derive=derive, validate_only=validate_only)
+    outcome = rt.responder.apply(accepted, ref, derive=derive, validate_only=validate_only, flood=flood(rt, kind))
     outcome.refused += refused
     return outcome
+
+
+def flood(rt: Runtime, kind: str) -> Flood | None:
+    """The kind's flood breaker, as the band service asks it: with the
+    number of ranges an event would newly block, None to go ahead, else
+    what to do with them (``on_flood``: preview or refuse)."""
+    source = rt.settings.source(kind)
+    if source.flood_limit <= 0:
+        return None
+
+    def check(new_ranges: int) -> str | None:
+        ok = rt.breaker.admit(kind, new_ranges, rt.clock(), source.flood_limit, source.flood_window)
+        return None if ok else source.on_flood
+
+    return check

@@ -20,7 +20,7 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from responder.errors import BadEvent
@@ -41,8 +41,8 @@ class Message:
             raise BadEvent("the message has no data")
         try:
             return json.loads(self.data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadEvent(f"the message data is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, absurd nesting or numbers
+            raise BadEvent(f"the message data is not JSON: {str(exc) or type(exc).__name__}") from None
 
 
 def parse_time(text: object) -> datetime:
@@ -51,7 +51,7 @@ def parse_time(text: object) -> datetime:
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     if value.tzinfo is None:
         raise ValueError(f"time without a timezone: {text!r}")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def from_cloud_event(event: Any) -> Message:
@@ -60,7 +60,7 @@ def from_cloud_event(event: Any) -> Message:
     if isinstance(data, (bytes, str)):
         try:
             data = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):
             raise BadEvent("the CloudEvent data is not a Pub/Sub envelope (not JSON)") from None
     if not isinstance(data, Mapping) or not isinstance(data.get("message"), Mapping):
         raise BadEvent("the CloudEvent data is not a Pub/Sub envelope (no 'message' object)")

@@ -38,21 +38,20 @@ import threading
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Mapping
-from typing import Any
 from datetime import datetime, timedelta
+from typing import Any
 
 from config import detectors as detector_config
-from responder import guards
-from responder.errors import BadEvent
-from responder.model import Intent, ItemError, Network, Verb
-from responder.service import Outcome
-
 from handlers import common
 from handlers.envelope import Message
 from handlers.formats import FormatError
 from handlers.formats._common import parse_time
 from handlers.formats.logs import Detector, check_entry, evaluate_detailed
 from handlers.runtime import Runtime
+from responder import guards
+from responder.errors import BadEvent
+from responder.model import Intent, ItemError, Network, Verb
+from responder.service import Outcome
 
 KIND = "log"
 

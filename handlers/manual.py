@@ -28,14 +28,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from config.settings import ConfigError, parse_duration
+from handlers import common
+from handlers.envelope import Message, parse_time
+from handlers.runtime import Runtime, event_ref
 from responder.errors import BadEvent
 from responder.guards import parse_network
 from responder.model import Intent, ItemError, Severity, Verb
 from responder.service import Outcome
-
-from handlers import common
-from handlers.envelope import Message, parse_time
-from handlers.runtime import Runtime, event_ref
 
 KIND = "manual"
 MAX_RANGES = 1000
@@ -60,10 +59,10 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     unknown = sorted(set(doc) - KEYS)
     if unknown:
         raise BadEvent(f"manual command: unknown field '{unknown[0]}' (fields: {', '.join(sorted(KEYS))})")
-    if doc.get("action") in BREAK_GLASS:
+    if isinstance(doc.get("action"), str) and doc["action"] in BREAK_GLASS:
         return _break_glass(doc, message, rt)
     try:
-        verb = Verb(doc.get("action"))
+        verb = Verb(doc.get("action")) if isinstance(doc.get("action"), str) else Verb("")
     except ValueError:
         raise BadEvent("manual command: 'action' must be block, unblock, extend, preview-all or enforce-all") from None
     ranges = _field(doc, "ranges", list)

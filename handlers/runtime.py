@@ -17,12 +17,11 @@ from functools import cached_property
 from typing import Any
 
 from config import settings as config
+from handlers.envelope import Message, from_cloud_event
 from responder.audit import Audit
 from responder.errors import BadEvent
 from responder.guards import FloodBreaker
 from responder.service import EventRef, PolicyApi, Responder, utcnow
-
-from handlers.envelope import Message, from_cloud_event
 
 log = logging.getLogger(__name__)
 

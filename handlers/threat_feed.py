@@ -25,16 +25,15 @@ import re
 from collections.abc import Mapping, Sequence
 
 from config.settings import FeedSettings
+from handlers import common
+from handlers.envelope import Message
+from handlers.formats import FormatError, parse_feed
+from handlers.runtime import Runtime
 from responder import guards
 from responder.errors import BadEvent
 from responder.model import Intent, ItemError, Network, Severity, Verb
 from responder.planner import Entry
 from responder.service import Outcome
-
-from handlers import common
-from handlers.envelope import Message
-from handlers.formats import FormatError, parse_feed
-from handlers.runtime import Runtime
 
 KIND = "feed"
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
@@ -63,12 +62,14 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     snapshot = (attrs.get("snapshot", notes.get("snapshot", "")).lower() == "true") or feed.snapshot
     intents, errors, skipped = _intents(parsed.sightings, feed, message, rt)
     intents_errors = list(parsed.errors) + errors
-    common.report_items(rt, message, KIND, intents_errors, parsed.skipped + skipped)
     if not intents and not snapshot:
         if parsed.errors or errors:
             raise BadEvent(f"threat feed {name}: no valid indicator ({intents_errors[0].error})")
         rt.audit.record("unchanged", f"threat feed {name}: no indicator to apply", message_id=message.message_id, source=name)
         return Outcome()
+    if snapshot and not intents:
+        raise BadEvent(f"threat feed {name}: snapshot with no valid indicator refused (would withdraw the whole feed)")
+    common.report_items(rt, message, KIND, intents_errors, parsed.skipped + skipped)
     accepted, refused = common.screen(rt, message, KIND, intents)
     if snapshot and not any(i.verb is Verb.BLOCK for i in accepted):
         raise BadEvent(f"threat feed {name}: snapshot with no valid indicator refused (would withdraw the whole feed)")

@@ -49,7 +49,7 @@ def setup_logging(stream: Any = None) -> None:
             return
         from google.cloud.logging_v2.handlers import StructuredLogHandler
 
-        handler = StructuredLogHandler(stream=stream or sys.stdout)
+        handler = StructuredLogHandler(stream=stream or sys.stdout)  # type: ignore[no-untyped-call]
         root = logging.getLogger()
         root.addHandler(handler)
         if root.level == logging.NOTSET or root.level > logging.INFO:

@@ -17,7 +17,7 @@ fields are ignored on decode so that a newer writer's rules still read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from responder.model import Severity
 
@@ -44,7 +44,7 @@ def encode(tag: str, meta: RuleMeta) -> str:
     """The description for a rule; sources that do not fit are dropped
     (sorted order, the rest marked ``*``) so the result is at most 64
     characters."""
-    expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+    expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(UTC).strftime(_TIME_FORMAT)
     head = f"{tag} x={expiry} v={meta.severity.code} s="
     names = sorted(meta.sources)
     text = head + "+".join(names + ([TRUNCATED] if meta.truncated else []))
@@ -77,7 +77,7 @@ def decode(tag: str, description: str) -> RuleMeta | None:
         else:
             if len(raw_expiry) != 12 or not raw_expiry.isdigit():
                 return None
-            expiry = datetime.strptime(raw_expiry, _TIME_FORMAT).replace(tzinfo=timezone.utc)
+            expiry = datetime.strptime(raw_expiry, _TIME_FORMAT).replace(tzinfo=UTC)
         severity = Severity.from_code(raw_severity)
     except (KeyError, ValueError):
         return None

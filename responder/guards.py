@@ -57,7 +57,7 @@ def parse_network(text: str) -> Network:
 
 def _overlaps(net: Network, others: Iterable[Network]) -> Network | None:
     for other in others:
-        if other.version == net.version and net.overlaps(other):  # type: ignore[arg-type]
+        if other.version == net.version and net.overlaps(other):
             return other
     return None
 

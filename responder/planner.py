@@ -37,7 +37,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from config.settings import BandSettings
 from responder.codec import RuleMeta, decode, encode
@@ -95,7 +95,7 @@ class Band:
         """One entry per network; a network held by several rules merges
         (latest expiry, highest severity, union of sources, enforced over
         preview). With ``now``, expired entries are left out."""
-        out: dict[Network, Entry] = {}
+        out: dict[Network, Entry] = Entries()
         for rule in sorted(self.rules, key=lambda r: r.priority):
             if now is not None and rule.meta.expired(now):
                 continue
@@ -183,7 +183,7 @@ def round_up(moment: datetime, granularity: timedelta) -> datetime:
     ``moment`` (so expiries land on whole minutes and sightings share)."""
     step = int(granularity.total_seconds())
     seconds = math.ceil(moment.timestamp() / step) * step
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -206,9 +206,39 @@ def _merge_entries(a: Entry, b: Entry) -> Entry:
     return Entry(a.network, meta, newer.action, a.preview and b.preview)
 
 
+class Entries(dict[Network, Entry]):
+    """Entries by network, remembering which prefix lengths occur, so that
+    looking for supernets tries only those lengths (a handful) instead of
+    every one (33 for IPv4, 129 for IPv6). A length is never forgotten when
+    its last entry goes: that only costs a useless look-up."""
+
+    def __init__(self, items: Iterable[tuple[Network, Entry]] = ()) -> None:
+        super().__init__()
+        self.lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        for net, entry in items:
+            self[net] = entry
+
+    def __setitem__(self, net: Network, entry: Entry) -> None:
+        self.lengths[net.version].add(net.prefixlen)
+        super().__setitem__(net, entry)
+
+
+def _prefixes(entries: Mapping[Network, Entry], net: Network) -> Iterable[int]:
+    """Shorter prefix lengths to try for supernets of ``net``, longest first."""
+    known = getattr(entries, "lengths", None)
+    if known is None:
+        return range(net.prefixlen - 1, -1, -1)
+    return sorted((p for p in known[net.version] if p < net.prefixlen), reverse=True)
+
+
+def covers_of(entries: Mapping[Network, Entry], net: Network) -> list[Entry]:
+    """The entries of strict supernets of ``net``, the most specific first."""
+    return [c for p in _prefixes(entries, net) if (c := entries.get(net.supernet(new_prefix=p))) is not None]
+
+
 def covering(entries: Mapping[Network, Entry], net: Network) -> Entry | None:
-    """The entry of a strict supernet of ``net``, the most specific first."""
-    for prefix in range(net.prefixlen - 1, -1, -1):
+    """The entry of a strict supernet of ``net``, the most specific one."""
+    for prefix in _prefixes(entries, net):
         found = entries.get(net.supernet(new_prefix=prefix))
         if found is not None:
             return found
@@ -230,7 +260,7 @@ def _block(entries: dict[Network, Entry], intent: Intent, expiry: datetime | Non
     existing = entries.get(intent.network)
     if existing is None:
         net = intent.network  # any supernet may satisfy it, not only the nearest
-        covers = [c for p in range(net.prefixlen - 1, -1, -1) if (c := entries.get(net.supernet(new_prefix=p)))]
+        covers = covers_of(entries, net)
         if any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in covers):
             return False
         # The new entry also records the claims its supernets already make on
@@ -280,8 +310,8 @@ def _extend(entries: dict[Network, Entry], intent: Intent, expiry: datetime | No
         if cover is None:
             return "not blocked"
         net = intent.network  # already in effect through any supernet: no entry of its own
-        for c in (entries.get(net.supernet(new_prefix=p)) for p in range(net.prefixlen - 1, -1, -1)):
-            if c is not None and _later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources:
+        for c in covers_of(entries, net):
+            if _later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources:
                 return None
         entries[intent.network] = replace(cover, network=intent.network)
         targets = [intent.network]
@@ -296,28 +326,46 @@ def _extend(entries: dict[Network, Entry], intent: Intent, expiry: datetime | No
     return None
 
 
+def _withdraw(entry: Entry, source: str) -> Entry | None:
+    """``entry`` without ``source``'s claim (a manual unblock withdraws every
+    claim); None when no claim is left."""
+    if source == MANUAL:
+        return None
+    if source not in entry.meta.sources:
+        return entry
+    left = entry.meta.sources - {source}
+    if not left and not entry.meta.truncated:
+        return None
+    return replace(entry, meta=replace(entry.meta, sources=left))
+
+
 def _unblock(entries: dict[Network, Entry], intent: Intent) -> None:
-    """Manual unblocks lift every block on the network (splitting broader
-    entries around it); another source only withdraws its own claim on the
-    exact network, and the entry goes when no source is left."""
-    net = intent.network
-    if intent.source != MANUAL:
-        entry = entries.get(net)
-        if entry is not None and intent.source in entry.meta.sources:
-            left = entry.meta.sources - {intent.source}
-            if left or entry.meta.truncated:
-                entries[net] = replace(entry, meta=replace(entry.meta, sources=left))
-            else:
-                del entries[net]
-        return
+    """Withdraws a claim on a network: a manual unblock lifts every block on
+    it, another source only its own claim. Entries inside the network lose
+    the claim; a broader entry holding the claim is split around the network
+    (``address_exclude``), so the outcome is the same whether or not the band
+    had aggregated the network with its neighbours. An entry goes when no
+    claim is left."""
+    net, source = intent.network, intent.source
     for sub in _subnets(entries, net):
-        del entries[sub]
-    while (cover := covering(entries, net)) is not None:
+        kept = _withdraw(entries[sub], source)
+        if kept is None:
+            del entries[sub]
+        else:
+            entries[sub] = kept
+    for cover in covers_of(entries, net):
+        if entries.get(cover.network) is not cover:
+            continue  # already split
+        kept = _withdraw(cover, source)
+        if kept is cover:
+            continue
         del entries[cover.network]
-        for piece in cover.network.address_exclude(net):  # type: ignore[arg-type]
-            part = replace(cover, network=piece)
-            seen = entries.get(piece)  # a piece of a narrower cover split before
-            entries[piece] = part if seen is None else _merge_entries(seen, part)
+        parts = [replace(cover, network=p) for p in cover.network.address_exclude(net)]  # type: ignore[arg-type]
+        if kept is not None:
+            parts.append(replace(kept, network=net))
+        for part in parts:
+            seen = entries.get(part.network)  # a piece of a narrower cover split before
+            entries[part.network] = part if seen is None else _merge_entries(seen, part)
 
 
 def apply_intents(
@@ -328,7 +376,7 @@ def apply_intents(
 ) -> tuple[dict[Network, Entry], list[tuple[Intent, str]], int]:
     """The live entries after the intents, in order; plus the intents
     refused (with why) and the number already in effect."""
-    entries = {n: e for n, e in current.items() if not e.meta.expired(now)}
+    entries = Entries((n, e) for n, e in current.items() if not e.meta.expired(now))
     refused: list[tuple[Intent, str]] = []
     satisfied = 0
     for intent in intents:
@@ -374,8 +422,8 @@ def pack(entries: Iterable[Entry]) -> dict[tuple[RuleMeta, str, bool], list[Netw
 def _collapse(nets: Iterable[Network]) -> list[Network]:
     v4 = [n for n in nets if n.version == 4]
     v6 = [n for n in nets if n.version == 6]
-    out: list[Network] = list(ipaddress.collapse_addresses(v4))  # type: ignore[arg-type]
-    out.extend(ipaddress.collapse_addresses(v6))  # type: ignore[arg-type]
+    out: list[Network] = list(ipaddress.collapse_addresses(v4))
+    out.extend(ipaddress.collapse_addresses(v6))
     return out
 
 
@@ -538,11 +586,17 @@ def plan_reconcile(
                 # range before the rule taking it over holds it (two rules
                 # swapping ranges): first grow to both, then shrink.
                 both = list(dict.fromkeys([*rule.networks, *final]))
-                if len(both) > len(final) > len(held) and len(both) <= MAX_RANGES_PER_RULE:
+                gains = len(final) > len(held)
+                if gains and len(both) <= MAX_RANGES_PER_RULE:
                     bridge = make_rule(rule.priority, both, group, settings.owner_tag)
                     grows.append(Patch(bridge, rule.rule))
                     shrinks.append(Patch(after, bridge))
-                else:
+                elif gains and (priority := priorities.take()) is not None:
+                    # No room to bridge: the new content goes into a new rule
+                    # (added first) and the old rule is removed last.
+                    adds.append(Add(make_rule(priority, final, group, settings.owner_tag)))
+                    removes.append(Remove(rule.rule))
+                else:  # only drops ranges (their new homes are adds or grows)
                     shrinks.append(Patch(after, rule.rule))
         for chunk in _chunks(pool):
             priority = priorities.take()

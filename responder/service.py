@@ -26,8 +26,8 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from config.settings import Settings
 from responder import planner
@@ -39,7 +39,7 @@ from responder.errors import (
     QuotaExceeded,
     TransientError,
 )
-from responder.model import Intent, Network
+from responder.model import Intent, Network, Verb
 from responder.planner import Add, Band, Patch, Plan, Remove
 from responder.policy import DEFAULT_RULE_PRIORITY, PolicyRule, PolicySnapshot
 
@@ -47,12 +47,15 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 Derive = Callable[[Mapping[Network, "planner.Entry"]], Sequence[Intent]]
+# Asked with the number of ranges an event would newly block: None to go
+# ahead, "preview" or "refuse" when the source's flood breaker is open.
+Flood = Callable[[int], str | None]
 ADD_ATTEMPTS = 5
 PREVIEW_MODE = "preview"
 
 
 def utcnow() -> datetime:
-    return datetime.now(tz=timezone.utc)
+    return datetime.now(tz=UTC)
 
 
 class PolicyApi(Protocol):
@@ -89,6 +92,7 @@ class Outcome:
     ops: int = 0
     leased: bool = False
     lint: list[str] = field(default_factory=list)
+    layout: dict[int, PolicyRule] = field(default_factory=dict)  # our band rules after the last plan
 
 
 class Lease:
@@ -126,7 +130,7 @@ class Lease:
         holder, _, stamp = value.rpartition("-")
         if not holder or not stamp.isdigit():
             return None
-        return holder, datetime.fromtimestamp(int(stamp), tz=timezone.utc)
+        return holder, datetime.fromtimestamp(int(stamp), tz=UTC)
 
     def acquire(self) -> PolicySnapshot:
         """Takes the lease; returns the policy as read just before taking it."""
@@ -243,7 +247,13 @@ class Responder:
     # -- public -----------------------------------------------------------
 
     def apply(
-        self, intents: Sequence[Intent], event: EventRef, derive: Derive | None = None, *, validate_only: bool = False
+        self,
+        intents: Sequence[Intent],
+        event: EventRef,
+        derive: Derive | None = None,
+        *,
+        validate_only: bool = False,
+        flood: Flood | None = None,
     ) -> Outcome:
         """Brings the band in line with the intents (already screened).
 
@@ -264,6 +274,10 @@ class Responder:
             if snap.labels.get(self.settings.lease.mode_label) == PREVIEW_MODE:
                 todo = [replace(i, preview=True) for i in todo]
             plan = planner.plan_append(band, todo, now, self.settings.band, seed=_seed(event, attempt))
+            if flood is not None and attempt == 0:
+                todo = self._breaker(flood, band, plan, todo, now, event)
+                plan = planner.plan_append(band, todo, now, self.settings.band, seed=_seed(event, attempt))
+                flood = None
             if not plan.needs_lease and len(band.rules) + len(plan.ops) > self._max_rules:
                 plan = replace(plan, needs_lease=f"more than band.max_rules ({self._max_rules}) rules")
             if plan.needs_lease:
@@ -282,6 +296,28 @@ class Responder:
             except QuotaExceeded:
                 return self._reconcile(todo, event, now, outcome, compact=True, quota_full=True)
         raise TransientError(f"no free band priority after {ADD_ATTEMPTS} attempts")
+
+    def _breaker(
+        self, flood: Flood, band: Band, plan: Plan, todo: list[Intent], now: datetime, event: EventRef
+    ) -> list[Intent]:
+        """Counts the ranges the event would newly block; when the source's
+        breaker is open, those blocks go to preview or are dropped, loudly."""
+        before = band.entries(now)
+        new = {n for n in plan.entries if n not in before and planner.covering(before, n) is None}
+        verdict = flood(len(new))
+        if verdict is None or not new:
+            return todo
+        fresh = [i for i in todo if i.verb is Verb.BLOCK and i.network not in before and planner.covering(before, i.network) is None]
+        self.audit.record(
+            "breaker",
+            f"{event.source} flooded: {len(fresh)} new range(s) of message {event.message_id} "
+            f"{'refused' if verdict == 'refuse' else 'go to preview'} (flood_limit reached)",
+            level=logging.ERROR, message_id=event.message_id, source=event.source, count=len(fresh), on_flood=verdict,
+        )
+        ids = {id(i) for i in fresh}
+        if verdict == "refuse":
+            return [i for i in todo if id(i) not in ids]
+        return [replace(i, preview=True) if id(i) in ids else i for i in todo]
 
     def set_mode(self, preview: bool, event: EventRef) -> Outcome:
         """The break-glass switch: every band rule to preview (and every new
@@ -327,11 +363,11 @@ class Responder:
         plan = planner.plan_reconcile(
             band, [], now, self.settings.band, capacity=self._max_rules, seed=_seed(event, 0)
         )
+        layout = {r.priority: r.rule for r in band.rules}
         if plan.ops:
             self._reconcile([], event, now, outcome, compact=True)
-            snap = self.api.get_policy()
-            band = planner.read_band(snap.rules, self.settings.band)
-        self.report_usage(band, snap, event)
+            layout = outcome.layout  # the band as the reconcile left it: no second read
+        self.report_usage(layout, len(band.foreign), len(snap.rules) - len(band.rules) + len(layout), event)
         return outcome
 
     def lint(self, snap: PolicySnapshot) -> list[str]:
@@ -354,14 +390,16 @@ class Responder:
             self.audit.record("lint", problem, level=logging.ERROR, policy=snap.name)
         return problems
 
-    def report_usage(self, band: Band, snap: PolicySnapshot, event: EventRef) -> dict[str, int]:
-        ours = band.rules
+    def report_usage(
+        self, ours: Mapping[int, PolicyRule], foreign: int, policy_rules: int, event: EventRef
+    ) -> dict[str, int]:
         usage = {
             "band_rules": len(ours),
             "band_size": self.settings.band.size,
-            "foreign_rules": len(band.foreign),
-            "ranges": sum(len(r.networks) for r in ours),
-            "policy_rules": len(snap.rules),
+            "max_rules": self._max_rules,
+            "foreign_rules": foreign,
+            "ranges": sum(len(r.ranges) for r in ours.values()),
+            "policy_rules": policy_rules,
         }
         self.audit.record(
             "usage",
@@ -478,6 +516,13 @@ class Responder:
             elif not validate_only:
                 self.api.remove_rule(op.before.priority)
             outcome.ops += 1
+        layout = {r.priority: r.rule for r in band.rules}
+        for op in plan.ops:
+            if isinstance(op, Remove):
+                layout.pop(op.before.priority, None)
+            else:
+                layout[op.rule.priority] = op.rule
+        outcome.layout = layout
         self._audit_changes(plan, before, event, outcome, validate_only)
 
     def _audit_changes(
@@ -487,7 +532,7 @@ class Responder:
         ranges removed, expired or evicted."""
         mode = "validate_only" if validate_only else "applied"
         after = plan.entries
-        common = {"message_id": event.message_id, "source": event.source, "actor": event.actor or None,
+        common: dict[str, Any] = {"message_id": event.message_id, "source": event.source, "actor": event.actor or None,
                   "reason": event.reason or None, "outcome": mode}
         for op in plan.ops:
             if isinstance(op, Remove):

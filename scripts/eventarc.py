@@ -12,7 +12,7 @@ import itertools
 import json
 import urllib.request
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
@@ -31,7 +31,7 @@ def envelope(
 ) -> tuple[dict[str, str], dict[str, object]]:
     """(CloudEvent attributes, envelope dict) for one Pub/Sub message."""
     message_id = message_id or f"local-{next(_ids)}"
-    when = (publish_time or datetime.now(tz=timezone.utc)).astimezone(timezone.utc)
+    when = (publish_time or datetime.now(tz=UTC)).astimezone(UTC)
     stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     body: dict[str, object] = {
         "message": {

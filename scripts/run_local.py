@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def print_band(endpoint: str, settings: config.Settings, title: str) -> None:
 
     api = CloudArmor(settings.with_policy(api_endpoint=endpoint).policy)
     print(f"\n== {title}")
-    print(band_table(api.get_policy(), settings, datetime.now(tz=timezone.utc)))
+    print(band_table(api.get_policy(), settings, datetime.now(tz=UTC)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from config.settings import BandSettings
 from responder.codec import RuleMeta, decode, encode
@@ -12,7 +12,7 @@ from responder.model import Intent, Network, Severity, Verb
 from responder.planner import Add, Patch, Plan, Remove, read_band
 from responder.policy import PolicyRule
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 TAG = "car1"
 BAND = BandSettings(start=1000, end=1039, owner_tag=TAG, expiry_granularity=timedelta(minutes=15))

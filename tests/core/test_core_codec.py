@@ -1,7 +1,7 @@
 """The rule description codec: the band's state store, 64 characters a rule."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -11,13 +11,13 @@ from responder.codec import MAX_DESCRIPTION, RuleMeta, decode, encode
 from responder.model import Severity
 
 TAG = "car1"
-EXPIRY = datetime(2026, 11, 29, 18, 30, tzinfo=timezone.utc)
+EXPIRY = datetime(2026, 11, 29, 18, 30, tzinfo=UTC)
 
 source_names = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True)
 tags = st.from_regex(r"[a-z][a-z0-9]{1,7}", fullmatch=True)
 minute_expiries = st.one_of(
     st.none(),
-    st.integers(0, 60 * 24 * 365 * 5).map(lambda m: datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=m)),
+    st.integers(0, 60 * 24 * 365 * 5).map(lambda m: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=m)),
 )
 
 

@@ -269,12 +269,32 @@ def test_a_non_manual_unblock_of_the_last_claim_removes_the_entry():
     assert [Remove(rules[1001])] == list(plan.ops)
 
 
-def test_a_non_manual_unblock_leaves_a_covering_block_alone():
-    rules = by_priority([our_rule(1001, ["192.0.2.0/24"], T1, sources=("feed",))])
+def test_a_non_manual_unblock_leaves_a_covering_block_of_other_sources_alone():
+    rules = by_priority([our_rule(1001, ["192.0.2.0/24"], T1, sources=("spamhaus",))])
 
     plan = plan_reconcile(read_band(rules.values(), BAND), [unblock("192.0.2.77/32", "feed")], NOW, BAND)
 
     assert () == plan.ops
+
+
+def test_a_source_withdrawing_part_of_its_aggregated_block_splits_it():
+    # The feed listed two /25s, which the band aggregated to a /24; the feed
+    # now revokes one /25: the other stays blocked, as if never aggregated.
+    rules = by_priority([our_rule(1001, ["192.0.2.0/24"], T1, sources=("feed",))])
+
+    plan = plan_reconcile(read_band(rules.values(), BAND), [unblock("192.0.2.128/25", "feed")], NOW, BAND)
+
+    assert ["192.0.2.0/25"] == [str(n) for n in plan.entries]
+    assert ("192.0.2.0/25",) == apply(rules, plan)[1001].ranges
+
+
+def test_a_source_withdrawing_part_of_a_shared_block_keeps_the_other_claims():
+    rules = by_priority([our_rule(1001, ["192.0.2.0/24"], T1, sources=("feed", "spamhaus"))])
+
+    plan = plan_reconcile(read_band(rules.values(), BAND), [unblock("192.0.2.128/25", "feed")], NOW, BAND)
+
+    claims = {str(n): sorted(e.meta.sources) for n, e in plan.entries.items()}
+    assert {"192.0.2.0/25": ["feed", "spamhaus"], "192.0.2.128/25": ["spamhaus"]} == claims
 
 
 def test_an_append_with_an_unblock_needs_the_lease_and_has_no_ops():

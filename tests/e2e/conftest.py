@@ -13,7 +13,7 @@ import json
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ OPERATOR_RULES = [
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = datetime.now(tz=timezone.utc).replace(microsecond=0)
+        self.now = datetime.now(tz=UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now
@@ -134,7 +134,7 @@ def expiry_word(moment: datetime) -> str:
     up to the next multiple of the granularity."""
     step = GRANULARITY.total_seconds()
     seconds = -(-moment.timestamp() // step) * step
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y%m%d%H%M")
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y%m%d%H%M")
 
 
 @pytest.fixture

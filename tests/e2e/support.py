@@ -4,7 +4,7 @@ written from Google's documented schemas."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def configured(
 
 
 def stamp(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def lb_entry(
@@ -78,10 +78,10 @@ def lb_entry(
                         "userAgent": "curl/8.4.0", "latency": "0.002s"},
         "resource": {"type": "http_external_regional_lb_rule" if regional else "http_load_balancer",
                      "labels": {"project_id": "p", "forwarding_rule_name": "fr", "url_map_name": "um"}},
-        "timestamp": stamp(when or datetime.now(tz=timezone.utc)),
+        "timestamp": stamp(when or datetime.now(tz=UTC)),
         "severity": "WARNING" if outcome == "DENY" else "INFO",
         "logName": log_name,
-        "receiveTimestamp": stamp(when or datetime.now(tz=timezone.utc)),
+        "receiveTimestamp": stamp(when or datetime.now(tz=UTC)),
     }
 
 
@@ -95,11 +95,11 @@ def ids_entry(client: str, server: str, *, direction: str = "client-to-server", 
             "alert_severity": severity, "type": "vulnerability", "category": "code-execution",
             "direction": direction, "source_ip_address": client, "destination_ip_address": server,
             "source_port": "51234", "destination_port": "8265", "ip_protocol": "tcp", "action": "alert",
-            "alert_time": stamp(when or datetime.now(tz=timezone.utc)), "repeat_count": "1",
+            "alert_time": stamp(when or datetime.now(tz=UTC)), "repeat_count": "1",
         },
         "resource": {"type": "ids.googleapis.com/Endpoint",
                      "labels": {"resource_container": "projects/1", "location": "europe-west4-a", "id": "ids-1"}},
-        "timestamp": stamp(when or datetime.now(tz=timezone.utc)),
+        "timestamp": stamp(when or datetime.now(tz=UTC)),
         "logName": "projects/p/logs/ids.googleapis.com%2Fthreat",
     }
 
@@ -116,7 +116,7 @@ def firewall_entry(src: str, *, when: datetime | None = None, disposition: str =
             "instance": {"project_id": "p", "vm_name": "gpu-node-1", "zone": "europe-west4-a"},
         },
         "resource": {"type": "gce_subnetwork", "labels": {"project_id": "p", "subnetwork_name": "ml"}},
-        "timestamp": stamp(when or datetime.now(tz=timezone.utc)),
+        "timestamp": stamp(when or datetime.now(tz=UTC)),
         "logName": "projects/p/logs/compute.googleapis.com%2Ffirewall",
     }
 

@@ -19,13 +19,13 @@ import os
 import time
 from typing import Any
 
+import eventarc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import eventarc
 from tests.e2e.conftest import Harness
-from tests.e2e.support import firewall_entry, ids_entry, incident, lb_entry, scc_notification
+from tests.e2e.support import ids_entry, incident, lb_entry, scc_notification
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
@@ -230,16 +230,10 @@ def _run(h: Harness, target: str, strategy: Any, broken_share: int = 10) -> None
     assert [] == h.mutations()
 
 
-@pytest.mark.xfail(reason="known bugs outside the handlers this suite owns: envelope.Message.json() lets "
-                   "RecursionError escape on deeply nested JSON, and manual.py's BREAK_GLASS check raises "
-                   "TypeError on an unhashable 'action' (both answer 500, so Pub/Sub would redeliver forever)",
-                   strict=False)
 def test_fuzz_on_manual(functions: Harness) -> None:
     _run(functions, "on_manual", manual_messages())
 
 
-@pytest.mark.xfail(reason="threat_feed.py records a feed whose only indicators are bad twice: 'refused' "
-                   "(report_items) and then 'rejected' (BadEvent 'no valid indicator')", strict=False)
 def test_fuzz_on_threat_feed(functions: Harness) -> None:
     _run(functions, "on_threat_feed", feed_messages())
 

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,14 @@ from handlers import log_sink, runtime
 from localapi import LocalCloudArmor
 from tests.e2e.conftest import Harness, expiry_word
 from tests.e2e.support import (
-    ROOT, api_built, configured, firewall_entry, ids_entry, lb_entry, records, sample,
+    ROOT,
+    api_built,
+    configured,
+    firewall_entry,
+    ids_entry,
+    lb_entry,
+    records,
+    sample,
 )
 
 ATTACKER = "185.220.101.34"
@@ -205,7 +212,7 @@ def test_threshold_counts_addresses_apart_and_redelivery_once(logs: Harness) -> 
 
 def test_hit_counter_is_bounded_least_recently_used_first() -> None:
     counter = log_sink.HitCounter(max_keys=1000)
-    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
     for i in range(5000):
         counter.hit(("d", i), t0, 3, timedelta(minutes=5), f"m{i}")
     assert 1000 == len(counter)
@@ -219,7 +226,7 @@ def test_hit_counter_is_bounded_least_recently_used_first() -> None:
 
 def test_hit_counter_window_slides() -> None:
     counter = log_sink.HitCounter()
-    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
     w = timedelta(minutes=5)
     assert 1 == counter.hit("k", t0, 3, w, "a")
     assert 2 == counter.hit("k", t0 + timedelta(minutes=4), 3, w, "b")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from cloudevents.http import CloudEvent
@@ -24,7 +24,7 @@ def test_decodes_data_attributes_id_and_publish_time() -> None:
                     "messageId": "42", "publishTime": "2026-11-29T09:59:58.123Z"})
     message = from_cloud_event(event)
     assert (b'{"a": 1}', "42", {"feed": "x"}) == (message.data, message.message_id, dict(message.attributes))
-    assert datetime(2026, 11, 29, 9, 59, 58, 123000, tzinfo=timezone.utc) == message.publish_time
+    assert datetime(2026, 11, 29, 9, 59, 58, 123000, tzinfo=UTC) == message.publish_time
 
 
 def test_accepts_the_legacy_snake_case_spelling() -> None:
@@ -35,7 +35,7 @@ def test_accepts_the_legacy_snake_case_spelling() -> None:
 
 def test_falls_back_to_the_cloudevent_id_and_time() -> None:
     message = from_cloud_event(_event({"data": base64.b64encode(b"x").decode()}))
-    assert ("ce-1", datetime(2026, 11, 29, 10, tzinfo=timezone.utc)) == (message.message_id, message.publish_time)
+    assert ("ce-1", datetime(2026, 11, 29, 10, tzinfo=UTC)) == (message.message_id, message.publish_time)
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,7 @@ def test_range_delay_finishes_out_of_order(api, server):
     api.create()
     server.state.op_delay = (0.05, 0.6)
     ops = [api.add(p, wait=False) for p in range(1, 9)]
+    time.sleep(0.7)  # every operation's own delay passes; none is cut short by settle()
     server.settle()
     by_end = sorted(ops, key=lambda op: server.state.operations[(PROJECT, None, op.name)].done_at)
     assert [op.name for op in by_end] != [op.name for op in ops]

@@ -1,0 +1,95 @@
+"""Planner CPU: plan_append and plan_reconcile for 1k, 10k and 100k
+indicators, on an empty band and on a populated one (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import pstats
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench.common import EVENT_MIX, Report, Table, feed_list, verdict
+
+SIZES = (1_000, 10_000, 100_000)
+BUDGET_MS = 50.0  # 10k indicators
+POPULATED = 1_500  # ranges already in the band (150 full rules: band.max_rules)
+
+
+def _setup(n: int) -> tuple[Any, Any, Any, Any, datetime]:
+    from config.settings import BandSettings
+    from responder import planner
+    from responder.model import Intent, Verb
+
+    # room for every rule the biggest event needs (bench-only band size)
+    bs = BandSettings(start=100_000, end=100_000 + 20_000 - 1)
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    nets = feed_list(n + POPULATED, EVENT_MIX, seed=300 + n, adjacent=0.25)
+    intents = [Intent(Verb.BLOCK, x, "bench-feed", expiry=now + timedelta(hours=24)) for x in nets[POPULATED:]]
+    empty = planner.read_band([], bs)
+    seed = [Intent(Verb.BLOCK, x, "other-feed", expiry=now + timedelta(hours=6)) for x in nets[:POPULATED]]
+    rules = [op.rule for op in planner.plan_append(empty, seed, now, bs).ops]
+    populated = planner.read_band(rules, bs)
+    return bs, intents, empty, populated, now
+
+
+def _time(fn: Any, repeat: int) -> float:
+    runs = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs) * 1000
+
+
+def run(report: Report) -> None:
+    from responder import planner
+
+    table = report.table(Table(
+        "Planner CPU (median wall ms, one core)",
+        ["indicators", "plan_append empty", "plan_append populated", "plan_reconcile empty",
+         "plan_reconcile populated", "us/indicator (append, empty)", "budget (10k <= 50 ms)"]))
+    per: dict[int, float] = {}
+    cases: dict[int, Any] = {}
+    worst10k = 0.0
+    for n in SIZES:
+        bs, intents, empty, populated, now = _setup(n)
+        repeat = 3 if n <= 10_000 else 2
+        ms = [_time(lambda b=b, i=intents, t=now, s=bs: planner.plan_append(b, i, t, s, seed=1), repeat)
+              for b in (empty, populated)]
+        ms += [_time(lambda b=b, i=intents, t=now, s=bs: planner.plan_reconcile(b, i, t, s, seed=1), repeat)
+               for b in (empty, populated)]
+        per[n] = ms[0] * 1000 / n
+        cases[n] = (bs, intents, populated, now)
+        budget = ""
+        if n == 10_000:
+            worst10k = max(ms)
+            budget = f"{verdict(worst10k <= BUDGET_MS)} (worst {worst10k:.0f} ms)"
+        table.add(n, *(f"{m:.1f}" for m in ms), f"{per[n]:.1f}", budget)
+    growth = per[100_000] / per[1_000]
+    linear = growth <= 2.0
+    report.budget("planner: 10k indicators in at most 50 ms", worst10k <= BUDGET_MS, f"worst case {worst10k:.0f} ms")
+    report.budget("planner: linear growth", linear, f"per-indicator cost x{growth:.2f} from 1k to 100k")
+    table.notes += [
+        f"Indicators: seeded public IPv4 (80% /32, 20% /24, a quarter adjacent), one source and one expiry. "
+        f"Populated band: {POPULATED:,} ranges of another source in {POPULATED // 10} rules. Bench-only band "
+        f"size 20,000 so no plan stops at a full band. Growth of the per-indicator cost 1k -> 100k: "
+        f"x{growth:.2f} ({'linear' if linear else 'NOT linear'}).",
+    ]
+    if worst10k > BUDGET_MS:
+        bs, intents, populated, now = cases[10_000]
+        prof = cProfile.Profile()
+        prof.enable()
+        planner.plan_reconcile(populated, intents, now, bs, seed=1)
+        planner.plan_append(populated, intents, now, bs, seed=1)
+        prof.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out)
+        stats.sort_stats("tottime").print_stats(12)
+        lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+        start = next(i for i, ln in enumerate(lines) if ln.strip().startswith("ncalls"))
+        report.note("Planner profile, 10k indicators on the populated band (plan_reconcile + plan_append), "
+                    "by own time:\n\n```\n" + "\n".join(lines[start:start + 13]) + "\n```")
+    report.show(table)
