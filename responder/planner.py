@@ -377,6 +377,7 @@ def apply_intents(
     """The live entries after the intents, in order; plus the intents
     refused (with why) and the number already in effect."""
     entries = Entries((n, e) for n, e in current.items() if not e.meta.expired(now))
+    rounded: dict[datetime, datetime] = {}  # most intents of an event share an expiry
     refused: list[tuple[Intent, str]] = []
     satisfied = 0
     for intent in intents:
@@ -394,7 +395,7 @@ def apply_intents(
             refused.append((intent, "no expiry"))
             continue
         else:
-            expiry = round_up(intent.expiry, granularity)
+            expiry = rounded.get(intent.expiry) or rounded.setdefault(intent.expiry, round_up(intent.expiry, granularity))
             if expiry <= now:
                 refused.append((intent, "expiry is in the past"))
                 continue
@@ -420,11 +421,46 @@ def pack(entries: Iterable[Entry]) -> dict[tuple[RuleMeta, str, bool], list[Netw
 
 
 def _collapse(nets: Iterable[Network]) -> list[Network]:
-    v4 = [n for n in nets if n.version == 4]
-    v6 = [n for n in nets if n.version == 6]
-    out: list[Network] = list(ipaddress.collapse_addresses(v4))
-    out.extend(ipaddress.collapse_addresses(v6))
+    """The same result as ``ipaddress.collapse_addresses`` per IP version
+    (the fewest CIDR blocks covering the union, sorted), computed on integer
+    intervals: a network that survives whole is reused, only merged runs are
+    cut into new blocks. Several times faster on large feeds."""
+    out: list[Network] = []
+    for version, bits in ((4, 32), (6, 128)):
+        spans = sorted(
+            (int(n.network_address), -n.prefixlen, n) for n in nets if n.version == version
+        )
+        run_start = run_end = -1
+        run: list[Network] = []
+        for start, neg_prefix, net in spans:
+            end = start + (1 << (bits + neg_prefix)) - 1
+            if run and start <= run_end + 1:
+                if end > run_end:
+                    run_end = end
+                    run.append(net)
+                continue
+            if run:
+                out.extend(_blocks(run, run_start, run_end, version, bits))
+            run_start, run_end, run = start, end, [net]
+        if run:
+            out.extend(_blocks(run, run_start, run_end, version, bits))
     return out
+
+
+def _blocks(run: list[Network], start: int, end: int, version: int, bits: int) -> list[Network]:
+    """CIDR blocks covering ``start..end``; the run's first network when it
+    alone spans the interval (the others lie inside it)."""
+    if len(run) == 1:
+        return run
+    make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+    blocks: list[Network] = []
+    while start <= end:
+        size = start & -start if start else 1 << bits
+        while size > end - start + 1:
+            size >>= 1
+        blocks.append(make((start, bits - size.bit_length() + 1)))
+        start += size
+    return blocks
 
 
 def _chunks(nets: Sequence[Network]) -> list[list[Network]]:
@@ -461,13 +497,9 @@ class _Priorities:
 
 def make_rule(priority: int, nets: Sequence[Network], group: tuple[RuleMeta, str, bool], tag: str) -> PolicyRule:
     meta, action, preview = group
-    ranges = tuple(sorted((str(n) for n in nets), key=_range_order))
+    ordered = sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    ranges = tuple(str(n) for n in ordered)
     return PolicyRule(priority=priority, action=action, ranges=ranges, description=encode(tag, meta), preview=preview)
-
-
-def _range_order(text: str) -> tuple[int, int, int]:
-    net = ipaddress.ip_network(text)
-    return (net.version, int(net.network_address), net.prefixlen)
 
 
 # --------------------------------------------------------------------------

