@@ -12,6 +12,11 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DEFAULT_CONFIG="$ROOT/config/responder.toml"
+# The project's venv (./run.sh or ./test.sh make it) validates the whole
+# configuration, detectors included; a bare python3 does the basic checks.
+if [ -z "${PYTHON:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then
+  PYTHON="$ROOT/.venv/bin/python"
+fi
 PYTHON=${PYTHON:-python3}
 # Seconds between retries of IAM bindings (new service accounts take a
 # moment to become visible to IAM).
