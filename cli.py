@@ -98,9 +98,9 @@ def explain(
     if not lines:
         lines.append(f"{target} is not blocked by the responder's band")
     for rule in snap.rules:
-        if not settings.band.start <= rule.priority <= settings.band.end and _covers(rule, target):
+        if not settings.band.start <= rule.priority <= settings.band.end and _overlaps_any(rule.ranges, target):
             lines.append(f"{target} also matches operator rule {rule.priority} ({rule.action}): {rule.description or 'no description'}")
-    history = [r for r in trail if _mentions(r, target)]
+    history = [r for r in trail if _overlaps_any(r.get("ranges") or [], target)]
     if history:
         lines.append("audit trail:")
         for r in history:
@@ -112,21 +112,10 @@ def explain(
     return "\n".join(lines)
 
 
-def _covers(rule: PolicyRule, target: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    for text in rule.ranges:
-        if text == "*":
-            continue
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            continue
-        if net.version == target.version and net.overlaps(target):  # type: ignore[arg-type]
-            return True
-    return False
-
-
-def _mentions(record: Mapping[str, Any], target: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    for text in record.get("ranges") or []:
+def _overlaps_any(texts: Iterable[str], target: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether any of the ranges (as written in a rule or a record) overlaps
+    the target; ``*`` and unreadable entries never do."""
+    for text in texts:
         try:
             net = ipaddress.ip_network(text, strict=False)
         except ValueError:
