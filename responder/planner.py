@@ -20,13 +20,14 @@ A block from a source kind with ``escalate`` on carries an ``Escalation``
 against the entry the band already holds for the network (its own entry,
 else what its supernets' entries record): a sighting whose publish-time
 bucket (``seen`` rounded down to ``expiry_granularity``) is later than the
-entry's recorded bucket, or that finds a live entry with no recorded bucket
-(another source's block, a rule older than escalation), is one more strike,
-and its block lasts ``ttl * factor ** strikes`` from ``seen``, at most
-``cap``. A first sighting records its bucket with 0 strikes; a sighting in
-the same or an earlier bucket (the same message redelivered) adds no strike
-and asks only for its base expiry, so replaying intents changes nothing.
-Permanent entries never strike. Strikes and bucket merge by maximum, like
+entry's recorded bucket is one more strike, and its block lasts
+``ttl * factor ** strikes`` from ``seen``, at most ``cap`` (never shorter
+than the entry has). A sighting that finds no recorded bucket (a new
+network, another source's block, a rule older than escalation) records its
+own with 0 strikes; one in the same or an earlier bucket (the same message
+redelivered) adds no strike and asks only for its base expiry, so replaying
+intents changes nothing, and sightings within one bucket give the same band
+in any order. Permanent entries never strike. Strikes and bucket merge by maximum, like
 the expiry, and are stored in the description's ``n=`` field.
 
 Two ways to plan
@@ -301,9 +302,12 @@ def _strike(
     band holds for its network (``base``; None: not blocked) and the
     sighting's own rounded expiry."""
     bucket = round_down(escalation.seen, granularity)
-    if base is None or base.meta.expiry is None:  # a first sighting; permanent never strikes
+    if base is None or base.meta.expiry is None or base.meta.struck is None:
+        # The first sighting an escalating source records (the entry may
+        # hold other sources' claims, or predate escalation); permanent
+        # entries never strike.
         return 0, bucket, expiry
-    if base.meta.struck is not None and bucket <= base.meta.struck:
+    if bucket <= base.meta.struck:
         return 0, bucket, expiry  # the same message again, or an older one: no strike
     strikes = base.meta.strikes + 1
     longer = round_up(escalation.seen + escalated_ttl(escalation, strikes), granularity)

@@ -97,6 +97,7 @@ def test_escalation_stops_at_the_cap():
 
 def test_a_longer_claim_is_never_shortened_by_a_strike():
     rules = {1001: our_rule(1001, [HOST], at(60 * 24), sources=("spamhaus",))}
+    _, rules = run(rules, [sighting(at(0))])
 
     plan, rules = run(rules, [sighting(at(30))], now=at(30))
 
@@ -105,12 +106,29 @@ def test_a_longer_claim_is_never_shortened_by_a_strike():
     assert ({"spamhaus", "cloud-armor-waf"}, 1) == (set(meta.sources), meta.strikes)
 
 
-def test_a_rule_from_before_escalation_counts_as_sighted_once():
-    rules = {1001: our_rule(1001, [HOST], at(60), sources=("cloud-armor-waf",))}  # no n= field
+def test_another_sources_block_or_an_old_rule_records_a_first_sighting():
+    for sources in (("spamhaus",), ("cloud-armor-waf",)):  # a feed's block; a rule from before escalation
+        rules = {1001: our_rule(1001, [HOST], at(60), sources=sources)}
 
-    _, rules = run(rules, [sighting(at(30))], now=at(30))
+        _, rules = run(rules, [sighting(at(30))], now=at(30))
+        meta = entry(rules, now=at(30)).meta
+        assert (0, at(30), at(90)) == (meta.strikes, meta.struck, meta.expiry)
 
-    assert (1, at(150)) == (entry(rules, now=at(30)).meta.strikes, entry(rules, now=at(30)).meta.expiry)
+        _, rules = run(rules, [sighting(at(45))], now=at(45))
+        meta = entry(rules, now=at(45)).meta
+        assert (1, at(45), at(165)) == (meta.strikes, meta.struck, meta.expiry)
+
+
+def test_sightings_in_one_bucket_give_the_same_band_in_any_order():
+    feed = our_rule(1001, [HOST], at(60), sources=("spamhaus",))
+    a = sighting(at(1), source="scc", ttl=24 * HOUR)
+    b = sighting(at(9), source="cloud-armor-waf", ttl=6 * HOUR)
+
+    _, one = run({1001: feed}, [a, b], now=at(10))
+    _, other = run({1001: feed}, [b, a], now=at(10))
+
+    assert entry(one, now=at(10)) == entry(other, now=at(10))
+    assert (0, at(15) + 24 * HOUR) == (entry(one, now=at(10)).meta.strikes, entry(one, now=at(10)).meta.expiry)
 
 
 def test_a_lapsed_block_starts_again_with_no_strike():
@@ -153,14 +171,16 @@ def test_manual_blocks_never_carry_an_escalation():
     assert (0, None, at(90)) == (meta.strikes, meta.struck, meta.expiry)
 
 
-def test_a_sighting_inside_a_blocked_supernet_is_a_strike():
+def test_a_sighting_inside_a_blocked_supernet_counts_from_its_record():
     rules = {1001: our_rule(1001, ["203.0.113.0/24"], at(60), sources=("spamhaus",))}
 
     _, rules = run(rules, [sighting(at(30))], now=at(30))
-    again, _ = run(rules, [sighting(at(30))], now=at(30))
+    assert (0, at(90)) == (entry(rules, now=at(30)).meta.strikes, entry(rules, now=at(30)).meta.expiry)
+    _, rules = run(rules, [sighting(at(45))], now=at(45))
+    again, _ = run(rules, [sighting(at(45)), sighting(at(30))], now=at(45))
 
-    meta = entry(rules, now=at(30)).meta
-    assert (1, at(150)) == (meta.strikes, meta.expiry)
+    meta = entry(rules, now=at(45)).meta
+    assert (1, at(165)) == (meta.strikes, meta.expiry)
     assert () == again.ops
 
 
