@@ -135,6 +135,9 @@ class SourceSettings:
     flood_limit: int = 0  # new ranges per flood_window and instance before the breaker trips; 0: off
     flood_window: timedelta = timedelta(minutes=10)
     on_flood: str = "preview"  # "preview": new rules go to preview; "refuse": refused
+    # Repeat offenders: each later sighting of a network the band still holds
+    # multiplies this kind's TTL by this factor (capped at max_ttl); 1: off.
+    escalate: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -240,11 +243,11 @@ _SOURCE_DEFAULTS: Mapping[str, SourceSettings] = {
     ),
     "log": SourceSettings(
         default_ttl=timedelta(hours=1), max_ttl=timedelta(days=7), severity="medium",
-        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64,
+        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64, escalate=2.0,
     ),
     "alert": SourceSettings(
         default_ttl=timedelta(hours=6), max_ttl=timedelta(days=7), severity="high",
-        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64,
+        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64, escalate=2.0,
     ),
 }
 
@@ -421,7 +424,12 @@ def _source(kind: str, r: _Reader) -> SourceSettings:
         flood_limit=r.get("flood_limit", int, 0),
         flood_window=r.duration("flood_window", timedelta(minutes=10)),  # type: ignore[arg-type]
         on_flood=r.choice("on_flood", ("preview", "refuse"), "preview"),
+        escalate=float(r.get("escalate", (int, float), base.escalate)),
     )
+    if not 1 <= src.escalate <= 100:
+        raise ConfigError(f"sources.{kind}.escalate: must be between 1 (off) and 100, got {src.escalate}")
+    if kind == "manual" and src.escalate != 1:
+        raise ConfigError("sources.manual.escalate: manual blocks never escalate (1 or absent)")
     if src.flood_limit < 0:
         raise ConfigError(f"sources.{kind}.flood_limit: must be 0 (off) or positive, got {src.flood_limit}")
     r.done()

@@ -29,7 +29,10 @@ Security Command Center (source id ``scc``, settings ``[alerts.scc]``)
     findings are ignored unless ``muted = "apply"``.
 
 Expiries count from the message's publish time, so a redelivered
-notification changes nothing. Allowlist and guards apply (IPv6 hosts widen
+notification changes nothing. Blocks of open incidents and active findings
+escalate for repeat offenders (``sources.alert.escalate``, default 2: the TTL
+doubles per later notification naming a still-blocked address, up to
+``sources.alert.max_ttl``); the ``shorten`` block of a close never does. Allowlist and guards apply (IPv6 hosts widen
 to ``sources.alert.widen_v6_to``).
 """
 
@@ -107,7 +110,9 @@ def _monitoring(doc: Mapping, message: Message, rt: Runtime) -> Outcome:  # type
     intents: list[Intent] = []
     if incident.state == "open":
         expiry = common.expiry_for(message.publish_time, source, ttl=conf.ttl)
-        intents = [Intent(Verb.BLOCK, n, MONITORING, expiry=expiry, severity=severity, action=source.action, reason=reason)
+        escalation = common.escalation_for(message.publish_time, source, expiry)
+        intents = [Intent(Verb.BLOCK, n, MONITORING, expiry=expiry, severity=severity, action=source.action, reason=reason,
+                          escalation=escalation)
                    for n, _ in nets]
     elif conf.on_close == "keep":
         common.report_items(rt, message, KIND, errors)
@@ -161,7 +166,9 @@ def _scc(doc: Mapping, message: Message, rt: Runtime) -> Outcome:  # type: ignor
     else:
         ttl: timedelta = conf.ttl_by_severity[severity.name.lower()]
         expiry = common.expiry_for(message.publish_time, source, ttl=ttl)
-        intents = [Intent(Verb.BLOCK, n, SCC, expiry=expiry, severity=severity, action=source.action, reason=reason)
+        escalation = common.escalation_for(message.publish_time, source, expiry)
+        intents = [Intent(Verb.BLOCK, n, SCC, expiry=expiry, severity=severity, action=source.action, reason=reason,
+                          escalation=escalation)
                    for n, _ in nets]
     common.report_items(rt, message, KIND, errors)
     return common.apply(rt, message, KIND, intents, source_id=SCC, reason=reason)

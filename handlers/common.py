@@ -11,7 +11,7 @@ from config.settings import SourceSettings
 from handlers.envelope import Message
 from handlers.runtime import Runtime, event_ref
 from responder import guards
-from responder.model import Intent, ItemError
+from responder.model import Escalation, Intent, ItemError
 from responder.service import Derive, Flood, Outcome
 
 
@@ -28,6 +28,17 @@ def expiry_for(
     if expiry is not None:
         return min(expiry, base + source.max_ttl)
     return base + min(ttl or source.default_ttl, source.max_ttl)
+
+
+def escalation_for(base: datetime, source: SourceSettings, expiry: datetime) -> Escalation | None:
+    """The repeat-offender escalation of a block until ``expiry`` sighted at
+    ``base`` (the publish time), when the source kind has ``escalate`` on:
+    the planner multiplies the block's TTL by ``escalate`` per strike, up to
+    the kind's ``max_ttl`` (see ``responder.planner``)."""
+    ttl = expiry - base
+    if source.escalate <= 1 or ttl <= timedelta(0):
+        return None
+    return Escalation(seen=base, ttl=ttl, factor=source.escalate, cap=source.max_ttl)
 
 
 def report_items(rt: Runtime, message: Message, kind: str, errors: Sequence[ItemError], skipped: int = 0) -> None:

@@ -8,6 +8,10 @@ whose source id is the detector's (its name, or its ``[source_ids]`` entry),
 with the detector's TTL (else ``sources.log.default_ttl``), severity and
 action. Allowlist and guards apply (IPv6 hosts widen to ``widen_v6_to``).
 
+Repeat offenders: with ``sources.log.escalate`` (default 2) a client sighted
+again in a later message while its block is live gets a longer block (the
+TTL times the factor per strike, at most ``sources.log.max_ttl``).
+
 Timing: the expiry is computed from the message's **publish time**, like
 every other handler, so that a redelivered message computes the same
 expiry and changes nothing; the entry's own ``timestamp`` (its event time,
@@ -157,11 +161,13 @@ def handle(message: Message, rt: Runtime) -> Outcome:
 
 def _intent(det: Detector, source_id: str, network: Network, reason: str, message: Message, rt: Runtime) -> Intent:
     source = rt.settings.source(KIND)
+    expiry = common.expiry_for(message.publish_time, source, ttl=det.ttl)
     return Intent(
         Verb.BLOCK, network, source_id,
-        expiry=common.expiry_for(message.publish_time, source, ttl=det.ttl),
+        expiry=expiry,
         severity=det.severity,
         action=det.action,
         reason=reason,
+        escalation=common.escalation_for(message.publish_time, source, expiry),
     )
 

@@ -16,6 +16,9 @@ Each indicator becomes a block until its own expiry, else its TTL from the
 publish time, else the feed's TTL; indicators below the feed's
 ``min_confidence`` are skipped; past ``max_entries`` the rest are refused.
 Revoked indicators (STIX ``revoked``) withdraw this feed's claim.
+Escalation for repeat offenders is off for feeds unless
+``sources.feed.escalate`` is set (a feed republishing its list would count
+a strike each time).
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ def _intents(
         intents.append(Intent(
             Verb.BLOCK, network, feed.name, expiry=expiry,
             severity=s.severity or severity, action=action, reason=s.reason,
+            escalation=common.escalation_for(message.publish_time, source, expiry),
         ))
     return intents, errors, skipped
 

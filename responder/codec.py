@@ -9,6 +9,18 @@ characters), the owner tag and the metadata shared by all its ranges::
     |    `-------------------- expiry, UTC, YYYYMMDDhhmm; 'never' = permanent
     `------------------------- owner tag (band.owner_tag)
 
+Entries blocked by a source kind with escalation on also carry their
+repeat-offender record, before the sources::
+
+    car1 x=202611300630 v=m n=1-720 s=cloud-armor-waf
+                            |   `- the last sighting's publish-time bucket,
+                            |      in minutes before the expiry
+                            `----- strikes so far (0: sighted once)
+
+An absent ``n`` decodes as 0 strikes and no bucket, so rules written before
+escalation existed still read; ``n=<strikes>`` alone (no bucket) reads too.
+A permanent rule never carries it.
+
 A rule in the band whose description does not start with the owner tag and
 decode cleanly is *foreign*: reported, never changed. Unknown ``key=value``
 fields are ignored on decode so that a newer writer's rules still read.
@@ -17,7 +29,7 @@ fields are ignored on decode so that a newer writer's rules still read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from responder.model import Severity
 
@@ -35,6 +47,20 @@ class RuleMeta:
     severity: Severity
     sources: frozenset[str]
     truncated: bool = False  # more sources existed than the description holds
+    # Repeat offenders (escalating sources only): strikes counted so far, and
+    # the publish-time bucket of the last sighting that set them (None: not
+    # known). A permanent entry keeps neither; the bucket is never after the
+    # expiry (whole minutes, as the description holds it).
+    strikes: int = 0
+    struck: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.expiry is None:
+            if self.strikes or self.struck is not None:
+                object.__setattr__(self, "strikes", 0)
+                object.__setattr__(self, "struck", None)
+        elif self.struck is not None and self.struck > self.expiry:
+            object.__setattr__(self, "struck", self.expiry)
 
     def expired(self, now: datetime) -> bool:
         return self.expiry is not None and self.expiry <= now
@@ -45,7 +71,7 @@ def encode(tag: str, meta: RuleMeta) -> str:
     (sorted order, the rest marked ``*``) so the result is at most 64
     characters."""
     expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(UTC).strftime(_TIME_FORMAT)
-    head = f"{tag} x={expiry} v={meta.severity.code} s="
+    head = f"{tag} x={expiry} v={meta.severity.code} {_strikes(meta)}s="
     names = sorted(meta.sources)
     text = head + "+".join(names + ([TRUNCATED] if meta.truncated else []))
     if len(text) > MAX_DESCRIPTION:
@@ -57,6 +83,29 @@ def encode(tag: str, meta: RuleMeta) -> str:
         text = head + "+".join([*kept, TRUNCATED])
     assert len(text) <= MAX_DESCRIPTION, text
     return text
+
+
+def _strikes(meta: RuleMeta) -> str:
+    """The ``n=`` field with its trailing space, or nothing."""
+    if meta.expiry is None or (meta.strikes == 0 and meta.struck is None):
+        return ""
+    if meta.struck is None:
+        return f"n={meta.strikes} "
+    expiry = meta.expiry.astimezone(UTC).replace(second=0, microsecond=0)
+    before = max(0, int((expiry - meta.struck).total_seconds()) // 60)
+    return f"n={meta.strikes}-{before} "
+
+
+def _decode_strikes(raw: str | None, expiry: datetime | None) -> tuple[int, datetime | None] | None:
+    """(strikes, bucket) from an ``n=`` value; None when malformed."""
+    if raw is None:
+        return 0, None
+    count, sep, before = raw.partition("-")
+    if not count.isdigit() or len(count) > 9 or (sep and (not before.isdigit() or len(before) > 9)):
+        return None
+    if not sep or expiry is None:
+        return int(count), None
+    return int(count), expiry - timedelta(minutes=int(before))
 
 
 def decode(tag: str, description: str) -> RuleMeta | None:
@@ -79,9 +128,13 @@ def decode(tag: str, description: str) -> RuleMeta | None:
                 return None
             expiry = datetime.strptime(raw_expiry, _TIME_FORMAT).replace(tzinfo=UTC)
         severity = Severity.from_code(raw_severity)
-    except (KeyError, ValueError):
+        strikes = _decode_strikes(fields.get("n"), expiry)
+    except (KeyError, ValueError, OverflowError):
+        return None
+    if strikes is None:
         return None
     names = [n for n in raw_sources.split("+") if n]
     truncated = TRUNCATED in names
     sources = frozenset(n for n in names if n != TRUNCATED)
-    return RuleMeta(expiry=expiry, severity=severity, sources=sources, truncated=truncated)
+    return RuleMeta(expiry=expiry, severity=severity, sources=sources, truncated=truncated,
+                    strikes=strikes[0], struck=strikes[1])

@@ -103,12 +103,29 @@ class ParseResult:
 
 
 @dataclass(frozen=True)
+class Escalation:
+    """How a block from an escalating source grows for repeat offenders.
+
+    ``seen`` is the sighting's time (the Pub/Sub publish time), ``ttl`` the
+    TTL its block asks for before escalation, ``factor`` (> 1) what each
+    strike multiplies it by, and ``cap`` the longest TTL it may reach (the
+    kind's ``max_ttl``). The planner counts the strikes, from the band."""
+
+    seen: datetime
+    ttl: timedelta
+    factor: float
+    cap: timedelta
+
+
+@dataclass(frozen=True)
 class Intent:
     """A decision about one network.
 
     ``expiry`` None with ``permanent`` True means no expiry (manual only).
     For UNBLOCK, expiry/severity/action are ignored. ``source`` is a short
-    source id (``manual``, a feed name, a detector name).
+    source id (``manual``, a feed name, a detector name). ``escalation``, on
+    blocks from a source kind with ``escalate`` on, lets the planner lengthen
+    the block of a repeat offender (see ``responder.planner``).
     """
 
     verb: Verb
@@ -120,3 +137,4 @@ class Intent:
     action: str = "deny(403)"
     preview: bool = False
     reason: str = ""
+    escalation: Escalation | None = None

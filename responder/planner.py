@@ -13,6 +13,23 @@ networks are aggregated (``ipaddress.collapse_addresses``) and packed at most
 descriptions (``responder.codec``). Expiries are rounded up to
 ``band.expiry_granularity`` so that sightings close in time share a group.
 
+Repeat offenders
+----------------
+A block from a source kind with ``escalate`` on carries an ``Escalation``
+(its sighting time, base TTL, factor, cap). The planner counts *strikes*
+against the entry the band already holds for the network (its own entry,
+else what its supernets' entries record): a sighting whose publish-time
+bucket (``seen`` rounded down to ``expiry_granularity``) is later than the
+entry's recorded bucket is one more strike, and its block lasts
+``ttl * factor ** strikes`` from ``seen``, at most ``cap`` (never shorter
+than the entry has). A sighting that finds no recorded bucket (a new
+network, another source's block, a rule older than escalation) records its
+own with 0 strikes; one in the same or an earlier bucket (the same message
+redelivered) adds no strike and asks only for its base expiry, so replaying
+intents changes nothing, and sightings within one bucket give the same band
+in any order. Permanent entries never strike. Strikes and bucket merge by maximum, like
+the expiry, and are stored in the description's ``n=`` field.
+
 Two ways to plan
 ----------------
 ``plan_append`` is what event writers use: it only ever *adds* rules at free
@@ -41,7 +58,7 @@ from datetime import UTC, datetime, timedelta
 
 from config.settings import BandSettings
 from responder.codec import RuleMeta, decode, encode
-from responder.model import Intent, Network, Severity, Verb
+from responder.model import Escalation, Intent, Network, Severity, Verb
 from responder.policy import PolicyRule
 
 MAX_RANGES_PER_RULE = 10
@@ -193,12 +210,23 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b)
 
 
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    """The later bucket; None (not known) is earlier than any time."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
 def _merge_entries(a: Entry, b: Entry) -> Entry:
     meta = RuleMeta(
         expiry=_later(a.meta.expiry, b.meta.expiry),
         severity=max(a.meta.severity, b.meta.severity),
         sources=a.meta.sources | b.meta.sources,
         truncated=a.meta.truncated or b.meta.truncated,
+        strikes=max(a.meta.strikes, b.meta.strikes),
+        struck=_latest(a.meta.struck, b.meta.struck),
     )
     # The entry with the later expiry decides the action (on a tie the first,
     # so that reading the band back gives the same answer); enforced wins.
@@ -249,18 +277,62 @@ def _subnets(entries: Mapping[Network, Entry], net: Network) -> list[Network]:
     return [n for n in entries if n.version == net.version and n.subnet_of(net)]  # type: ignore[arg-type]
 
 
-def _block(entries: dict[Network, Entry], intent: Intent, expiry: datetime | None) -> bool:
+def round_down(moment: datetime, granularity: timedelta) -> datetime:
+    """The multiple of ``granularity`` since the epoch at or before ``moment``:
+    the publish-time bucket of a sighting."""
+    step = int(granularity.total_seconds())
+    return datetime.fromtimestamp(math.floor(moment.timestamp() / step) * step, tz=UTC)
+
+
+def escalated_ttl(escalation: Escalation, strikes: int) -> timedelta:
+    """``ttl * factor ** strikes``, at most ``cap`` (never less than ``ttl``)."""
+    base = escalation.ttl.total_seconds()
+    cap = max(escalation.cap.total_seconds(), base)
+    try:
+        scaled = base * escalation.factor ** strikes
+    except OverflowError:
+        scaled = math.inf
+    return timedelta(seconds=min(max(scaled, base), cap))
+
+
+def _strike(
+    base: Entry | None, escalation: Escalation, expiry: datetime, granularity: timedelta
+) -> tuple[int, datetime, datetime]:
+    """(strikes, bucket, expiry) a sighting asks for, given the entry the
+    band holds for its network (``base``; None: not blocked) and the
+    sighting's own rounded expiry."""
+    bucket = round_down(escalation.seen, granularity)
+    if base is None or base.meta.expiry is None or base.meta.struck is None:
+        # The first sighting an escalating source records (the entry may
+        # hold other sources' claims, or predate escalation); permanent
+        # entries never strike.
+        return 0, bucket, expiry
+    if bucket <= base.meta.struck:
+        return 0, bucket, expiry  # the same message again, or an older one: no strike
+    strikes = base.meta.strikes + 1
+    longer = round_up(escalation.seen + escalated_ttl(escalation, strikes), granularity)
+    return strikes, bucket, max(longer, expiry)
+
+
+def _block(entries: dict[Network, Entry], intent: Intent, expiry: datetime | None, granularity: timedelta) -> bool:
     """Applies a block; returns False when it was already in effect."""
+    existing = entries.get(intent.network)
+    covers = covers_of(entries, intent.network) if existing is None else []
+    strikes: int = 0
+    struck: datetime | None = None
+    if intent.escalation is not None and expiry is not None:
+        base = existing
+        for cover in reversed(covers):  # what the supernets record, folded
+            base = replace(cover, network=intent.network) if base is None else _merge_entries(base, cover)
+        strikes, struck, expiry = _strike(base, intent.escalation, expiry, granularity)
     wanted = Entry(
         intent.network,
-        RuleMeta(expiry, intent.severity, frozenset({intent.source})),
+        RuleMeta(expiry, intent.severity, frozenset({intent.source}), strikes=strikes, struck=struck),
         intent.action,
         intent.preview,
     )
-    existing = entries.get(intent.network)
     if existing is None:
         net = intent.network  # any supernet may satisfy it, not only the nearest
-        covers = covers_of(entries, net)
         if any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in covers):
             return False
         # The new entry also records the claims its supernets already make on
@@ -295,6 +367,10 @@ def _satisfies(have: Entry, want: Entry) -> bool:
         _later(have.meta.expiry, want.meta.expiry) == have.meta.expiry
         and have.meta.severity >= want.meta.severity
         and want.meta.sources <= have.meta.sources
+        # a permanent entry keeps no repeat-offender record (see RuleMeta)
+        and (have.meta.expiry is None or (
+            want.meta.strikes <= have.meta.strikes
+            and _latest(have.meta.struck, want.meta.struck) == have.meta.struck))
         # no action check: as in _merge_entries, the entry that lasts at
         # least as long keeps its action
         and (want.preview or not have.preview)
@@ -400,7 +476,7 @@ def apply_intents(
                 refused.append((intent, "expiry is in the past"))
                 continue
         if intent.verb is Verb.BLOCK:
-            satisfied += not _block(entries, intent, expiry)
+            satisfied += not _block(entries, intent, expiry, granularity)
         else:
             why = _extend(entries, intent, expiry)
             if why:

@@ -131,7 +131,7 @@ def test_a_foreign_description_decodes_to_none(description):
 
 
 def test_unknown_extra_fields_are_tolerated():
-    decoded = decode(TAG, "car1 x=202611291830 v=c s=feed+manual r=ssh-brute n=3")
+    decoded = decode(TAG, "car1 x=202611291830 v=c s=feed+manual r=ssh-brute q=3")
 
     assert RuleMeta(EXPIRY, Severity.CRITICAL, frozenset({"feed", "manual"})) == decoded
 
@@ -140,3 +140,92 @@ def test_field_order_does_not_matter():
     decoded = decode(TAG, "car1 s=manual v=l x=never")
 
     assert RuleMeta(None, Severity.LOW, frozenset({"manual"})) == decoded
+
+
+# --------------------------------------------------------------------------
+# The repeat-offender field (n=<strikes>-<minutes before the expiry>)
+
+BUCKET = datetime(2026, 11, 29, 6, 30, tzinfo=UTC)
+
+
+def test_round_trip_keeps_strikes_and_the_last_sighting_bucket():
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.MEDIUM, sources=frozenset({"cloud-armor-waf"}),
+                    strikes=2, struck=BUCKET)
+
+    description = encode(TAG, meta)
+
+    assert "car1 x=202611291830 v=m n=2-720 s=cloud-armor-waf" == description
+    assert meta == decode(TAG, description)
+
+
+def test_a_first_sighting_records_its_bucket_with_no_strike():
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.MEDIUM, sources=frozenset({"log"}), struck=BUCKET)
+
+    description = encode(TAG, meta)
+
+    assert "car1 x=202611291830 v=m n=0-720 s=log" == description
+    assert meta == decode(TAG, description)
+
+
+def test_no_strike_record_writes_no_field():
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.MEDIUM, sources=frozenset({"feed"}))
+
+    assert "car1 x=202611291830 v=m s=feed" == encode(TAG, meta)
+
+
+def test_an_absent_field_decodes_as_no_strike():
+    decoded = decode(TAG, "car1 x=202611291830 v=m s=log")
+
+    assert (0, None) == (decoded.strikes, decoded.struck)
+
+
+def test_strikes_without_a_bucket_decode():
+    decoded = decode(TAG, "car1 x=202611291830 v=m n=4 s=log")
+
+    assert (4, None) == (decoded.strikes, decoded.struck)
+    assert "car1 x=202611291830 v=m n=4 s=log" == encode(TAG, decoded)
+
+
+def test_a_permanent_entry_keeps_no_strike_record():
+    meta = RuleMeta(expiry=None, severity=Severity.HIGH, sources=frozenset({"manual", "log"}), strikes=3, struck=BUCKET)
+
+    description = encode(TAG, meta)
+
+    assert "car1 x=never v=h s=log+manual" == description
+    assert (0, None) == (meta.strikes, meta.struck)
+    assert (0, None) == (decode(TAG, "car1 x=never v=h n=2-30 s=manual").strikes, None)
+
+
+def test_sources_that_do_not_fit_next_to_the_strike_field_are_dropped_and_marked():
+    names = frozenset(f"detector-{i:04d}" for i in range(6))
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.MEDIUM, sources=names, strikes=12, struck=BUCKET)
+
+    description = encode(TAG, meta)
+    decoded = decode(TAG, description)
+
+    assert len(description) <= MAX_DESCRIPTION
+    assert decoded.truncated and decoded.sources < names
+    assert (12, BUCKET) == (decoded.strikes, decoded.struck)
+    assert description == encode(TAG, decoded)
+
+
+@pytest.mark.parametrize("field", ["n=", "n=x", "n=-3", "n=2-", "n=2-x", "n=2--30", "n=1.5", "n=2-30-1", "n=2 n=3"])
+def test_a_malformed_strike_field_decodes_to_none(field):
+    assert None is decode(TAG, f"car1 x=202611291830 v=m {field} s=log")
+
+
+@settings(max_examples=200, deadline=None)
+@given(tags, st.frozensets(source_names, min_size=1, max_size=12), minute_expiries, st.sampled_from(list(Severity)),
+       st.integers(0, 10_000), st.one_of(st.none(), st.integers(0, 60 * 24 * 400)))
+def test_any_strike_record_encodes_within_64_characters_and_round_trips(tag, sources, expiry, severity, strikes, before):
+    struck = None if before is None or expiry is None else expiry - timedelta(minutes=before)
+    meta = RuleMeta(expiry=expiry, severity=severity, sources=sources, strikes=strikes, struck=struck)
+
+    description = encode(tag, meta)
+    decoded = decode(tag, description)
+
+    assert len(description) <= MAX_DESCRIPTION
+    assert (meta.expiry, meta.severity, meta.strikes, meta.struck) == \
+        (decoded.expiry, decoded.severity, decoded.strikes, decoded.struck)
+    assert decoded.sources <= sources
+    assert (decoded.sources != sources) == decoded.truncated

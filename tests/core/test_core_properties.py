@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from responder.codec import RuleMeta, encode
-from responder.model import Intent, Severity, Verb
+from responder.model import Escalation, Intent, Severity, Verb
 from responder.planner import MAX_RANGES_PER_RULE, Add, plan_append, plan_reconcile, read_band
 from responder.policy import PolicyRule
 
@@ -61,7 +61,12 @@ expiries = st.one_of(
 def metas(draw):
     sources = draw(st.frozensets(st.sampled_from(SOURCES), min_size=1, max_size=3))
     expiry = draw(expiries)
-    return RuleMeta(expiry=expiry, severity=draw(st.sampled_from(list(Severity))), sources=sources)
+    strikes, struck = 0, None
+    if expiry is not None and draw(st.integers(0, 2)) == 0:  # a repeat-offender record
+        strikes = draw(st.integers(0, 3))
+        struck = draw(st.one_of(st.none(), st.integers(0, 40).map(lambda k: expiry.replace(second=0) - timedelta(minutes=15 * k))))
+    return RuleMeta(expiry=expiry, severity=draw(st.sampled_from(list(Severity))), sources=sources,
+                    strikes=strikes, struck=struck)
 
 
 @st.composite
@@ -99,9 +104,18 @@ def intents(draw, existing=()):
     source = draw(st.sampled_from(SOURCES))
     permanent = source == "manual" and verb is not Verb.UNBLOCK and draw(st.integers(0, 4)) == 0
     expiry = None if permanent else draw(st.integers(-20, 400).map(lambda m: NOW + timedelta(minutes=m, seconds=7)))
+    escalation = None
+    if verb is Verb.BLOCK and source != "manual" and draw(st.booleans()):
+        # as a handler of an escalating kind makes it: the expiry counts from
+        # the publish time, the TTL at most the kind's cap
+        seen = NOW + timedelta(minutes=draw(st.integers(-300, 10)), seconds=draw(st.integers(0, 59)))
+        cap = draw(st.sampled_from([timedelta(hours=1), timedelta(hours=3), timedelta(hours=8)]))
+        ttl = min(cap, timedelta(minutes=draw(st.sampled_from([10, 15, 45, 60, 90, 240]))))
+        escalation = Escalation(seen, ttl, draw(st.sampled_from([1.5, 2.0, 3.0])), cap)
+        expiry = seen + ttl
     return Intent(verb, network, source, expiry, permanent,
                   draw(st.sampled_from(list(Severity))), draw(st.sampled_from(ACTIONS)),
-                  draw(st.sampled_from([False, False, False, True])))
+                  draw(st.sampled_from([False, False, False, True])), escalation=escalation)
 
 
 @st.composite

@@ -210,7 +210,10 @@ def test_resighting_from_any_source_extends_and_never_shortens(functions: Harnes
     assert {NET: expiry_word(start + timedelta(hours=24))} == functions.blocked()
     functions.clock.advance(timedelta(hours=22))
     functions.publish("on_log_sink", lb_entry(ATTACKER, outcome="DENY", exprs=["sqli"], status=403))
-    assert {NET: expiry_word(start + timedelta(hours=29))} == functions.blocked()
+    # Escalation (sources.log/alert.escalate = 2): the log sighting an hour in
+    # was the first strike (6h x 2 = 12h, within the 24h it had), this one
+    # the second: 6h x 4 = 24h from now, past the 24h.
+    assert {NET: expiry_word(start + timedelta(hours=23 + 24))} == functions.blocked()
 
 
 def test_manual_permanent_block_is_never_shortened_by_automation(functions: Harness) -> None:

@@ -17,6 +17,7 @@ import pytest
 from config.settings import ConfigError
 from handlers import log_sink, runtime
 from localapi import LocalCloudArmor
+from responder.codec import decode
 from tests.e2e.conftest import Harness, expiry_word
 from tests.e2e.support import (
     ROOT,
@@ -344,3 +345,44 @@ def test_unmatched_entry_never_imports_the_compute_client(local_api: LocalCloudA
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert 0 == out.returncode, out.stderr[-2000:]
     assert "clean" == out.stdout.strip().splitlines()[-1]
+
+
+def test_a_repeat_offender_is_blocked_twice_as_long_and_a_redelivery_changes_nothing(functions: Harness) -> None:
+    entry = lb_entry(f"{ATTACKER}:40001", outcome="DENY", exprs=["owasp-crs-v030301-id942100-sqli"], status=403)
+    first = functions.clock()
+    assert 200 == functions.publish("on_log_sink", entry, message_id="waf-1")
+    assert {NET: expiry_word(first + timedelta(hours=6))} == functions.blocked()  # detector ttl = 6h
+
+    functions.clock.advance(timedelta(hours=1))
+    second = functions.clock()
+    assert 200 == functions.publish("on_log_sink", entry, message_id="waf-2")
+
+    # the second sighting, in a later publish-time bucket, is a strike: 6h doubled
+    assert {NET: expiry_word(second + timedelta(hours=12))} == functions.blocked()
+    metas = sorted((decode("car1", r["description"]) for r in functions.band_rules()), key=lambda m: m.expiry)
+    assert [0, 1] == [m.strikes for m in metas]  # the first rule stays until the compactor drops it
+    bucket = datetime.fromtimestamp(second.timestamp() // 900 * 900, tz=UTC)
+    assert bucket == metas[-1].struck
+    assert " n=1-" in max(functions.band_rules(), key=lambda r: r["description"])["description"]
+
+    band, writes = functions.band_rules(), len(functions.mutations())
+    functions.clock.advance(timedelta(minutes=20))
+    assert 200 == functions.publish("on_log_sink", entry, message_id="waf-2", publish_time=second)
+    assert band == functions.band_rules()
+    assert writes == len(functions.mutations())
+    assert {NET: expiry_word(second + timedelta(hours=12))} == functions.blocked()
+
+
+def test_cleanup_keeps_the_strike_record_when_it_compacts(functions: Harness) -> None:
+    entry = lb_entry(ATTACKER, outcome="DENY", exprs=["xss"], status=403)
+    assert 200 == functions.publish("on_log_sink", entry, message_id="waf-1")
+    functions.clock.advance(timedelta(hours=1))
+    second = functions.clock()
+    assert 200 == functions.publish("on_log_sink", entry, message_id="waf-2")
+
+    assert 200 == functions.publish("on_cleanup", {})
+
+    rules = functions.band_rules()
+    assert 1 == len(rules)
+    meta = decode("car1", rules[0]["description"])
+    assert (1, expiry_word(second + timedelta(hours=12))) == (meta.strikes, meta.expiry.strftime("%Y%m%d%H%M"))
