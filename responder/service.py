@@ -274,10 +274,12 @@ class Responder:
             if snap.labels.get(self.settings.lease.mode_label) == PREVIEW_MODE:
                 todo = [replace(i, preview=True) for i in todo]
             plan = planner.plan_append(band, todo, now, self.settings.band, seed=_seed(event, attempt))
-            if flood is not None and attempt == 0:
-                todo = self._breaker(flood, band, plan, todo, now, event)
-                plan = planner.plan_append(band, todo, now, self.settings.band, seed=_seed(event, attempt))
+            if flood is not None:  # asked once per event, before anything is written
+                adjusted = self._breaker(flood, band, plan, todo, now, event)
                 flood = None
+                if adjusted is not todo:
+                    todo = adjusted
+                    plan = planner.plan_append(band, todo, now, self.settings.band, seed=_seed(event, attempt))
             if not plan.needs_lease and len(band.rules) + len(plan.ops) > self._max_rules:
                 plan = replace(plan, needs_lease=f"more than band.max_rules ({self._max_rules}) rules")
             if plan.needs_lease:
