@@ -55,6 +55,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from config.settings import BandSettings
 from responder.codec import RuleMeta, decode, encode
@@ -234,21 +235,82 @@ def _merge_entries(a: Entry, b: Entry) -> Entry:
     return Entry(a.network, meta, newer.action, a.preview and b.preview)
 
 
+def _key(net: Network) -> tuple[int, int, int]:
+    """A network as a plain tuple (version, first address, prefix length):
+    hashed in C, and its supernets' keys are integer shifts away."""
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
 class Entries(dict[Network, Entry]):
     """Entries by network, remembering which prefix lengths occur, so that
     looking for supernets tries only those lengths (a handful) instead of
     every one (33 for IPv4, 129 for IPv6). A length is never forgotten when
-    its last entry goes: that only costs a useless look-up."""
+    its last entry goes: that only costs a useless look-up. Entries are also
+    indexed by ``_key`` so that supernets are found by integer arithmetic,
+    without building (and hashing) network objects."""
 
     def __init__(self, items: Iterable[tuple[Network, Entry]] = ()) -> None:
         super().__init__()
         self.lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        self._shorter: dict[int, tuple[int, ...]] = {4: (), 6: ()}  # lengths, longest first
+        self.by_key: dict[tuple[int, int, int], Entry] = {}
         for net, entry in items:
             self[net] = entry
 
     def __setitem__(self, net: Network, entry: Entry) -> None:
-        self.lengths[net.version].add(net.prefixlen)
+        version, prefixlen = net.version, net.prefixlen
+        lengths = self.lengths[version]
+        if prefixlen not in lengths:
+            lengths.add(prefixlen)
+            self._shorter[version] = tuple(sorted(lengths, reverse=True))
+        self.by_key[(version, int(net.network_address), prefixlen)] = entry
         super().__setitem__(net, entry)
+
+    def __delitem__(self, net: Network) -> None:
+        super().__delitem__(net)
+        del self.by_key[_key(net)]
+
+    def pop(self, net: Network, *default: Entry) -> Entry:  # type: ignore[override]
+        if net in self:
+            del self.by_key[_key(net)]
+        return super().pop(net, *default)
+
+    def popitem(self) -> tuple[Network, Entry]:
+        net, entry = super().popitem()
+        del self.by_key[_key(net)]
+        return net, entry
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_key.clear()
+
+    def setdefault(self, net: Network, default: Entry) -> Entry:
+        if net not in self:
+            self[net] = default
+        return self[net]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for net, entry in dict(*args, **kwargs).items():
+            self[net] = entry
+
+    def __ior__(self, other: Any) -> Entries:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def covers(self, net: Network) -> list[Entry]:
+        """The entries of strict supernets of ``net``, the most specific first."""
+        version, prefixlen = net.version, net.prefixlen
+        bits = 32 if version == 4 else 128
+        addr = int(net.network_address)
+        get = self.by_key.get
+        out = []
+        for p in self._shorter[version]:
+            if p < prefixlen:
+                shift = bits - p
+                found = get((version, addr >> shift << shift, p))
+                if found is not None:
+                    out.append(found)
+        return out
 
 
 def _prefixes(entries: Mapping[Network, Entry], net: Network) -> Iterable[int]:
@@ -261,15 +323,20 @@ def _prefixes(entries: Mapping[Network, Entry], net: Network) -> Iterable[int]:
 
 def covers_of(entries: Mapping[Network, Entry], net: Network) -> list[Entry]:
     """The entries of strict supernets of ``net``, the most specific first."""
+    if isinstance(entries, Entries):
+        return entries.covers(net)
     return [c for p in _prefixes(entries, net) if (c := entries.get(net.supernet(new_prefix=p))) is not None]
 
 
 def covering(entries: Mapping[Network, Entry], net: Network) -> Entry | None:
     """The entry of a strict supernet of ``net``, the most specific one."""
+    if isinstance(entries, Entries):
+        found = entries.covers(net)
+        return found[0] if found else None
     for prefix in _prefixes(entries, net):
-        found = entries.get(net.supernet(new_prefix=prefix))
-        if found is not None:
-            return found
+        cover = entries.get(net.supernet(new_prefix=prefix))
+        if cover is not None:
+            return cover
     return None
 
 
