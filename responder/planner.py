@@ -55,6 +55,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from config.settings import BandSettings
 from responder.codec import RuleMeta, decode, encode
@@ -234,21 +235,82 @@ def _merge_entries(a: Entry, b: Entry) -> Entry:
     return Entry(a.network, meta, newer.action, a.preview and b.preview)
 
 
+def _key(net: Network) -> tuple[int, int, int]:
+    """A network as a plain tuple (version, first address, prefix length):
+    hashed in C, and its supernets' keys are integer shifts away."""
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
 class Entries(dict[Network, Entry]):
     """Entries by network, remembering which prefix lengths occur, so that
     looking for supernets tries only those lengths (a handful) instead of
     every one (33 for IPv4, 129 for IPv6). A length is never forgotten when
-    its last entry goes: that only costs a useless look-up."""
+    its last entry goes: that only costs a useless look-up. Entries are also
+    indexed by ``_key`` so that supernets are found by integer arithmetic,
+    without building (and hashing) network objects."""
 
     def __init__(self, items: Iterable[tuple[Network, Entry]] = ()) -> None:
         super().__init__()
         self.lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        self._shorter: dict[int, tuple[int, ...]] = {4: (), 6: ()}  # lengths, longest first
+        self.by_key: dict[tuple[int, int, int], Entry] = {}
         for net, entry in items:
             self[net] = entry
 
     def __setitem__(self, net: Network, entry: Entry) -> None:
-        self.lengths[net.version].add(net.prefixlen)
+        version, prefixlen = net.version, net.prefixlen
+        lengths = self.lengths[version]
+        if prefixlen not in lengths:
+            lengths.add(prefixlen)
+            self._shorter[version] = tuple(sorted(lengths, reverse=True))
+        self.by_key[(version, int(net.network_address), prefixlen)] = entry
         super().__setitem__(net, entry)
+
+    def __delitem__(self, net: Network) -> None:
+        super().__delitem__(net)
+        del self.by_key[_key(net)]
+
+    def pop(self, net: Network, *default: Entry) -> Entry:  # type: ignore[override]
+        if net in self:
+            del self.by_key[_key(net)]
+        return super().pop(net, *default)
+
+    def popitem(self) -> tuple[Network, Entry]:
+        net, entry = super().popitem()
+        del self.by_key[_key(net)]
+        return net, entry
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_key.clear()
+
+    def setdefault(self, net: Network, default: Entry) -> Entry:
+        if net not in self:
+            self[net] = default
+        return self[net]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for net, entry in dict(*args, **kwargs).items():
+            self[net] = entry
+
+    def __ior__(self, other: Any) -> Entries:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def covers(self, net: Network) -> list[Entry]:
+        """The entries of strict supernets of ``net``, the most specific first."""
+        version, prefixlen = net.version, net.prefixlen
+        bits = 32 if version == 4 else 128
+        addr = int(net.network_address)
+        get = self.by_key.get
+        out = []
+        for p in self._shorter[version]:
+            if p < prefixlen:
+                shift = bits - p
+                found = get((version, addr >> shift << shift, p))
+                if found is not None:
+                    out.append(found)
+        return out
 
 
 def _prefixes(entries: Mapping[Network, Entry], net: Network) -> Iterable[int]:
@@ -261,15 +323,20 @@ def _prefixes(entries: Mapping[Network, Entry], net: Network) -> Iterable[int]:
 
 def covers_of(entries: Mapping[Network, Entry], net: Network) -> list[Entry]:
     """The entries of strict supernets of ``net``, the most specific first."""
+    if isinstance(entries, Entries):
+        return entries.covers(net)
     return [c for p in _prefixes(entries, net) if (c := entries.get(net.supernet(new_prefix=p))) is not None]
 
 
 def covering(entries: Mapping[Network, Entry], net: Network) -> Entry | None:
     """The entry of a strict supernet of ``net``, the most specific one."""
+    if isinstance(entries, Entries):
+        found = entries.covers(net)
+        return found[0] if found else None
     for prefix in _prefixes(entries, net):
-        found = entries.get(net.supernet(new_prefix=prefix))
-        if found is not None:
-            return found
+        cover = entries.get(net.supernet(new_prefix=prefix))
+        if cover is not None:
+            return cover
     return None
 
 
@@ -314,8 +381,19 @@ def _strike(
     return strikes, bucket, max(longer, expiry)
 
 
-def _block(entries: dict[Network, Entry], intent: Intent, expiry: datetime | None, granularity: timedelta) -> bool:
-    """Applies a block; returns False when it was already in effect."""
+_MetaKey = tuple[datetime | None, Severity, str, int, datetime | None]
+
+
+def _block(
+    entries: dict[Network, Entry],
+    intent: Intent,
+    expiry: datetime | None,
+    granularity: timedelta,
+    metas: dict[_MetaKey, RuleMeta] | None = None,
+) -> bool:
+    """Applies a block; returns False when it was already in effect.
+    ``metas`` caches the (immutable) metadata intents ask for: most intents
+    of an event ask for the same."""
     existing = entries.get(intent.network)
     covers = covers_of(entries, intent.network) if existing is None else []
     strikes: int = 0
@@ -325,12 +403,13 @@ def _block(entries: dict[Network, Entry], intent: Intent, expiry: datetime | Non
         for cover in reversed(covers):  # what the supernets record, folded
             base = replace(cover, network=intent.network) if base is None else _merge_entries(base, cover)
         strikes, struck, expiry = _strike(base, intent.escalation, expiry, granularity)
-    wanted = Entry(
-        intent.network,
-        RuleMeta(expiry, intent.severity, frozenset({intent.source}), strikes=strikes, struck=struck),
-        intent.action,
-        intent.preview,
-    )
+    key = (expiry, intent.severity, intent.source, strikes, struck)
+    meta = None if metas is None else metas.get(key)
+    if meta is None:
+        meta = RuleMeta(expiry, intent.severity, frozenset({intent.source}), strikes=strikes, struck=struck)
+        if metas is not None:
+            metas[key] = meta
+    wanted = Entry(intent.network, meta, intent.action, intent.preview)
     if existing is None:
         net = intent.network  # any supernet may satisfy it, not only the nearest
         if any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in covers):
@@ -454,6 +533,7 @@ def apply_intents(
     refused (with why) and the number already in effect."""
     entries = Entries((n, e) for n, e in current.items() if not e.meta.expired(now))
     rounded: dict[datetime, datetime] = {}  # most intents of an event share an expiry
+    metas: dict[_MetaKey, RuleMeta] = {}  # and metadata
     refused: list[tuple[Intent, str]] = []
     satisfied = 0
     for intent in intents:
@@ -476,7 +556,7 @@ def apply_intents(
                 refused.append((intent, "expiry is in the past"))
                 continue
         if intent.verb is Verb.BLOCK:
-            satisfied += not _block(entries, intent, expiry, granularity)
+            satisfied += not _block(entries, intent, expiry, granularity, metas)
         else:
             why = _extend(entries, intent, expiry)
             if why:
@@ -502,10 +582,11 @@ def _collapse(nets: Iterable[Network]) -> list[Network]:
     intervals: a network that survives whole is reused, only merged runs are
     cut into new blocks. Several times faster on large feeds."""
     out: list[Network] = []
+    by_version: dict[int, list[tuple[int, int, Network]]] = {4: [], 6: []}
+    for n in nets:
+        by_version[n.version].append((int(n.network_address), -n.prefixlen, n))
     for version, bits in ((4, 32), (6, 128)):
-        spans = sorted(
-            (int(n.network_address), -n.prefixlen, n) for n in nets if n.version == version
-        )
+        spans = sorted(by_version[version])
         run_start = run_end = -1
         run: list[Network] = []
         for start, neg_prefix, net in spans:
@@ -599,13 +680,20 @@ def plan_append(
         current[n] != entries.get(n) and _weaker(current[n], entries[n]) for n in current if n in entries
     ):
         return Plan(entries=entries, refused=tuple(refused), satisfied=satisfied, needs_lease=NEEDS_REMOVAL)
-    changed = [e for n, e in entries.items() if current.get(n) != e]
+    fresh: list[Entry] = []
+    again: list[Entry] = []
+    held = current.get
+    for n, e in entries.items():
+        before = held(n)
+        if before is None:
+            fresh.append(e)
+        elif before != e:
+            again.append(e)
     # New networks aggregate; a network the band already holds is written
     # again as it is, so that reading the band back merges it with its old rule.
-    groups = pack(e for e in changed if e.network not in current)
-    for e in changed:
-        if e.network in current:
-            groups.setdefault(e.group, []).append(e.network)
+    groups = pack(fresh)
+    for e in again:
+        groups.setdefault(e.group, []).append(e.network)
     priorities = _Priorities(settings, band.used, seed)
     ops: list[Op] = []
     for group, nets in sorted(groups.items(), key=lambda kv: _group_order(kv[0])):
@@ -722,6 +810,11 @@ def _pack_merged(entries: Iterable[Entry]) -> dict[tuple[RuleMeta, str, bool], l
     (such networks merge into one entry, as reading the band back would)."""
     groups = pack(entries)
     while True:
+        if sum(map(len, groups.values())) == len({n for nets in groups.values() for n in nets}):
+            # No network in two groups: merging changes nothing, and packing
+            # the same groups again gives the same networks (collapsing is
+            # idempotent).
+            return groups
         merged: dict[Network, Entry] = {}
         for g, nets in groups.items():
             for n in nets:
