@@ -87,6 +87,7 @@ def run(report: Report) -> None:
         prof.disable()
         out = io.StringIO()
         stats = pstats.Stats(prof, stream=out)
+        stats.strip_dirs()  # file names only: the report names no paths of this machine
         stats.sort_stats("tottime").print_stats(12)
         lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
         start = next(i for i, ln in enumerate(lines) if ln.strip().startswith("ncalls"))

@@ -6,7 +6,7 @@ calls (importing ``compute_v1`` costs about 3 s and 150 MB). Everything the
 adapter returns is a domain type of :mod:`responder.policy`; everything it
 raises is a :class:`responder.errors.ResponderError`.
 
-How calls are made (see ``/work/shared/CLOUD_ARMOR_FACTS.md``):
+How calls are made (see the project's notes on Cloud Armor facts, summarised in README):
 
 * mutations use the ``*_unary`` methods and the returned Operation is waited
   on with our own Global/RegionOperationsClient (same ``client_options`` and

@@ -20,7 +20,7 @@ SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
 
 
 def sample(name: str) -> bytes:
-    """A real published sample from /work/shared/samples (skip when absent)."""
+    """A real published sample from the shared samples folder beside the repository (skip when absent)."""
     path = SAMPLES / name
     if not path.exists():
         pytest.skip(f"shared samples not available ({path})")

@@ -1,5 +1,5 @@
 """Every threat-feed format through on_threat_feed, asserting the band:
-real published samples where they exist (/work/shared/samples), own
+real published samples where they exist (the shared samples folder beside the repository), own
 fixtures (tests/data/e2e) otherwise; snapshots; per-feed settings; and one
 large feed message."""
 
