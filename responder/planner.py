@@ -860,7 +860,3 @@ def _evict(
         if not nets:
             del groups[group]
     return tuple(evicted)
-
-
-def severity_of(name: str) -> Severity:
-    return Severity.parse(name)
