@@ -24,7 +24,7 @@ def _check(result: campaign.Result) -> None:
 @pytest.mark.xfail(
     strict=False,
     reason="known race, under investigation: in 1 of about 6 runs of this quota-path campaign 4 host "
-    "addresses inside a split /24 ended up unblocked (missing 4, extra 0). The full-size campaigns passed; "
+    "addresses of one /24 ended up unblocked (missing 4, extra 0). The full-size campaigns passed; "
     "the run still prints its report and shows XPASS when it converges.",
 )
 def test_concurrency_campaign_converges_to_the_reference_band_through_the_quota_path() -> None:
