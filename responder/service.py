@@ -429,14 +429,18 @@ class Responder:
         outcome.leased = True
         try:
             capacity = self._max_rules
-            capped = False
+            capped = quota_hit = False
             for attempt in range(ADD_ATTEMPTS):
                 band = planner.read_band(snap.rules, self.settings.band)
                 if snap.labels.get(self.settings.lease.mode_label) == PREVIEW_MODE:
                     intents = [replace(i, preview=True) for i in intents]
+                if quota_hit and not capped:
+                    # The quota refused an add under this lease: the band cannot
+                    # grow past what it holds now, so the plan evicts to fit.
+                    # (Not on the writer's own quota error: by the time it holds
+                    # the lease, another holder may have compacted the band.)
+                    capacity, capped = min(capacity, len(band.rules)), True
                 if quota_full:
-                    if not capped:  # no room to grow: evict to fit the rules the quota holds now
-                        capacity, capped = min(capacity, len(band.rules)), True
                     # A plan adds before it removes, so with the quota full its first add
                     # fails; make room first with removals that change no entry.
                     if self._drop_redundant(band, lease, outcome):
@@ -446,12 +450,13 @@ class Responder:
                     band, intents, now, self.settings.band, capacity=capacity, compact=compact, seed=_seed(event, attempt)
                 )
                 try:
-                    self._execute(plan, band, event, outcome, lease=lease)
+                    why = f"quota full: {capacity} band rules fit" if capped else f"the band may hold {capacity} rules"
+                    self._execute(plan, band, event, outcome, lease=lease, capacity=why)
                     return outcome
                 except PriorityTaken:
                     pass
                 except QuotaExceeded:
-                    quota_full = True
+                    quota_full = quota_hit = True
                 snap = self.api.get_policy()
             raise TransientError(f"could not reconcile the band after {ADD_ATTEMPTS} attempts")
         finally:
@@ -497,7 +502,8 @@ class Responder:
         return outcome
 
     def _execute(
-        self, plan: Plan, band: Band, event: EventRef, outcome: Outcome, lease: Lease | None, validate_only: bool = False
+        self, plan: Plan, band: Band, event: EventRef, outcome: Outcome, lease: Lease | None, validate_only: bool = False,
+        capacity: str = "",
     ) -> None:
         before = band.entries(self.clock())
         for intent, why in plan.refused:
@@ -525,10 +531,11 @@ class Responder:
             else:
                 layout[op.rule.priority] = op.rule
         outcome.layout = layout
-        self._audit_changes(plan, before, event, outcome, validate_only)
+        self._audit_changes(plan, before, event, outcome, validate_only, capacity)
 
     def _audit_changes(
-        self, plan: Plan, before: Mapping[Network, planner.Entry], event: EventRef, outcome: Outcome, validate_only: bool
+        self, plan: Plan, before: Mapping[Network, planner.Entry], event: EventRef, outcome: Outcome, validate_only: bool,
+        capacity: str = "",
     ) -> None:
         """One record per changed rule (its new and extended ranges), one for
         ranges removed, expired or evicted."""
@@ -562,10 +569,15 @@ class Responder:
         ):
             if ranges:
                 setattr(outcome, change, getattr(outcome, change) + len(ranges))
+                extra: dict[str, Any] = {}
+                if change == "evicted":  # what capacity pressure dropped, for the runbook
+                    extra["sources"] = sorted({s for e in plan.evicted for s in e.meta.sources})
+                    extra["severity"] = sorted({e.meta.severity.name.lower() for e in plan.evicted})
+                    extra["capacity"] = capacity or None
                 self.audit.record(
                     change, f"{change} {len(ranges)} range(s)",
                     level=logging.WARNING if change == "evicted" else logging.INFO,
-                    ranges=[str(n) for n in ranges], **common,
+                    ranges=[str(n) for n in ranges], **common, **extra,
                 )
         if not plan.ops and not plan.refused:
             self.audit.record("unchanged", "no change needed", **common)

@@ -27,6 +27,15 @@ the generated events only (no product code): every address that should be
 blocked is, with the latest requested expiry rounded up to the 15-minute
 granularity, nothing else is; no two rules share a priority; the rules
 outside the band and the foreign rule are unchanged field for field.
+
+A full rule quota makes the lease holder evict (lowest severity, soonest
+expiry, never manual), and an evicted block stays missing unless a later
+event names it again, so where the run ends depends on timing. Evictions are
+therefore read back from the workers' audit records (``evicted``, with the
+ranges and their sources): a missing address or a shorter expiry inside an
+evicted range is counted as *evicted*, not as a difference; every other
+difference counts, an eviction of a manual block is a problem, and so is a
+manually blocked address that ends up missing.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import wait as mp_wait
@@ -450,20 +460,29 @@ def _segment_text(key: tuple[int, int, int]) -> str:
     return ",".join(str(n) for n in nets[:3]) + ("..." if len(nets) > 3 else "")
 
 
-def compare(expected: list[tuple[Network, float]], actual: list[tuple[Network, float]]) -> dict[str, list[str]]:
-    """missing / extra / wrong_expiry, each a list of address segments."""
+def compare(
+    expected: list[tuple[Network, float]], actual: list[tuple[Network, float]], evicted: Sequence[Network] = ()
+) -> tuple[dict[str, list[str]], list[str]]:
+    """missing / extra / wrong_expiry, each a list of address segments, and
+    the segments that are missing or shorter only inside evicted ranges."""
     exp_s, act_s = segments(expected), segments(actual)
-    # Re-cut both on the union of their boundaries.
-    union = _recut(exp_s, act_s)
+    spans = [_interval(n) for n in evicted]
+    # Re-cut both on the union of their boundaries (and the evicted ranges').
+    union = _recut(exp_s, act_s, spans)
     diffs: dict[str, list[str]] = {"missing": [], "extra": [], "wrong_expiry": []}
+    explained: list[str] = []
     for key, (want, have) in union.items():
-        if want is not None and have is None:
+        version, lo, hi = key
+        in_evicted = any(v == version and a <= lo and hi <= b for v, a, b in spans)
+        if want is not None and (have is None or have < want) and in_evicted:
+            explained.append(_segment_text(key))
+        elif want is not None and have is None:
             diffs["missing"].append(_segment_text(key))
         elif want is None and have is not None:
             diffs["extra"].append(_segment_text(key))
         elif want != have:
             diffs["wrong_expiry"].append(f"{_segment_text(key)}: want {_when(want)} have {_when(have)}")
-    return diffs
+    return diffs, explained
 
 
 def _when(stamp: float | None) -> str:
@@ -472,17 +491,37 @@ def _when(stamp: float | None) -> str:
     return "never" if stamp == INF else datetime.fromtimestamp(stamp, tz=UTC).strftime("%Y%m%d%H%M")
 
 
-def _recut(a: dict[tuple[int, int, int], float], b: dict[tuple[int, int, int], float]) -> dict[tuple[int, int, int], tuple[float | None, float | None]]:
+def _recut(
+    a: dict[tuple[int, int, int], float], b: dict[tuple[int, int, int], float], extra: Sequence[tuple[int, int, int]] = ()
+) -> dict[tuple[int, int, int], tuple[float | None, float | None]]:
     out: dict[tuple[int, int, int], tuple[float | None, float | None]] = {}
     for version in (4, 6):
         sa = sorted((k, v) for k, v in a.items() if k[0] == version)
         sb = sorted((k, v) for k, v in b.items() if k[0] == version)
-        cuts = sorted({k[1] for k, _ in sa + sb} | {k[2] for k, _ in sa + sb})
+        more = [k for k in extra if k[0] == version]
+        cuts = sorted({k[1] for k, _ in sa + sb} | {k[2] for k, _ in sa + sb} | {k[1] for k in more} | {k[2] for k in more})
         for lo, hi in zip(cuts, cuts[1:], strict=False):
             va = next((v for k, v in sa if k[1] <= lo and k[2] >= hi), None)
             vb = next((v for k, v in sb if k[1] <= lo and k[2] >= hi), None)
             if va is not None or vb is not None:
                 out[(version, lo, hi)] = (va, vb)
+    return out
+
+
+def read_evictions(folder: Path) -> list[dict[str, Any]]:
+    """The ``evicted`` audit records in the workers' logs (killed ones too)."""
+    out: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("worker-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"evicted"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by SIGKILL
+            payload = record.get("responder") if isinstance(record, dict) else None
+            if isinstance(payload, dict) and payload.get("change") == "evicted":
+                out.append(payload)
     return out
 
 
@@ -590,6 +629,8 @@ class Result:
     blocked_segments: int
     addresses: dict[str, int]
     op_errors: dict[str, int] = field(default_factory=dict)
+    evictions: int = 0  # audit records of evictions
+    evicted: list[str] = field(default_factory=list)  # segments missing or shorter because they were evicted
 
     @property
     def differences(self) -> int:
@@ -615,6 +656,8 @@ class Result:
             f"(expected IPv4 addresses {self.addresses.get('v4', 0)}, IPv6 /64s {self.addresses.get('v6', 0)})",
             f"differences: missing {len(self.diffs['missing'])}, extra {len(self.diffs['extra'])}, "
             f"wrong expiry {len(self.diffs['wrong_expiry'])}, other {len(self.problems)}",
+            f"evictions (quota or band full): {self.evictions} record(s); {len(self.evicted)} expected "
+            f"segment(s) missing or shorter because they were evicted",
             f"wall time: {self.wall:.1f} s (phases {', '.join(f'{w:.1f}' for w in self.phase_walls)} s)",
         ]
         for kind, items in self.diffs.items():
@@ -855,7 +898,12 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
             if stamp > time.time():
                 problems.append(f"the lease is still held after the run: {value}")
         expected = expected_map(plan)
-        diffs = compare(expected, band_items(band, now))
+        evictions = read_evictions(tmp)
+        for rec in evictions:
+            if "manual" in rec.get("sources", []):
+                problems.append(f"a manual block was evicted: {rec.get('ranges')}")
+        evicted_nets = [ipaddress.ip_network(r) for rec in evictions for r in rec.get("ranges", [])]
+        diffs, explained = compare(expected, band_items(band, now), evicted_nets)
         exp_segments = segments(expected)
         v4 = sum(b - a for (v, a, b) in exp_segments if v == 4)
         v6 = sum((b - a) >> 64 for (v, a, b) in exp_segments if v == 6)
@@ -886,6 +934,7 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
             lease_takes=takes, lease_releases=releases, band_rules=len(band), diffs=diffs, problems=problems,
             wall=time.monotonic() - started, phase_walls=phase_walls, blocked_segments=len(exp_segments),
             addresses={"v4": v4, "v6": v6}, op_errors=dict(op_errors),
+            evictions=len(evictions), evicted=explained,
         )
     finally:
         for w in workers:

@@ -52,7 +52,7 @@ from typing import Any
 
 from responder.model import ParseResult
 
-from . import misp, stix
+from . import misp
 from ._common import (
     Collector,
     decode_text,
@@ -344,6 +344,8 @@ def parse_tor(payload: bytes | str, now: datetime) -> ParseResult:
 
 
 def parse_stix_feed(payload: bytes | str | Any, now: datetime) -> ParseResult:
+    from . import stix  # its pattern grammar (antlr4) is paid only by STIX feeds, not by every cold start
+
     return stix.parse_stix(load_json(payload), now)
 
 

@@ -9,7 +9,6 @@ computed from the generated events alone (see scripts/campaign.py). Full size:
 from __future__ import annotations
 
 import campaign
-import pytest
 
 
 def _check(result: campaign.Result) -> None:
@@ -21,16 +20,14 @@ def _check(result: campaign.Result) -> None:
     assert result.differences == 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race, under investigation: in 1 of about 6 runs of this quota-path campaign 4 host "
-    "addresses of one /24 ended up unblocked (missing 4, extra 0). The full-size campaigns passed; "
-    "the run still prints its report and shows XPASS when it converges.",
-)
 def test_concurrency_campaign_converges_to_the_reference_band_through_the_quota_path() -> None:
     # quota 45 with 5 rules outside the band leaves 40 for it: appenders hit the
     # project quota (QUOTA_EXCEEDED) long before band.max_rules, so every
     # quota-full reconcile runs under the lease while the others keep appending.
+    # 40 rules are close to what the distinct expiries and sources need, so a
+    # reconcile sometimes evicts; a block evicted late stays missing. Those
+    # addresses are reported apart (campaign.compare), from the workers'
+    # ``evicted`` records; anything else missing is a difference.
     spec = campaign.Spec(workers=4, events=150, op_delay=(0.01, 0.05), max_rules=60, quota=45, universe=30,
                          lease_duration=20, lease_wait=30, seed=7, time_limit=240)
     result = campaign.run(spec)
@@ -47,3 +44,19 @@ def test_fault_campaign_with_a_killed_lease_holder_converges_to_the_reference_ba
     _check(result)
     assert sum(v for k, v in result.faults.items() if k != "latency") > 0.15 * sum(result.api_calls.values())
     assert result.kills >= 1
+
+
+def test_compare_explains_only_what_an_eviction_covers() -> None:
+    n = campaign.ipaddress.ip_network
+    expected = [(n("45.9.148.18/32"), 600.0), (n("45.9.148.22/32"), 600.0), (n("45.9.148.30/32"), 600.0),
+                (n("185.220.100.0/24"), 1200.0)]
+    actual = [(n("45.9.148.30/32"), 600.0), (n("185.220.100.0/24"), 900.0), (n("91.92.109.0/28"), 600.0)]
+    # Nothing evicted: two hosts missing, the /24 short, the /28 extra.
+    diffs, explained = campaign.compare(expected, actual)
+    assert (diffs["missing"], diffs["extra"], explained) == (["45.9.148.18/32", "45.9.148.22/32"], ["91.92.109.0/28"], [])
+    assert diffs["wrong_expiry"] == ["185.220.100.0/24: want 197001010020 have 197001010015"]
+    # .18 and the first half of the /24 were evicted: only those are explained.
+    diffs, explained = campaign.compare(expected, actual, [n("45.9.148.18/32"), n("185.220.100.0/25"), n("91.92.109.0/28")])
+    assert explained == ["45.9.148.18/32", "185.220.100.0/25"]
+    assert diffs == {"missing": ["45.9.148.22/32"], "extra": ["91.92.109.0/28"],
+                     "wrong_expiry": ["185.220.100.128/25: want 197001010020 have 197001010015"]}

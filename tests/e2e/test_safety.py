@@ -136,6 +136,7 @@ def test_band_rule_cap_evicts_lowest_severity_first_and_never_manual(configured)
     assert len(functions.band_rules()) <= 3
     evicted = [r for r in functions.audit if r["change"] == "evicted"]
     assert evicted and "77.88.0.1/32" in evicted[0]["ranges"]
+    assert "manual" not in evicted[0]["sources"] and evicted[0]["sources"]
 
 
 def test_rule_quota_exhaustion_compacts_instead_of_failing(local_api: LocalCloudArmor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
