@@ -28,7 +28,7 @@ fields are ignored on decode so that a newer writer's rules still read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from responder.model import Severity
@@ -37,6 +37,7 @@ MAX_DESCRIPTION = 64
 _TIME_FORMAT = "%Y%m%d%H%M"
 PERMANENT = "never"
 TRUNCATED = "*"
+MANUAL = "manual"  # the source that must survive truncation: it protects a block from eviction
 
 
 @dataclass(frozen=True)
@@ -68,21 +69,33 @@ class RuleMeta:
 
 def encode(tag: str, meta: RuleMeta) -> str:
     """The description for a rule; sources that do not fit are dropped
-    (sorted order, the rest marked ``*``) so the result is at most 64
-    characters."""
+    (kept: manual first, then in sorted order; the rest marked ``*``) so
+    the result is at most 64 characters."""
     expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(UTC).strftime(_TIME_FORMAT)
     head = f"{tag} x={expiry} v={meta.severity.code} {_strikes(meta)}s="
     names = sorted(meta.sources)
     text = head + "+".join(names + ([TRUNCATED] if meta.truncated else []))
     if len(text) > MAX_DESCRIPTION:
         kept: list[str] = []
-        for name in names:
-            if len(head + "+".join([*kept, name, TRUNCATED])) > MAX_DESCRIPTION:
-                break
-            kept.append(name)
+        # Manual first, then sorted; a name that does not fit is skipped, so
+        # any set between the kept names and all of them keeps the same ones.
+        for name in sorted(names, key=lambda n: n != MANUAL):
+            if len(head + "+".join([*kept, name, TRUNCATED])) <= MAX_DESCRIPTION:
+                kept.append(name)
         text = head + "+".join([*kept, TRUNCATED])
     assert len(text) <= MAX_DESCRIPTION, text
     return text
+
+
+def representable(tag: str, meta: RuleMeta) -> RuleMeta:
+    """``meta`` as a rule's description gives it back: only the sources that
+    fit, and the truncation mark. A plan must want what the band can hold,
+    or it rewrites the same rule on every run."""
+    back = decode(tag, encode(tag, meta))
+    assert back is not None
+    if back.sources == meta.sources and back.truncated == meta.truncated:
+        return meta
+    return replace(meta, sources=back.sources, truncated=back.truncated)
 
 
 def _strikes(meta: RuleMeta) -> str:

@@ -58,7 +58,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from config.settings import BandSettings
-from responder.codec import RuleMeta, decode, encode
+from responder.codec import RuleMeta, decode, encode, representable
 from responder.model import Escalation, Intent, Network, Severity, Verb
 from responder.policy import PolicyRule
 
@@ -445,7 +445,10 @@ def _satisfies(have: Entry, want: Entry) -> bool:
     return (
         _later(have.meta.expiry, want.meta.expiry) == have.meta.expiry
         and have.meta.severity >= want.meta.severity
-        and want.meta.sources <= have.meta.sources
+        # a truncated record may hold the source already (it cannot show
+        # more); the codec never drops manual
+        and (want.meta.sources <= have.meta.sources
+             or (have.meta.truncated and MANUAL not in want.meta.sources - have.meta.sources))
         # a permanent entry keeps no repeat-offender record (see RuleMeta)
         and (have.meta.expiry is None or (
             want.meta.strikes <= have.meta.strikes
@@ -739,6 +742,15 @@ def plan_reconcile(
     entries, refused, satisfied = apply_intents(current, intents, now, settings.expiry_granularity)
     expired = tuple(e for n, e in band.entries().items() if n not in current)
     groups = _pack_merged(entries.values())
+    if any(representable(settings.owner_tag, g[0]) != g[0] for g in groups):
+        # Some metadata has more sources than a description holds: plan for
+        # what the rules will read back, or every run would rewrite them.
+        fit: dict[RuleMeta, RuleMeta] = {}
+        for n, e in entries.items():
+            meta = fit.get(e.meta) or fit.setdefault(e.meta, representable(settings.owner_tag, e.meta))
+            if meta is not e.meta:
+                entries[n] = replace(e, meta=meta)
+        groups = _pack_merged(entries.values())
     limit = settings.size - len(band.foreign)
     if capacity is not None:
         limit = min(limit, capacity)

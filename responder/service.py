@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from config.settings import Settings
 from responder import planner
 from responder.audit import Audit
+from responder.codec import representable
 from responder.errors import (
     FingerprintMismatch,
     PolicyNotFound,
@@ -440,15 +441,13 @@ class Responder:
                     # (Not on the writer's own quota error: by the time it holds
                     # the lease, another holder may have compacted the band.)
                     capacity, capped = min(capacity, len(band.rules)), True
-                if quota_full:
-                    # A plan adds before it removes, so with the quota full its first add
-                    # fails; make room first with removals that change no entry.
-                    if self._drop_redundant(band, lease, outcome):
-                        snap = self.api.get_policy()
-                        band = planner.read_band(snap.rules, self.settings.band)
                 plan = planner.plan_reconcile(
                     band, intents, now, self.settings.band, capacity=capacity, compact=compact, seed=_seed(event, attempt)
                 )
+                if quota_full:
+                    # A plan adds before it removes, so with the quota full its first add
+                    # fails: make room first with the plan's removals that uncover nothing.
+                    plan = self._remove_early(plan, band, lease, outcome)
                 try:
                     why = f"quota full: {capacity} band rules fit" if capped else f"the band may hold {capacity} rules"
                     self._execute(plan, band, event, outcome, lease=lease, capacity=why)
@@ -463,33 +462,39 @@ class Responder:
             self._cache = None
             lease.release()
 
-    def _drop_redundant(self, band: Band, lease: Lease, outcome: Outcome) -> int:
-        """Removes band rules whose removal changes no live entry: expired
-        rules, and the older copies that appends leave behind (a network
-        written again with merged metadata). Nothing is uncovered, so this
-        is safe with writers appending meanwhile. Returns how many went."""
+    def _remove_early(self, plan: Plan, band: Band, lease: Lease, outcome: Outcome) -> Plan:
+        """Does now the plan's removals of rules that no live entry needs:
+        expired rules, and copies whose every range other rules give the
+        same entry (as the band reads back). Nothing is uncovered, so this
+        is safe with writers appending meanwhile. Returns the rest of the plan."""
         now = self.clock()
+        tag = self.settings.band.owner_tag
         want = band.entries(now)
         holders: dict[Network, list[planner.BandRule]] = {}
         for rule in band.rules:
             if not rule.meta.expired(now):
                 for net in rule.networks:
                     holders.setdefault(net, []).append(rule)
+        by_priority = {r.priority: r for r in band.rules}
         gone: set[int] = set()
-        for rule in sorted(band.rules, key=lambda r: (len(r.networks), r.priority)):
-            redundant = rule.meta.expired(now) or all(
-                _merged(net, [r for r in holders[net] if r.priority != rule.priority and r.priority not in gone])
-                == want[net]
+        for op in plan.ops:
+            if not isinstance(op, Remove) or op.before.priority not in by_priority:
+                continue
+            rule = by_priority[op.before.priority]
+            if rule.meta.expired(now) or all(
+                _readback(tag, _merged(net, [r for r in holders[net] if r.priority != rule.priority and r.priority not in gone]))
+                == _readback(tag, want[net])
                 for net in rule.networks
-            )
-            if redundant:
+            ):
                 lease.check()
                 self.api.remove_rule(rule.priority)
                 gone.add(rule.priority)
                 outcome.ops += 1
-        if gone:
-            log.info("quota full: removed %d redundant band rule(s) before reconciling", len(gone))
-        return len(gone)
+        if not gone:
+            return plan
+        log.info("quota full: removed %d band rule(s) no entry needs before reconciling", len(gone))
+        rest = tuple(op for op in plan.ops if not (isinstance(op, Remove) and op.before.priority in gone))
+        return replace(plan, ops=rest)
 
     def _dry_reconcile(
         self, band: Band, intents: Sequence[Intent], event: EventRef, now: datetime, outcome: Outcome, *, compact: bool
@@ -581,6 +586,11 @@ class Responder:
                 )
         if not plan.ops and not plan.refused:
             self.audit.record("unchanged", "no change needed", **common)
+
+
+def _readback(tag: str, entry: planner.Entry | None) -> planner.Entry | None:
+    """``entry`` as a rule written for it would read back."""
+    return entry if entry is None else replace(entry, meta=representable(tag, entry.meta))
 
 
 def _merged(net: Network, rules: Sequence[planner.BandRule]) -> planner.Entry | None:

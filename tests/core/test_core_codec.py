@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from responder.codec import MAX_DESCRIPTION, RuleMeta, decode, encode
+from responder.codec import MAX_DESCRIPTION, RuleMeta, decode, encode, representable
 from responder.model import Severity
 
 TAG = "car1"
@@ -97,7 +97,24 @@ def test_any_meta_encodes_within_64_characters_and_decodes(tag, sources, expiry,
     assert (expiry, severity) == (decoded.expiry, decoded.severity)
     assert decoded.sources <= sources
     assert (decoded.sources != sources) == decoded.truncated
-    assert sorted(sources)[: len(decoded.sources)] == sorted(decoded.sources)
+    # What is dropped did not fit: every dropped name is longer than the room left.
+    room = MAX_DESCRIPTION - len(description)
+    assert all(len(n) + 1 > room for n in sources - decoded.sources)
+    # Any set between the kept names and all of them keeps the same names, so
+    # merging a read-back rule with the claims it came from changes nothing.
+    for extra in (sources - decoded.sources, frozenset(sorted(sources - decoded.sources)[::2])):
+        between = decode(tag, encode(tag, RuleMeta(expiry=expiry, severity=severity, sources=decoded.sources | extra,
+                                                         truncated=decoded.truncated)))
+        assert between.sources == decoded.sources
+    assert representable(tag, meta) == decoded
+
+
+def test_truncation_keeps_manual_whatever_its_place_in_sorted_order():
+    names = frozenset({"manual", *(f"feed-number-{i:04d}" for i in range(6))})
+
+    decoded = decode(TAG, encode(TAG, RuleMeta(expiry=None, severity=Severity.HIGH, sources=names)))
+
+    assert decoded.truncated and "manual" in decoded.sources and len(decoded.sources) < len(names)
 
 
 @pytest.mark.parametrize(
