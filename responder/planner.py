@@ -55,7 +55,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from config.settings import BandSettings
@@ -116,6 +116,10 @@ class Band:
         """One entry per network; a network held by several rules merges
         (latest expiry, highest severity, union of sources, enforced over
         preview). With ``now``, expired entries are left out."""
+        return Entries.of(self._index(now))
+
+    def _index(self, now: datetime | None = None) -> _Index:
+        """``entries``, by key."""
         index = _Index()
         get = index.by_key.get
         for rule in sorted(self.rules, key=lambda r: r.priority):
@@ -126,7 +130,7 @@ class Band:
                 key = _key(net)
                 seen = get(key)
                 index.set(key, entry if seen is None else _merge_entries(seen, entry))
-        return Entries.of(index)
+        return index
 
 
 @dataclass(frozen=True)
@@ -193,29 +197,10 @@ def _decode_rule(rule: PolicyRule, tag: str, metas: dict[str, RuleMeta | None]) 
     if meta is None or rule.expression or not rule.ranges or len(rule.ranges) > MAX_RANGES_PER_RULE:
         return None
     try:
-        networks = tuple(map(_parse, rule.ranges))
+        networks = tuple(ipaddress.ip_network(r, strict=True) for r in rule.ranges)
     except ValueError:
         return None
     return BandRule(rule.priority, networks, meta, rule.action, rule.preview, rule)
-
-
-def _parse(text: str) -> Network:
-    """``ipaddress.ip_network(text, strict=True)``; an IPv4 range written
-    as ``str()`` writes it (as the planner writes rules) is read without
-    parsing it twice."""
-    address, _, length = text.partition("/")
-    parts = address.split(".")
-    if len(parts) == 4:
-        try:
-            a, b, c, d, prefixlen = map(int, (*parts, length))
-        except ValueError:
-            pass
-        else:
-            if 0 <= min(a, b, c, d) and max(a, b, c, d) <= 255 and 0 <= prefixlen <= 32:
-                start = a << 24 | b << 16 | c << 8 | d
-                if not start & ((1 << 32 - prefixlen) - 1) and _text((4, start, prefixlen)) == text:
-                    return ipaddress.IPv4Network((start, prefixlen))
-    return ipaddress.ip_network(text, strict=True)
 
 
 # --------------------------------------------------------------------------
@@ -291,55 +276,78 @@ def _text(key: Key) -> str:
     return f"{ipaddress.IPv6Address(a)}/{prefixlen}"
 
 
+class _Spans:
+    """What an ``_Index`` knows of its entries of one IP version whose
+    prefix lengths are in ``low .. low + 7``: the first ``low`` bits of
+    their addresses, and for each of those lengths the first addresses."""
+
+    __slots__ = ("low", "shift", "tops", "lengths")
+
+    def __init__(self, low: int, bits: int) -> None:
+        self.low, self.shift = low, bits - low
+        self.tops: set[int] = set()
+        self.lengths: list[tuple[int, int, set[int]]] = []  # (length, host bits, first addresses), longest first
+
+
 class _Index:
-    """Entries by key, and for each prefix length that occurs, the first
-    addresses of that length, so that looking for supernets tries only the
-    lengths that occur (a handful, not 33 or 129), each in a set of integers,
-    and looks an entry up only on a hit. Entries are added with ``set``, and
-    changed or deleted in ``by_key`` directly: addresses and lengths are never
-    forgotten, which only costs a useless look-up."""
+    """Entries by key, and what looking for supernets needs: the prefix
+    lengths that occur (a handful, not 33 or 129), and for each the first
+    addresses, each in a set of integers. The lengths are in spans of 8, each
+    with the set of first bits its entries start with: most look-ups test
+    a set or two and build a key only on a hit. Entries are added with
+    ``set``, and changed or deleted in ``by_key`` directly: addresses and
+    lengths are never forgotten, which only costs a useless look-up."""
 
     def __init__(self, by_key: dict[Key, Entry] | None = None) -> None:
         self.by_key: dict[Key, Entry] = {} if by_key is None else by_key
-        self._starts: dict[int, dict[int, set[int]]] | None = None  # version -> length -> first addresses
-        self._shorter: dict[int, tuple[tuple[int, int, set[int]], ...]] = {}  # (length, host bits, starts), longest first
+        self._spans: dict[int, list[_Spans]] | None = None  # by version, longest first; made on first use
+        self._starts: dict[tuple[int, int], tuple[set[int], _Spans]] = {}  # by (version, length)
 
-    def _lengths(self) -> dict[int, dict[int, set[int]]]:
-        """The first addresses by length, collected on first use."""
-        if self._starts is None:
-            self._starts = {4: {}, 6: {}}
-            for version, address, prefixlen in self.by_key:
-                self._starts[version].setdefault(prefixlen, set()).add(address)
-            for version in (4, 6):
-                self._sort(version)
-        return self._starts
+    def _build(self) -> dict[int, list[_Spans]]:
+        self._spans = {4: [], 6: []}
+        for key in self.by_key:
+            if key[2] < _BITS[key[0]]:
+                self._add(key)
+        return self._spans
 
-    def _sort(self, version: int) -> None:
-        starts = self._lengths()[version]
-        self._shorter[version] = tuple((p, _BITS[version] - p, starts[p]) for p in sorted(starts, reverse=True))
+    def _add(self, key: Key) -> None:
+        version, address, prefixlen = key
+        found = self._starts.get((version, prefixlen))
+        if found is None:
+            found = self._starts[(version, prefixlen)] = self._length(version, prefixlen)
+        starts, span = found
+        starts.add(address)
+        span.tops.add(address >> span.shift)
+
+    def _length(self, version: int, prefixlen: int) -> tuple[set[int], _Spans]:
+        """The first addresses of a length not seen before, and its span."""
+        spans = self._spans or self._build()
+        bits, low = _BITS[version], prefixlen - prefixlen % 8
+        span = next((s for s in spans[version] if s.low == low), None)
+        if span is None:
+            span = _Spans(low, bits)
+            spans[version] = sorted([*spans[version], span], key=lambda s: -s.low)
+        starts: set[int] = set()
+        span.lengths = sorted([*span.lengths, (prefixlen, bits - prefixlen, starts)], key=lambda t: -t[0])
+        return starts, span
 
     def set(self, key: Key, entry: Entry) -> None:
-        version, address, prefixlen = key
-        if self._starts is not None:
-            by_length = self._starts[version]
-            starts = by_length.get(prefixlen)
-            if starts is None:
-                starts = by_length[prefixlen] = set()
-                self._sort(version)
-            starts.add(address)
+        # A single address is no one's supernet: only its entry is kept.
+        if self._spans is not None and key[2] < _BITS[key[0]]:
+            self._add(key)
         self.by_key[key] = entry
 
     def covers(self, key: Key) -> list[Entry]:
         """The entries of strict supernets of ``key``, the most specific first."""
-        if self._starts is None:
-            self._lengths()
         version, address, prefixlen = key
         out = []
-        for p, host_bits, starts in self._shorter[version]:
-            if p < prefixlen:
-                start = address >> host_bits << host_bits
-                if start in starts and (found := self.by_key.get((version, start, p))) is not None:
-                    out.append(found)
+        for span in (self._spans or self._build())[version]:
+            if span.low < prefixlen and address >> span.shift in span.tops:
+                for p, host_bits, starts in span.lengths:
+                    if p < prefixlen:
+                        start = address >> host_bits << host_bits
+                        if start in starts and (found := self.by_key.get((version, start, p))) is not None:
+                            out.append(found)
         return out
 
     def subnets(self, key: Key) -> list[Key]:
@@ -411,6 +419,7 @@ class Entries(dict[Network, Entry]):
 
 
 _network_of = attrgetter("network")
+_address = itemgetter(1)
 
 
 def _prefixes(net: Network) -> Iterable[int]:
@@ -486,8 +495,7 @@ def _block(
     metas: dict[_MetaKey, RuleMeta],
 ) -> bool:
     """Applies a block (to ``key``, ``intent.network``'s); returns False
-    when it was already in effect. ``metas`` caches the (immutable) metadata
-    intents ask for: most intents of an event ask for the same."""
+    when it was already in effect."""
     net = intent.network
     existing = entries.by_key.get(key)
     covers = entries.covers(key) if existing is None else []
@@ -498,11 +506,7 @@ def _block(
         for cover in reversed(covers):  # what the supernets record, folded
             base = replace(cover, network=intent.network) if base is None else _merge_entries(base, cover)
         strikes, struck, expiry = _strike(base, intent.escalation, expiry, granularity)
-    asked = (expiry, intent.severity, intent.source, strikes, struck)
-    meta = metas.get(asked)
-    if meta is None:
-        meta = metas[asked] = RuleMeta(expiry, intent.severity, frozenset({intent.source}), strikes=strikes, struck=struck)
-    wanted = Entry(net, meta, intent.action, intent.preview)
+    wanted = Entry(net, _meta(metas, expiry, intent, strikes, struck), intent.action, intent.preview)
     if existing is None:
         # any supernet may satisfy it, not only the nearest
         if covers and any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in covers):
@@ -524,6 +528,18 @@ def _block(
         return False
     entries.by_key[key] = merged
     return True
+
+
+def _meta(
+    metas: dict[_MetaKey, RuleMeta], expiry: datetime | None, intent: Intent, strikes: int = 0, struck: datetime | None = None
+) -> RuleMeta:
+    """The metadata a block asks for; ``metas`` caches them (immutable):
+    most intents of an event ask for the same."""
+    asked = (expiry, intent.severity, intent.source, strikes, struck)
+    meta = metas.get(asked)
+    if meta is None:
+        meta = metas[asked] = RuleMeta(expiry, intent.severity, frozenset({intent.source}), strikes=strikes, struck=struck)
+    return meta
 
 
 def _as_claim_on(have: Entry, want: Entry) -> Entry:
@@ -632,17 +648,13 @@ def apply_intents(
 
 
 def _apply(
-    current: Mapping[Network, Entry],
+    current: Mapping[Network, Entry] | _Index,
     intents: Sequence[Intent],
     now: datetime,
     granularity: timedelta,
 ) -> tuple[_Index, list[tuple[Intent, str]], int]:
     """``apply_intents``, the entries by key."""
-    if isinstance(current, Entries):
-        live = {k: e for k, e in current.index.by_key.items() if not e.meta.expired(now)}
-    else:
-        live = {_key(n): e for n, e in current.items() if not e.meta.expired(now)}
-    entries = _Index(live)
+    entries = _Index({k: e for k, e in _index_of(current).by_key.items() if not e.meta.expired(now)})
     by_key = entries.by_key
     rounded: dict[datetime, datetime] = {}  # most intents of an event share an expiry
     metas: dict[_MetaKey, RuleMeta] = {}  # and metadata
@@ -670,7 +682,11 @@ def _apply(
                 refused.append((intent, "expiry is in the past"))
                 continue
         if verb is block:
-            satisfied += not _block(entries, key, intent, expiry, granularity, metas)
+            if intent.escalation is None and key not in by_key and not entries.covers(key):
+                # The usual block, in line: a network nothing blocks yet.
+                entries.set(key, Entry(intent.network, _meta(metas, expiry, intent), intent.action, intent.preview))
+            else:
+                satisfied += not _block(entries, key, intent, expiry, granularity, metas)
         else:
             why = _extend(entries, key, intent, expiry)
             if why:
@@ -724,22 +740,28 @@ def _collapse(keys: Iterable[Key]) -> list[Key]:
     """The same result as ``ipaddress.collapse_addresses`` per IP version
     (the fewest CIDR blocks covering the union, sorted), computed on integer
     intervals. Several times faster on large feeds."""
+    keys = list(keys)
+    v4 = [k for k in keys if k[0] == 4]
+    v6 = [k for k in keys if k[0] == 6] if len(v4) < len(keys) else []
     out: list[Key] = []
-    run: Key | None = None  # the first network of the current run of overlapping or adjacent ones
-    run_end = merged = 0
-    for key in sorted(keys):
-        version, start, prefixlen = key
-        end = start + (1 << (_BITS[version] - prefixlen)) - 1
-        if run is not None and version == run[0] and start <= run_end + 1:
-            if end > run_end:
-                run_end = end
-                merged = True
-            continue
+    # By first address only: networks that start together are in one run,
+    # which gives the same blocks in any order.
+    for part, bits in ((sorted(v4, key=_address), 32), (sorted(v6, key=_address), 128)):
+        run: Key | None = None  # the first network of a run of overlapping or adjacent ones
+        run_end = -2
+        merged = False
+        for key in part:
+            start = key[1]
+            end = start + (1 << bits - key[2]) - 1
+            if start <= run_end + 1:
+                if end > run_end:
+                    run_end, merged = end, True
+                continue
+            if run is not None:
+                out.extend(_blocks(run, run_end) if merged else (run,))
+            run, run_end, merged = key, end, False
         if run is not None:
             out.extend(_blocks(run, run_end) if merged else (run,))
-        run, run_end, merged = key, end, False
-    if run is not None:
-        out.extend(_blocks(run, run_end) if merged else (run,))
     return out
 
 
@@ -767,17 +789,19 @@ class _Priorities:
 
     def __init__(self, band: BandSettings, used: Iterable[int], seed: int) -> None:
         self.band = band
+        self.size = band.size
         self.used = set(used)
         self.rng = random.Random(seed)
 
     @property
     def free(self) -> int:
-        return self.band.size - len(self.used)
+        return self.size - len(self.used)
 
     def take(self) -> int | None:
-        if self.free <= 0:
+        free = self.free
+        if free <= 0:
             return None
-        if self.free * 4 >= self.band.size:  # plenty free: sample
+        if free * 4 >= self.size:  # plenty free: sample
             while True:
                 candidate = self.rng.randint(self.band.start, self.band.end)
                 if candidate not in self.used:
@@ -816,10 +840,10 @@ def plan_append(
     changed or removed (an unblock), or the band has no room, the plan is
     empty and ``needs_lease`` says why: the caller then reconciles under the
     lease."""
-    current = band.entries(now)
+    current = band._index(now)
     index, refused, satisfied = _apply(current, intents, now, settings.expiry_granularity)
     entries = Entries.of(index)
-    held, now_held = _index_of(current).by_key, index.by_key
+    held, now_held = current.by_key, index.by_key
     if any(k not in now_held for k in held) or any(
         e is not now_held[k] and e != now_held[k] and _weaker(e, now_held[k]) for k, e in held.items()
     ):
@@ -849,7 +873,9 @@ def plan_append(
     return Plan(tuple(ops), entries, tuple(refused), satisfied)
 
 
-def _index_of(entries: Mapping[Network, Entry]) -> _Index:
+def _index_of(entries: Mapping[Network, Entry] | _Index) -> _Index:
+    if isinstance(entries, _Index):
+        return entries
     return entries.index if isinstance(entries, Entries) else _Index({_key(n): e for n, e in entries.items()})
 
 
@@ -883,11 +909,11 @@ def plan_reconcile(
     more, non-manual entries are evicted, lowest severity and soonest expiry
     first. ``compact`` repacks partly filled rules of a group into as few
     rules as its ranges need."""
-    current = band.entries(now)
+    current = band._index(now)
     index, refused, satisfied = _apply(current, intents, now, settings.expiry_granularity)
     expired: tuple[Entry, ...] = ()
     if any(rule.meta.expired(now) for rule in band.rules):
-        expired = tuple(e for n, e in band.entries().items() if n not in current)
+        expired = tuple(e for k, e in band._index().by_key.items() if k not in current.by_key)
     groups = _pack_merged(index.by_key.items())
     limit = settings.size - len(band.foreign)
     if capacity is not None:
