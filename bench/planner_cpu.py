@@ -70,10 +70,9 @@ def run(report: Report) -> None:
                      repeat) for r in (empty, populated)]
         per[n] = ms[0] * 1000 / n
         cases[n] = (bs, intents, populated, now)
-        if n == 10_000:
-            ranges = [r.ranges for r in populated]
         budget = ""
         if n == 10_000:
+            ranges = [r.ranges for r in populated]
             worst10k = max(ms)
             budget = f"{verdict(worst10k <= BUDGET_MS)} (worst {worst10k:.0f} ms)"
         table.add(n, *(f"{m:.1f}" for m in ms), f"{per[n]:.1f}", budget)
