@@ -848,17 +848,10 @@ def plan_append(
         e is not now_held[k] and e != now_held[k] and _weaker(e, now_held[k]) for k, e in held.items()
     ):
         return Plan(entries=entries, refused=tuple(refused), satisfied=satisfied, needs_lease=NEEDS_REMOVAL)
-    fresh: list[tuple[Key, Entry]] = []
-    again: list[tuple[Key, Entry]] = []
-    for k, e in now_held.items():
-        before = held.get(k)
-        if before is None:
-            fresh.append((k, e))
-        elif before is not e and before != e:
-            again.append((k, e))
     # New networks aggregate; a network the band already holds is written
     # again as it is, so that reading the band back merges it with its old rule.
-    groups = _pack(fresh)
+    groups = _pack((k, e) for k, e in now_held.items() if k not in held)
+    again = [(k, e) for k, e in now_held.items() if (before := held.get(k)) is not None and before is not e and before != e]
     for k, e in again:
         groups.setdefault(e.group, []).append(k)
     priorities = _Priorities(settings, band.used, seed)
