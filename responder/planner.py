@@ -52,9 +52,10 @@ import ipaddress
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from config.settings import BandSettings
@@ -65,6 +66,8 @@ from responder.policy import PolicyRule
 MAX_RANGES_PER_RULE = 10
 MANUAL = "manual"
 NEEDS_REMOVAL = "an entry must be removed or narrowed"
+
+Group = tuple[RuleMeta, str, bool]  # what the entries packed into one rule share
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class Entry:
     preview: bool = False
 
     @property
-    def group(self) -> tuple[RuleMeta, str, bool]:
+    def group(self) -> Group:
         return (self.meta, self.action, self.preview)
 
     @property
@@ -97,7 +100,7 @@ class BandRule:
     rule: PolicyRule
 
     @property
-    def group(self) -> tuple[RuleMeta, str, bool]:
+    def group(self) -> Group:
         return (self.meta, self.action, self.preview)
 
 
@@ -113,15 +116,21 @@ class Band:
         """One entry per network; a network held by several rules merges
         (latest expiry, highest severity, union of sources, enforced over
         preview). With ``now``, expired entries are left out."""
-        out: dict[Network, Entry] = Entries()
+        return Entries.of(self._index(now))
+
+    def _index(self, now: datetime | None = None) -> _Index:
+        """``entries``, by key."""
+        index = _Index()
+        get = index.by_key.get
         for rule in sorted(self.rules, key=lambda r: r.priority):
             if now is not None and rule.meta.expired(now):
                 continue
             for net in rule.networks:
                 entry = Entry(net, rule.meta, rule.action, rule.preview)
-                seen = out.get(net)
-                out[net] = entry if seen is None else _merge_entries(seen, entry)
-        return out
+                key = _key(net)
+                seen = get(key)
+                index.set(key, entry if seen is None else _merge_entries(seen, entry))
+        return index
 
 
 @dataclass(frozen=True)
@@ -169,11 +178,12 @@ def read_band(rules: Iterable[PolicyRule], band: BandSettings) -> Band:
     ours: list[BandRule] = []
     foreign: list[PolicyRule] = []
     used: set[int] = set()
+    metas: dict[str, RuleMeta | None] = {}  # the rules of a group share their description
     for rule in rules:
         if not band.start <= rule.priority <= band.end:
             continue
         used.add(rule.priority)
-        decoded = _decode_rule(rule, band.owner_tag)
+        decoded = _decode_rule(rule, band.owner_tag, metas)
         if decoded is None:
             foreign.append(rule)
         else:
@@ -181,8 +191,9 @@ def read_band(rules: Iterable[PolicyRule], band: BandSettings) -> Band:
     return Band(tuple(ours), tuple(foreign), frozenset(used))
 
 
-def _decode_rule(rule: PolicyRule, tag: str) -> BandRule | None:
-    meta = decode(tag, rule.description)
+def _decode_rule(rule: PolicyRule, tag: str, metas: dict[str, RuleMeta | None]) -> BandRule | None:
+    description = rule.description
+    meta = metas[description] if description in metas else metas.setdefault(description, decode(tag, description))
     if meta is None or rule.expression or not rule.ranges or len(rule.ranges) > MAX_RANGES_PER_RULE:
         return None
     try:
@@ -235,54 +246,159 @@ def _merge_entries(a: Entry, b: Entry) -> Entry:
     return Entry(a.network, meta, newer.action, a.preview and b.preview)
 
 
-def _key(net: Network) -> tuple[int, int, int]:
-    """A network as a plain tuple (version, first address, prefix length):
-    hashed in C, and its supernets' keys are integer shifts away."""
+Key = tuple[int, int, int]
+"""A network as a plain tuple (version, first address, prefix length): hashed
+and compared in C, sorted as a rule lists its ranges, and its supernets'
+keys are integer shifts away. The planner works on keys and builds network
+objects only for what it returns."""
+
+_BITS = {4: 32, 6: 128}
+
+
+def _key(net: Network) -> Key:
     return (net.version, int(net.network_address), net.prefixlen)
 
 
+def _network(key: Key) -> Network:
+    version, address, prefixlen = key
+    return (ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network)((address, prefixlen))
+
+
+_OCTETS = [str(i) for i in range(256)]
+
+
+def _text(key: Key) -> str:
+    """``str()`` of the key's network, without building it."""
+    version, a, prefixlen = key
+    if version == 4:
+        o = _OCTETS
+        return f"{o[a >> 24]}.{o[a >> 16 & 255]}.{o[a >> 8 & 255]}.{o[a & 255]}/{prefixlen}"
+    return f"{ipaddress.IPv6Address(a)}/{prefixlen}"
+
+
+class _Spans:
+    """What an ``_Index`` knows of its entries of one IP version whose
+    prefix lengths are in ``low .. low + 7``: the first ``low`` bits of
+    their addresses, and for each of those lengths the first addresses."""
+
+    __slots__ = ("low", "shift", "tops", "lengths")
+
+    def __init__(self, low: int, bits: int) -> None:
+        self.low, self.shift = low, bits - low
+        self.tops: set[int] = set()
+        self.lengths: list[tuple[int, int, set[int]]] = []  # (length, host bits, first addresses), longest first
+
+
+class _Index:
+    """Entries by key, and what looking for supernets needs: the prefix
+    lengths that occur (a handful, not 33 or 129), and for each the first
+    addresses, each in a set of integers. The lengths are in spans of 8, each
+    with the set of first bits its entries start with: most look-ups test
+    a set or two and build a key only on a hit. Entries are added with
+    ``set``, and changed or deleted in ``by_key`` directly: addresses and
+    lengths are never forgotten, which only costs a useless look-up."""
+
+    def __init__(self, by_key: dict[Key, Entry] | None = None) -> None:
+        self.by_key: dict[Key, Entry] = {} if by_key is None else by_key
+        self._spans: dict[int, list[_Spans]] | None = None  # by version, longest first; made on first use
+        self._starts: dict[tuple[int, int], tuple[set[int], _Spans]] = {}  # by (version, length)
+
+    def _build(self) -> dict[int, list[_Spans]]:
+        self._spans = {4: [], 6: []}
+        for key in self.by_key:
+            if key[2] < _BITS[key[0]]:
+                self._add(key)
+        return self._spans
+
+    def _add(self, key: Key) -> None:
+        version, address, prefixlen = key
+        found = self._starts.get((version, prefixlen))
+        if found is None:
+            found = self._starts[(version, prefixlen)] = self._length(version, prefixlen)
+        starts, span = found
+        starts.add(address)
+        span.tops.add(address >> span.shift)
+
+    def _length(self, version: int, prefixlen: int) -> tuple[set[int], _Spans]:
+        """The first addresses of a length not seen before, and its span."""
+        spans = self._spans or self._build()
+        bits, low = _BITS[version], prefixlen - prefixlen % 8
+        span = next((s for s in spans[version] if s.low == low), None)
+        if span is None:
+            span = _Spans(low, bits)
+            spans[version] = sorted([*spans[version], span], key=lambda s: -s.low)
+        starts: set[int] = set()
+        span.lengths = sorted([*span.lengths, (prefixlen, bits - prefixlen, starts)], key=lambda t: -t[0])
+        return starts, span
+
+    def set(self, key: Key, entry: Entry) -> None:
+        # A single address is no one's supernet: only its entry is kept.
+        if self._spans is not None and key[2] < _BITS[key[0]]:
+            self._add(key)
+        self.by_key[key] = entry
+
+    def covers(self, key: Key) -> list[Entry]:
+        """The entries of strict supernets of ``key``, the most specific first."""
+        version, address, prefixlen = key
+        out = []
+        for span in (self._spans or self._build())[version]:
+            if span.low < prefixlen and address >> span.shift in span.tops:
+                for p, host_bits, starts in span.lengths:
+                    if p < prefixlen:
+                        start = address >> host_bits << host_bits
+                        if start in starts and (found := self.by_key.get((version, start, p))) is not None:
+                            out.append(found)
+        return out
+
+    def subnets(self, key: Key) -> list[Key]:
+        """The keys of the entries inside ``key``'s network (itself too), in order."""
+        version, address, prefixlen = key
+        shift = _BITS[version] - prefixlen
+        top = address >> shift
+        return [k for k in self.by_key if k[0] == version and k[2] >= prefixlen and k[1] >> shift == top]
+
+
 class Entries(dict[Network, Entry]):
-    """Entries by network, remembering which prefix lengths occur, so that
-    looking for supernets tries only those lengths (a handful) instead of
-    every one (33 for IPv4, 129 for IPv6). A length is never forgotten when
-    its last entry goes: that only costs a useless look-up. Entries are also
-    indexed by ``_key`` so that supernets are found by integer arithmetic,
-    without building (and hashing) network objects."""
+    """Entries by network, with an ``_Index`` of them by key, so that
+    supernets are found by integer arithmetic, without building (and
+    hashing) network objects."""
 
     def __init__(self, items: Iterable[tuple[Network, Entry]] = ()) -> None:
         super().__init__()
-        self.lengths: dict[int, set[int]] = {4: set(), 6: set()}
-        self._shorter: dict[int, tuple[int, ...]] = {4: (), 6: ()}  # lengths, longest first
-        self.by_key: dict[tuple[int, int, int], Entry] = {}
+        self.index = _Index()
         for net, entry in items:
             self[net] = entry
 
+    @classmethod
+    def of(cls, index: _Index) -> Entries:
+        """The entries of ``index`` (which they take over), in its order."""
+        out = cls()
+        out.index = index
+        entries = index.by_key.values()
+        dict.update(out, zip(map(_network_of, entries), entries, strict=True))
+        return out
+
     def __setitem__(self, net: Network, entry: Entry) -> None:
-        version, prefixlen = net.version, net.prefixlen
-        lengths = self.lengths[version]
-        if prefixlen not in lengths:
-            lengths.add(prefixlen)
-            self._shorter[version] = tuple(sorted(lengths, reverse=True))
-        self.by_key[(version, int(net.network_address), prefixlen)] = entry
+        self.index.set(_key(net), entry)
         super().__setitem__(net, entry)
 
     def __delitem__(self, net: Network) -> None:
         super().__delitem__(net)
-        del self.by_key[_key(net)]
+        del self.index.by_key[_key(net)]
 
     def pop(self, net: Network, *default: Entry) -> Entry:  # type: ignore[override]
         if net in self:
-            del self.by_key[_key(net)]
+            del self.index.by_key[_key(net)]
         return super().pop(net, *default)
 
     def popitem(self) -> tuple[Network, Entry]:
         net, entry = super().popitem()
-        del self.by_key[_key(net)]
+        del self.index.by_key[_key(net)]
         return net, entry
 
     def clear(self) -> None:
         super().clear()
-        self.by_key.clear()
+        self.index.by_key.clear()
 
     def setdefault(self, net: Network, default: Entry) -> Entry:
         if net not in self:
@@ -299,33 +415,23 @@ class Entries(dict[Network, Entry]):
 
     def covers(self, net: Network) -> list[Entry]:
         """The entries of strict supernets of ``net``, the most specific first."""
-        version, prefixlen = net.version, net.prefixlen
-        bits = 32 if version == 4 else 128
-        addr = int(net.network_address)
-        get = self.by_key.get
-        out = []
-        for p in self._shorter[version]:
-            if p < prefixlen:
-                shift = bits - p
-                found = get((version, addr >> shift << shift, p))
-                if found is not None:
-                    out.append(found)
-        return out
+        return self.index.covers(_key(net))
 
 
-def _prefixes(entries: Mapping[Network, Entry], net: Network) -> Iterable[int]:
+_network_of = attrgetter("network")
+_address = itemgetter(1)
+
+
+def _prefixes(net: Network) -> Iterable[int]:
     """Shorter prefix lengths to try for supernets of ``net``, longest first."""
-    known = getattr(entries, "lengths", None)
-    if known is None:
-        return range(net.prefixlen - 1, -1, -1)
-    return sorted((p for p in known[net.version] if p < net.prefixlen), reverse=True)
+    return range(net.prefixlen - 1, -1, -1)
 
 
 def covers_of(entries: Mapping[Network, Entry], net: Network) -> list[Entry]:
     """The entries of strict supernets of ``net``, the most specific first."""
     if isinstance(entries, Entries):
         return entries.covers(net)
-    return [c for p in _prefixes(entries, net) if (c := entries.get(net.supernet(new_prefix=p))) is not None]
+    return [c for p in _prefixes(net) if (c := entries.get(net.supernet(new_prefix=p))) is not None]
 
 
 def covering(entries: Mapping[Network, Entry], net: Network) -> Entry | None:
@@ -333,15 +439,11 @@ def covering(entries: Mapping[Network, Entry], net: Network) -> Entry | None:
     if isinstance(entries, Entries):
         found = entries.covers(net)
         return found[0] if found else None
-    for prefix in _prefixes(entries, net):
+    for prefix in _prefixes(net):
         cover = entries.get(net.supernet(new_prefix=prefix))
         if cover is not None:
             return cover
     return None
-
-
-def _subnets(entries: Mapping[Network, Entry], net: Network) -> list[Network]:
-    return [n for n in entries if n.version == net.version and n.subnet_of(net)]  # type: ignore[arg-type]
 
 
 def round_down(moment: datetime, granularity: timedelta) -> datetime:
@@ -385,17 +487,18 @@ _MetaKey = tuple[datetime | None, Severity, str, int, datetime | None]
 
 
 def _block(
-    entries: dict[Network, Entry],
+    entries: _Index,
+    key: Key,
     intent: Intent,
     expiry: datetime | None,
     granularity: timedelta,
-    metas: dict[_MetaKey, RuleMeta] | None = None,
+    metas: dict[_MetaKey, RuleMeta],
 ) -> bool:
-    """Applies a block; returns False when it was already in effect.
-    ``metas`` caches the (immutable) metadata intents ask for: most intents
-    of an event ask for the same."""
-    existing = entries.get(intent.network)
-    covers = covers_of(entries, intent.network) if existing is None else []
+    """Applies a block (to ``key``, ``intent.network``'s); returns False
+    when it was already in effect."""
+    net = intent.network
+    existing = entries.by_key.get(key)
+    covers = entries.covers(key) if existing is None else []
     strikes: int = 0
     struck: datetime | None = None
     if intent.escalation is not None and expiry is not None:
@@ -403,16 +506,10 @@ def _block(
         for cover in reversed(covers):  # what the supernets record, folded
             base = replace(cover, network=intent.network) if base is None else _merge_entries(base, cover)
         strikes, struck, expiry = _strike(base, intent.escalation, expiry, granularity)
-    key = (expiry, intent.severity, intent.source, strikes, struck)
-    meta = None if metas is None else metas.get(key)
-    if meta is None:
-        meta = RuleMeta(expiry, intent.severity, frozenset({intent.source}), strikes=strikes, struck=struck)
-        if metas is not None:
-            metas[key] = meta
-    wanted = Entry(intent.network, meta, intent.action, intent.preview)
+    wanted = Entry(net, _meta(metas, expiry, intent, strikes, struck), intent.action, intent.preview)
     if existing is None:
-        net = intent.network  # any supernet may satisfy it, not only the nearest
-        if any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in covers):
+        # any supernet may satisfy it, not only the nearest
+        if covers and any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in covers):
             return False
         # The new entry also records the claims its supernets already make on
         # it, so that replaying the same intents finds them satisfied.
@@ -421,7 +518,7 @@ def _block(
             if cover.manual and intent.source != MANUAL:
                 folded = replace(folded, action=cover.action, preview=cover.preview)
             wanted = folded
-        entries[intent.network] = wanted
+        entries.set(key, wanted)
         return True
     merged = _merge_entries(existing, wanted)
     if existing.manual and intent.source != MANUAL:
@@ -429,8 +526,20 @@ def _block(
         merged = replace(merged, action=existing.action, preview=existing.preview)
     if merged == existing:
         return False
-    entries[intent.network] = merged
+    entries.by_key[key] = merged
     return True
+
+
+def _meta(
+    metas: dict[_MetaKey, RuleMeta], expiry: datetime | None, intent: Intent, strikes: int = 0, struck: datetime | None = None
+) -> RuleMeta:
+    """The metadata a block asks for; ``metas`` caches them (immutable):
+    most intents of an event ask for the same."""
+    asked = (expiry, intent.severity, intent.source, strikes, struck)
+    meta = metas.get(asked)
+    if meta is None:
+        meta = metas[asked] = RuleMeta(expiry, intent.severity, frozenset({intent.source}), strikes=strikes, struck=struck)
+    return meta
 
 
 def _as_claim_on(have: Entry, want: Entry) -> Entry:
@@ -459,28 +568,28 @@ def _satisfies(have: Entry, want: Entry) -> bool:
     )
 
 
-def _extend(entries: dict[Network, Entry], intent: Intent, expiry: datetime | None) -> str | None:
-    """Moves the expiry of what blocks ``intent.network`` later; never
-    earlier. Returns why it could not, or None."""
-    targets = _subnets(entries, intent.network)
+def _extend(entries: _Index, key: Key, intent: Intent, expiry: datetime | None) -> str | None:
+    """Moves the expiry of what blocks ``intent.network`` (``key``) later;
+    never earlier. Returns why it could not, or None."""
+    targets = entries.subnets(key)
     if not targets:
-        cover = covering(entries, intent.network)
-        if cover is None:
+        covers = entries.covers(key)
+        if not covers:
             return "not blocked"
-        net = intent.network  # already in effect through any supernet: no entry of its own
-        for c in covers_of(entries, net):
+        # already in effect through any supernet: no entry of its own
+        for c in covers:
             if _later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources:
                 return None
-        entries[intent.network] = replace(cover, network=intent.network)
-        targets = [intent.network]
-    for net in targets:
-        entry = entries[net]
+        entries.set(key, replace(covers[0], network=intent.network))
+        targets = [key]
+    for k in targets:
+        entry = entries.by_key[k]
         meta = replace(
             entry.meta,
             expiry=_later(entry.meta.expiry, expiry),
             sources=entry.meta.sources | {intent.source},
         )
-        entries[net] = replace(entry, meta=meta)
+        entries.by_key[k] = replace(entry, meta=meta)
     return None
 
 
@@ -497,7 +606,7 @@ def _withdraw(entry: Entry, source: str) -> Entry | None:
     return replace(entry, meta=replace(entry.meta, sources=left))
 
 
-def _unblock(entries: dict[Network, Entry], intent: Intent) -> None:
+def _unblock(entries: _Index, key: Key, intent: Intent) -> None:
     """Withdraws a claim on a network: a manual unblock lifts every block on
     it, another source only its own claim. Entries inside the network lose
     the claim; a broader entry holding the claim is split around the network
@@ -505,25 +614,28 @@ def _unblock(entries: dict[Network, Entry], intent: Intent) -> None:
     had aggregated the network with its neighbours. An entry goes when no
     claim is left."""
     net, source = intent.network, intent.source
-    for sub in _subnets(entries, net):
-        kept = _withdraw(entries[sub], source)
+    by_key = entries.by_key
+    for sub in entries.subnets(key):
+        kept = _withdraw(by_key[sub], source)
         if kept is None:
-            del entries[sub]
+            del by_key[sub]
         else:
-            entries[sub] = kept
-    for cover in covers_of(entries, net):
-        if entries.get(cover.network) is not cover:
+            by_key[sub] = kept
+    for cover in entries.covers(key):
+        cover_key = _key(cover.network)
+        if by_key.get(cover_key) is not cover:
             continue  # already split
         kept = _withdraw(cover, source)
         if kept is cover:
             continue
-        del entries[cover.network]
+        del by_key[cover_key]
         parts = [replace(cover, network=p) for p in cover.network.address_exclude(net)]  # type: ignore[arg-type]
         if kept is not None:
             parts.append(replace(kept, network=net))
         for part in parts:
-            seen = entries.get(part.network)  # a piece of a narrower cover split before
-            entries[part.network] = part if seen is None else _merge_entries(seen, part)
+            part_key = _key(part.network)
+            seen = by_key.get(part_key)  # a piece of a narrower cover split before
+            entries.set(part_key, part if seen is None else _merge_entries(seen, part))
 
 
 def apply_intents(
@@ -534,16 +646,30 @@ def apply_intents(
 ) -> tuple[dict[Network, Entry], list[tuple[Intent, str]], int]:
     """The live entries after the intents, in order; plus the intents
     refused (with why) and the number already in effect."""
-    entries = Entries((n, e) for n, e in current.items() if not e.meta.expired(now))
+    entries, refused, satisfied = _apply(current, intents, now, granularity)
+    return Entries.of(entries), refused, satisfied
+
+
+def _apply(
+    current: Mapping[Network, Entry] | _Index,
+    intents: Sequence[Intent],
+    now: datetime,
+    granularity: timedelta,
+) -> tuple[_Index, list[tuple[Intent, str]], int]:
+    """``apply_intents``, the entries by key."""
+    entries = _Index({k: e for k, e in _index_of(current).by_key.items() if not e.meta.expired(now)})
+    by_key = entries.by_key
     rounded: dict[datetime, datetime] = {}  # most intents of an event share an expiry
     metas: dict[_MetaKey, RuleMeta] = {}  # and metadata
     refused: list[tuple[Intent, str]] = []
     satisfied = 0
+    unblock, block = Verb.UNBLOCK, Verb.BLOCK
     for intent in intents:
-        if intent.verb is Verb.UNBLOCK:
-            before = len(entries), entries.get(intent.network)
-            _unblock(entries, intent)
-            satisfied += before == (len(entries), entries.get(intent.network))
+        verb, key = intent.verb, _key(intent.network)
+        if verb is unblock:
+            before = len(by_key), by_key.get(key)
+            _unblock(entries, key, intent)
+            satisfied += before == (len(by_key), by_key.get(key))
             continue
         if intent.permanent:
             if intent.source != MANUAL:
@@ -558,10 +684,14 @@ def apply_intents(
             if expiry <= now:
                 refused.append((intent, "expiry is in the past"))
                 continue
-        if intent.verb is Verb.BLOCK:
-            satisfied += not _block(entries, intent, expiry, granularity, metas)
+        if verb is block:
+            if intent.escalation is None and key not in by_key and not entries.covers(key):
+                # The usual block, in line: a network nothing blocks yet.
+                entries.set(key, Entry(intent.network, _meta(metas, expiry, intent), intent.action, intent.preview))
+            else:
+                satisfied += not _block(entries, key, intent, expiry, granularity, metas)
         else:
-            why = _extend(entries, intent, expiry)
+            why = _extend(entries, key, intent, expiry)
             if why:
                 refused.append((intent, why))
     return entries, refused, satisfied
@@ -571,60 +701,89 @@ def apply_intents(
 # Packing and priorities
 
 
-def pack(entries: Iterable[Entry]) -> dict[tuple[RuleMeta, str, bool], list[Network]]:
+def pack(entries: Iterable[Entry]) -> dict[Group, list[Network]]:
     """Groups entries by metadata and aggregates each group's networks."""
-    groups: dict[tuple[RuleMeta, str, bool], list[Network]] = defaultdict(list)
-    for entry in entries:
-        groups[entry.group].append(entry.network)
-    return {key: _collapse(nets) for key, nets in groups.items()}
+    entries = list(entries)
+    network = _networks({_key(e.network): e for e in entries})
+    return {g: [network(k) for k in keys] for g, keys in _pack((_key(e.network), e) for e in entries).items()}
 
 
-def _collapse(nets: Iterable[Network]) -> list[Network]:
+def _pack(entries: Iterable[tuple[Key, Entry]]) -> dict[Group, list[Key]]:
+    """``pack`` on keys."""
+    groups: dict[Group, list[Key]] = {}
+    meta: RuleMeta | None = None
+    action, preview, keys = "", False, []
+    for key, entry in entries:
+        # Entries of one rule or one event share their metadata object: the
+        # group is looked up (and its metadata hashed) only when it changes.
+        if entry.meta is not meta or entry.action != action or entry.preview != preview:
+            meta, action, preview = entry.meta, entry.action, entry.preview
+            keys = groups.setdefault((meta, action, preview), [])
+        keys.append(key)
+    return {g: _collapse(keys) for g, keys in groups.items()}
+
+
+def _networks(entries: Mapping[Key, Entry]) -> Callable[[Key], Network]:
+    """Network objects by key: the entries' own, else built once."""
+    made: dict[Key, Network] = {}
+
+    def network(key: Key) -> Network:
+        entry = entries.get(key)
+        if entry is not None:
+            return entry.network
+        net = made.get(key)
+        if net is None:
+            net = made[key] = _network(key)
+        return net
+
+    return network
+
+
+def _collapse(keys: Iterable[Key]) -> list[Key]:
     """The same result as ``ipaddress.collapse_addresses`` per IP version
     (the fewest CIDR blocks covering the union, sorted), computed on integer
-    intervals: a network that survives whole is reused, only merged runs are
-    cut into new blocks. Several times faster on large feeds."""
-    out: list[Network] = []
-    by_version: dict[int, list[tuple[int, int, Network]]] = {4: [], 6: []}
-    for n in nets:
-        by_version[n.version].append((int(n.network_address), -n.prefixlen, n))
-    for version, bits in ((4, 32), (6, 128)):
-        spans = sorted(by_version[version])
-        run_start = run_end = -1
-        run: list[Network] = []
-        for start, neg_prefix, net in spans:
-            end = start + (1 << (bits + neg_prefix)) - 1
-            if run and start <= run_end + 1:
+    intervals. Several times faster on large feeds."""
+    keys = list(keys)
+    v4 = [k for k in keys if k[0] == 4]
+    v6 = [k for k in keys if k[0] == 6] if len(v4) < len(keys) else []
+    out: list[Key] = []
+    # By first address only: networks that start together are in one run,
+    # which gives the same blocks in any order.
+    for part, bits in ((sorted(v4, key=_address), 32), (sorted(v6, key=_address), 128)):
+        run: Key | None = None  # the first network of a run of overlapping or adjacent ones
+        run_end = -2
+        merged = False
+        for key in part:
+            start = key[1]
+            end = start + (1 << bits - key[2]) - 1
+            if start <= run_end + 1:
                 if end > run_end:
-                    run_end = end
-                    run.append(net)
+                    run_end, merged = end, True
                 continue
-            if run:
-                out.extend(_blocks(run, run_start, run_end, version, bits))
-            run_start, run_end, run = start, end, [net]
-        if run:
-            out.extend(_blocks(run, run_start, run_end, version, bits))
+            if run is not None:
+                out.extend(_blocks(run, run_end) if merged else (run,))
+            run, run_end, merged = key, end, False
+        if run is not None:
+            out.extend(_blocks(run, run_end) if merged else (run,))
     return out
 
 
-def _blocks(run: list[Network], start: int, end: int, version: int, bits: int) -> list[Network]:
-    """CIDR blocks covering ``start..end``; the run's first network when it
-    alone spans the interval (the others lie inside it)."""
-    if len(run) == 1:
-        return run
-    make = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
-    blocks: list[Network] = []
+def _blocks(first: Key, end: int) -> list[Key]:
+    """The CIDR blocks covering ``first``'s start address to ``end``."""
+    version, start, _ = first
+    bits = _BITS[version]
+    blocks: list[Key] = []
     while start <= end:
         size = start & -start if start else 1 << bits
         while size > end - start + 1:
             size >>= 1
-        blocks.append(make((start, bits - size.bit_length() + 1)))
+        blocks.append((version, start, bits - size.bit_length() + 1))
         start += size
     return blocks
 
 
-def _chunks(nets: Sequence[Network]) -> list[list[Network]]:
-    return [list(nets[i : i + MAX_RANGES_PER_RULE]) for i in range(0, len(nets), MAX_RANGES_PER_RULE)]
+def _chunks(keys: Sequence[Key]) -> list[list[Key]]:
+    return [list(keys[i : i + MAX_RANGES_PER_RULE]) for i in range(0, len(keys), MAX_RANGES_PER_RULE)]
 
 
 class _Priorities:
@@ -633,17 +792,19 @@ class _Priorities:
 
     def __init__(self, band: BandSettings, used: Iterable[int], seed: int) -> None:
         self.band = band
+        self.size = band.size
         self.used = set(used)
         self.rng = random.Random(seed)
 
     @property
     def free(self) -> int:
-        return self.band.size - len(self.used)
+        return self.size - len(self.used)
 
     def take(self) -> int | None:
-        if self.free <= 0:
+        free = self.free
+        if free <= 0:
             return None
-        if self.free * 4 >= self.band.size:  # plenty free: sample
+        if free * 4 >= self.size:  # plenty free: sample
             while True:
                 candidate = self.rng.randint(self.band.start, self.band.end)
                 if candidate not in self.used:
@@ -655,11 +816,16 @@ class _Priorities:
         return candidate
 
 
-def make_rule(priority: int, nets: Sequence[Network], group: tuple[RuleMeta, str, bool], tag: str) -> PolicyRule:
-    meta, action, preview = group
-    ordered = sorted(nets, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
-    ranges = tuple(str(n) for n in ordered)
-    return PolicyRule(priority=priority, action=action, ranges=ranges, description=encode(tag, meta), preview=preview)
+def make_rule(priority: int, nets: Sequence[Network], group: Group, tag: str) -> PolicyRule:
+    return _rule(priority, [_key(n) for n in nets], group, encode(tag, group[0]))
+
+
+def _rule(priority: int, keys: Iterable[Key], group: Group, description: str) -> PolicyRule:
+    """A rule for the networks of ``keys``, in order; ``description`` is the
+    group's metadata encoded (once per group, not per rule)."""
+    _, action, preview = group
+    ranges = tuple(map(_text, sorted(keys)))
+    return PolicyRule(priority=priority, action=action, ranges=ranges, description=description, preview=preview)
 
 
 # --------------------------------------------------------------------------
@@ -677,35 +843,36 @@ def plan_append(
     changed or removed (an unblock), or the band has no room, the plan is
     empty and ``needs_lease`` says why: the caller then reconciles under the
     lease."""
-    current = band.entries(now)
-    entries, refused, satisfied = apply_intents(current, intents, now, settings.expiry_granularity)
-    if any(net not in entries for net in current) or any(
-        current[n] != entries.get(n) and _weaker(current[n], entries[n]) for n in current if n in entries
+    current = band._index(now)
+    index, refused, satisfied = _apply(current, intents, now, settings.expiry_granularity)
+    entries = Entries.of(index)
+    held, now_held = current.by_key, index.by_key
+    if any(k not in now_held for k in held) or any(
+        e is not now_held[k] and e != now_held[k] and _weaker(e, now_held[k]) for k, e in held.items()
     ):
         return Plan(entries=entries, refused=tuple(refused), satisfied=satisfied, needs_lease=NEEDS_REMOVAL)
-    fresh: list[Entry] = []
-    again: list[Entry] = []
-    held = current.get
-    for n, e in entries.items():
-        before = held(n)
-        if before is None:
-            fresh.append(e)
-        elif before != e:
-            again.append(e)
     # New networks aggregate; a network the band already holds is written
     # again as it is, so that reading the band back merges it with its old rule.
-    groups = pack(fresh)
-    for e in again:
-        groups.setdefault(e.group, []).append(e.network)
+    groups = _pack((k, e) for k, e in now_held.items() if k not in held)
+    again = [(k, e) for k, e in now_held.items() if (before := held.get(k)) is not None and before is not e and before != e]
+    for k, e in again:
+        groups.setdefault(e.group, []).append(k)
     priorities = _Priorities(settings, band.used, seed)
     ops: list[Op] = []
-    for group, nets in sorted(groups.items(), key=lambda kv: _group_order(kv[0])):
-        for chunk in _chunks(nets):
+    for group, keys in sorted(groups.items(), key=lambda kv: _group_order(kv[0])):
+        description = encode(settings.owner_tag, group[0])
+        for chunk in _chunks(keys):
             priority = priorities.take()
             if priority is None:
                 return Plan(entries=entries, refused=tuple(refused), satisfied=satisfied, needs_lease="the band is full")
-            ops.append(Add(make_rule(priority, chunk, group, settings.owner_tag)))
+            ops.append(Add(_rule(priority, chunk, group, description)))
     return Plan(tuple(ops), entries, tuple(refused), satisfied)
+
+
+def _index_of(entries: Mapping[Network, Entry] | _Index) -> _Index:
+    if isinstance(entries, _Index):
+        return entries
+    return entries.index if isinstance(entries, Entries) else _Index({_key(n): e for n, e in entries.items()})
 
 
 def _weaker(before: Entry, after: Entry) -> bool:
@@ -715,7 +882,7 @@ def _weaker(before: Entry, after: Entry) -> bool:
     return _merge_entries(before, after) != after
 
 
-def _group_order(group: tuple[RuleMeta, str, bool]) -> tuple[int, float, str, str, bool]:
+def _group_order(group: Group) -> tuple[int, float, str, str, bool]:
     meta, action, preview = group
     expiry = math.inf if meta.expiry is None else meta.expiry.timestamp()
     return (-int(meta.severity), -expiry, ",".join(sorted(meta.sources)), action, preview)
@@ -738,30 +905,39 @@ def plan_reconcile(
     more, non-manual entries are evicted, lowest severity and soonest expiry
     first. ``compact`` repacks partly filled rules of a group into as few
     rules as its ranges need."""
-    current = band.entries(now)
-    entries, refused, satisfied = apply_intents(current, intents, now, settings.expiry_granularity)
-    expired = tuple(e for n, e in band.entries().items() if n not in current)
-    groups = _pack_merged(entries.values())
+    current = band._index(now)
+    index, refused, satisfied = _apply(current, intents, now, settings.expiry_granularity)
+    expired: tuple[Entry, ...] = ()
+    if any(rule.meta.expired(now) for rule in band.rules):
+        expired = tuple(e for k, e in band._index().by_key.items() if k not in current.by_key)
+    groups = _pack_merged(index.by_key.items())
     if any(representable(settings.owner_tag, g[0]) != g[0] for g in groups):
         # Some metadata has more sources than a description holds: plan for
         # what the rules will read back, or every run would rewrite them.
         fit: dict[RuleMeta, RuleMeta] = {}
-        for n, e in entries.items():
+        for k, e in index.by_key.items():
             meta = fit.get(e.meta) or fit.setdefault(e.meta, representable(settings.owner_tag, e.meta))
             if meta is not e.meta:
-                entries[n] = replace(e, meta=meta)
-        groups = _pack_merged(entries.values())
+                index.by_key[k] = replace(e, meta=meta)
+        groups = _pack_merged(index.by_key.items())
     limit = settings.size - len(band.foreign)
     if capacity is not None:
         limit = min(limit, capacity)
-    evicted = _evict(groups, entries, limit)
-    packed_entries: dict[Network, Entry] = {}
-    for g, nets in groups.items():
-        for n in nets:  # two groups can aggregate to the same network
-            seen = packed_entries.get(n)
-            packed_entries[n] = Entry(n, *g) if seen is None else _merge_entries(seen, Entry(n, *g))
+    network = _networks(index.by_key)
+    evicted = _evict(groups, limit, network)
+    packed: dict[Key, Entry] = {}
+    known = index.by_key.get
+    for g, keys in groups.items():
+        meta, action, preview = g
+        for k in keys:
+            entry = known(k)
+            # An entry aggregated with nothing stays as it is (an equal Entry).
+            if entry is None or entry.meta is not meta or entry.action != action or entry.preview != preview:
+                entry = Entry(network(k), meta, action, preview)
+            seen = packed.get(k)  # two groups can aggregate to the same network
+            packed[k] = entry if seen is None else _merge_entries(seen, entry)
 
-    by_group: dict[tuple[RuleMeta, str, bool], list[BandRule]] = defaultdict(list)
+    by_group: dict[Group, list[BandRule]] = defaultdict(list)
     for rule in band.rules:
         by_group[rule.group].append(rule)
     priorities = _Priorities(settings, band.used, seed)
@@ -772,103 +948,104 @@ def plan_reconcile(
     for group in sorted(set(groups) | set(by_group), key=_group_order):
         wanted = groups.get(group, [])
         rules = by_group.get(group, [])
+        description = encode(settings.owner_tag, group[0])
         want_set = set(wanted)
-        kept = {r.priority: [n for n in r.networks if n in want_set] for r in rules}
+        holds = {r.priority: [_key(n) for n in r.networks] for r in rules}
+        kept = {p: [k for k in keys if k in want_set] for p, keys in holds.items()}
         needed = math.ceil(len(wanted) / MAX_RANGES_PER_RULE)
         if not compact:
             needed = max(needed, sum(1 for held in kept.values() if held))
         ranked = sorted(rules, key=lambda r: (-len(kept[r.priority]), r.priority))
         chosen, dropped = ranked[:needed], ranked[needed:]
-        placed = {n for r in chosen for n in kept[r.priority]}
-        pool = [n for n in wanted if n not in placed]
+        placed = {k for r in chosen for k in kept[r.priority]}
+        pool = [k for k in wanted if k not in placed]
+        taken = 0  # pool[:taken] went into chosen rules
         for rule in chosen:
             held = kept[rule.priority]
             room = MAX_RANGES_PER_RULE - len(held)
-            final, pool = held + pool[:room], pool[room:]
-            after = make_rule(rule.priority, final, group, settings.owner_tag)
+            final = held + pool[taken : taken + room]
+            taken += room
+            after = _rule(rule.priority, final, group, description)
             if set(after.ranges) != set(rule.rule.ranges) or after.description != rule.rule.description:
-                if set(rule.networks) <= set(final):
+                if set(holds[rule.priority]) <= set(final):
                     grows.append(Patch(after, rule.rule))
                     continue
                 # A patch that drops some ranges and takes others could drop a
                 # range before the rule taking it over holds it (two rules
                 # swapping ranges): first grow to both, then shrink.
-                both = list(dict.fromkeys([*rule.networks, *final]))
+                both = list(dict.fromkeys([*holds[rule.priority], *final]))
                 gains = len(final) > len(held)
                 if gains and len(both) <= MAX_RANGES_PER_RULE:
-                    bridge = make_rule(rule.priority, both, group, settings.owner_tag)
+                    bridge = _rule(rule.priority, both, group, description)
                     grows.append(Patch(bridge, rule.rule))
                     shrinks.append(Patch(after, bridge))
                 elif gains and (priority := priorities.take()) is not None:
                     # No room to bridge: the new content goes into a new rule
                     # (added first) and the old rule is removed last.
-                    adds.append(Add(make_rule(priority, final, group, settings.owner_tag)))
+                    adds.append(Add(_rule(priority, final, group, description)))
                     removes.append(Remove(rule.rule))
                 else:  # only drops ranges (their new homes are adds or grows)
                     shrinks.append(Patch(after, rule.rule))
-        for chunk in _chunks(pool):
+        for chunk in _chunks(pool[taken:]):
             priority = priorities.take()
             if priority is None:  # cannot happen within capacity; stay safe
-                refused.extend((i, "the band is full") for i in intents if i.network in chunk)
+                refused.extend((i, "the band is full") for i in intents if _key(i.network) in chunk)
                 continue
-            adds.append(Add(make_rule(priority, chunk, group, settings.owner_tag)))
+            adds.append(Add(_rule(priority, chunk, group, description)))
         removes.extend(Remove(r.rule) for r in dropped)
     ops = tuple(adds + grows + shrinks + removes)
-    return Plan(ops, packed_entries, tuple(refused), satisfied, expired, evicted)
+    return Plan(ops, Entries.of(_Index(packed)), tuple(refused), satisfied, expired, evicted)
 
 
-def _pack_merged(entries: Iterable[Entry]) -> dict[tuple[RuleMeta, str, bool], list[Network]]:
+def _pack_merged(entries: Iterable[tuple[Key, Entry]]) -> dict[Group, list[Key]]:
     """``pack``, repeated until no two groups aggregate to the same network
     (such networks merge into one entry, as reading the band back would)."""
-    groups = pack(entries)
+    groups = _pack(entries)
     while True:
-        if sum(map(len, groups.values())) == len({n for nets in groups.values() for n in nets}):
+        if sum(map(len, groups.values())) == len({k for keys in groups.values() for k in keys}):
             # No network in two groups: merging changes nothing, and packing
             # the same groups again gives the same networks (collapsing is
             # idempotent).
             return groups
-        merged: dict[Network, Entry] = {}
-        for g, nets in groups.items():
-            for n in nets:
-                seen = merged.get(n)
-                merged[n] = Entry(n, *g) if seen is None else _merge_entries(seen, Entry(n, *g))
-        regrouped = pack(merged.values())
+        merged: dict[Key, Entry] = {}
+        for g, keys in groups.items():
+            for k in keys:
+                seen = merged.get(k)
+                entry = Entry(_network(k), *g)
+                merged[k] = entry if seen is None else _merge_entries(seen, entry)
+        regrouped = _pack(merged.items())
         if regrouped == groups:
             return groups
         groups = regrouped
 
 
-def _evict(
-    groups: dict[tuple[RuleMeta, str, bool], list[Network]],
-    entries: Mapping[Network, Entry],
-    limit: int,
-) -> tuple[Entry, ...]:
+def _evict(groups: dict[Group, list[Key]], limit: int, network: Callable[[Key], Network]) -> tuple[Entry, ...]:
     """Removes aggregated networks from ``groups`` until they fit ``limit``
     rules: lowest severity first, then soonest expiry; manual never."""
 
     def rules_needed() -> int:
-        return sum(math.ceil(len(nets) / MAX_RANGES_PER_RULE) for nets in groups.values())
+        return sum(math.ceil(len(keys) / MAX_RANGES_PER_RULE) for keys in groups.values())
 
     need = rules_needed()
     if need <= max(limit, 0):
         return ()
     candidates = sorted(
-        ((g, n) for g, nets in groups.items() if MANUAL not in g[0].sources for n in nets),
-        key=lambda gn: (
-            int(gn[0][0].severity),
-            math.inf if gn[0][0].expiry is None else gn[0][0].expiry.timestamp(),
-            str(gn[1]),
+        ((g, k) for g, keys in groups.items() if MANUAL not in g[0].sources for k in keys),
+        key=lambda gk: (
+            int(gk[0][0].severity),
+            math.inf if gk[0][0].expiry is None else gk[0][0].expiry.timestamp(),
+            _text(gk[1]),
         ),
     )
     evicted: list[Entry] = []
-    for group, net in candidates:
+    for group, key in candidates:
         if need <= limit:
             break
-        nets = groups[group]
-        before = math.ceil(len(nets) / MAX_RANGES_PER_RULE)
-        nets.remove(net)
-        need -= before - math.ceil(len(nets) / MAX_RANGES_PER_RULE)
-        evicted.append(Entry(net, *group))
-        if not nets:
+        keys = groups[group]
+        before = math.ceil(len(keys) / MAX_RANGES_PER_RULE)
+        keys.remove(key)
+        need -= before - math.ceil(len(keys) / MAX_RANGES_PER_RULE)
+        evicted.append(Entry(network(key), *group))
+        if not keys:
             del groups[group]
     return tuple(evicted)
