@@ -524,10 +524,21 @@ def _block(
     if existing.manual and intent.source != MANUAL:
         # Automation adds its claim but never changes a manual block's rule fields.
         merged = replace(merged, action=existing.action, preview=existing.preview)
-    if merged == existing:
+    if merged == existing or _hidden_sources_only(existing, merged):
         return False
     entries.by_key[key] = merged
     return True
+
+
+def _hidden_sources_only(before: Entry, after: Entry) -> bool:
+    """True when ``after`` adds to a truncated ``before`` only sources it
+    may hold already (it cannot show more); never a manual claim."""
+    added = after.meta.sources - before.meta.sources
+    return (
+        before.meta.truncated
+        and MANUAL not in added
+        and after == replace(before, meta=replace(before.meta, sources=after.meta.sources))
+    )
 
 
 def _meta(

@@ -148,6 +148,59 @@ def test_rule_quota_exhaustion_compacts_instead_of_failing(local_api: LocalCloud
     assert len(functions.policy()["rules"]) <= 12
 
 
+def _band_rule(priority: int, ranges: list[str], description: str) -> dict[str, object]:
+    return {"priority": priority, "action": "deny(403)", "description": description,
+            "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ranges}}}
+
+
+def _put(server: LocalCloudArmor, rule: dict[str, object]) -> None:
+    import tests.e2e.conftest as c
+
+    c._http("POST", f"{server.endpoint}/compute/v1/projects/{PROJECT}/global/securityPolicies/{POLICY}/addRule", rule)
+    server.settle()
+
+
+def _truncated_band(functions: Harness, *, copies: bool = True) -> str:
+    """45.9.148.18 held by the rule that merges two claims whose sources do
+    not fit one description (truncated, as written), and by those two."""
+    x = (functions.clock() + timedelta(hours=6)).strftime("%Y%m%d%H00")
+    merged = f"car1 x={x} v=m s=feed-alpha-long+feed-bravo-long+*"
+    if copies:
+        _put(functions.server, _band_rule(20100, ["45.9.148.18/32"], f"car1 x={x} v=m s=feed-alpha-long+feed-bravo-long"))
+        _put(functions.server, _band_rule(20150, ["45.9.148.18/32"], f"car1 x={x} v=m s=feed-charlie-lng+feed-delta-long"))
+    _put(functions.server, _band_rule(20200, ["45.9.148.18/32"], merged))
+    return merged
+
+
+def test_a_truncated_entry_compacts_with_the_quota_full_without_rewriting_itself(
+    local_api: LocalCloudArmor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    functions = _harness(local_api, monkeypatch, tmp_path, None)
+    merged = _truncated_band(functions)
+    local_api.state.quota = len(functions.policy()["rules"])  # full: the next add fails
+    assert 200 == functions.publish("on_manual", block(["77.10.3.9"], ttl="1h"))
+    rules = {r["priority"]: r for r in functions.band_rules()}
+    # The two old copies went to make room; the merged rule stayed as it was.
+    assert {20100, 20150} & set(rules) == set()
+    assert merged == rules[20200]["description"] and ["45.9.148.18/32"] == rules[20200]["match"]["config"]["srcIpRanges"]
+    assert {"45.9.148.18/32", "77.10.3.9/32"} == set(functions.blocked())
+    assert 2 == len(rules)
+
+
+def test_a_claim_a_truncated_entry_may_hold_writes_nothing(
+    local_api: LocalCloudArmor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    functions = _harness(local_api, monkeypatch, tmp_path, None)
+    _truncated_band(functions, copies=False)
+    before = functions.band_rules()
+    feed = {"feed": "feed-echo", "indicators": [{"range": "45.9.148.18", "ttl": "1h"}]}
+    assert 200 == functions.publish("on_threat_feed", feed, attributes={"feed": "feed-echo", "format": "json"})
+    assert before == functions.band_rules()
+    # A manual block is never taken as held: it is written, and keeps its name.
+    assert 200 == functions.publish("on_manual", block(["45.9.148.18"], ttl="1h"))
+    assert any("manual" in r["description"] for r in functions.band_rules())
+
+
 def test_lint_reports_an_allow_all_rule_that_shadows_the_band(local_api: LocalCloudArmor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     functions = _harness(local_api, monkeypatch, tmp_path, None)
     import tests.e2e.conftest as c
