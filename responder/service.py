@@ -200,6 +200,8 @@ class Responder:
         self._started = False
         self._last_lint: list[str] = []
         self._cache: tuple[float, PolicySnapshot] | None = None
+        self._parsed: tuple[PolicySnapshot, Band] | None = None
+        self._live: tuple[Band, datetime, Mapping[Network, planner.Entry]] | None = None
 
     @property
     def _max_rules(self) -> int:
@@ -220,11 +222,30 @@ class Responder:
         self._cache = (time.monotonic(), snap) if ttl > 0 else None
         return snap
 
+    def _band_of(self, snap: PolicySnapshot) -> Band:
+        """``read_band`` of a snapshot, parsed once while the read cache
+        serves the same snapshot (a hot stream decides on it many times)."""
+        if self._parsed is None or self._parsed[0] is not snap:
+            self._parsed = (snap, planner.read_band(snap.rules, self.settings.band))
+        return self._parsed[1]
+
+    def _entries_of(self, band: Band, now: datetime) -> Mapping[Network, planner.Entry]:
+        """``band.entries(now)``, kept while no rule of the band expires in
+        between (read only: callers share it)."""
+        if self._live is not None and self._live[0] is band and self._live[1] <= now:
+            since = self._live[1]
+            if not any(r.meta.expiry is not None and since < r.meta.expiry <= now for r in band.rules):
+                return self._live[2]
+        entries = band.entries(now)
+        self._live = (band, now, entries)
+        return entries
+
     def _remember(self, snap: PolicySnapshot, plan: Plan) -> None:
         """Adds this process's new rules to the cached view."""
         if self._cache is not None and self._cache[1] is snap:
             added = tuple(op.rule for op in plan.ops if isinstance(op, Add))
-            self._cache = (self._cache[0], replace(snap, rules=snap.rules + added))
+            if added:
+                self._cache = (self._cache[0], replace(snap, rules=snap.rules + added))
 
     def _read(self, lint: bool = False) -> PolicySnapshot:
         """Reads the policy; the first read of a process is also linted, so
@@ -270,8 +291,8 @@ class Responder:
         now = self.clock()
         snap = self._cached_read()
         for attempt in range(ADD_ATTEMPTS):
-            band = planner.read_band(snap.rules, self.settings.band)
-            todo = [*derive(band.entries(now)), *intents] if derive else list(intents)
+            band = self._band_of(snap)
+            todo = [*derive(self._entries_of(band, now)), *intents] if derive else list(intents)
             if snap.labels.get(self.settings.lease.mode_label) == PREVIEW_MODE:
                 todo = [replace(i, preview=True) for i in todo]
             plan = planner.plan_append(band, todo, now, self.settings.band, seed=_seed(event, attempt))
@@ -305,7 +326,7 @@ class Responder:
     ) -> list[Intent]:
         """Counts the ranges the event would newly block; when the source's
         breaker is open, those blocks go to preview or are dropped, loudly."""
-        before = band.entries(now)
+        before = self._entries_of(band, now)
         new = {n for n in plan.entries if n not in before and planner.covering(before, n) is None}
         verdict = flood(len(new))
         if verdict is None or not new:
@@ -510,7 +531,7 @@ class Responder:
         self, plan: Plan, band: Band, event: EventRef, outcome: Outcome, lease: Lease | None, validate_only: bool = False,
         capacity: str = "",
     ) -> None:
-        before = band.entries(self.clock())
+        before = self._entries_of(band, self.clock())
         for intent, why in plan.refused:
             outcome.refused += 1
             self.audit.record(
