@@ -52,7 +52,7 @@ import ipaddress
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter, itemgetter
@@ -255,8 +255,9 @@ objects only for what it returns."""
 _BITS = {4: 32, 6: 128}
 
 
-def _key(net: Network) -> Key:
-    return (net.version, int(net.network_address), net.prefixlen)
+_key: Callable[[Network], Key] = attrgetter("_version", "network_address._ip", "_prefixlen")
+"""``(net.version, int(net.network_address), net.prefixlen)``, read in one C
+call from the attributes behind those properties (a quarter of the time)."""
 
 
 def _network(key: Key) -> Network:
@@ -418,6 +419,36 @@ class Entries(dict[Network, Entry]):
         return self.index.covers(_key(net))
 
 
+class EntryView(Mapping[Network, Entry]):
+    """A plan's entries by network, read-only, straight from their
+    ``_Index``: the same contents and order as ``Entries.of`` gives, without
+    hashing a network object for each (looking one up costs its key)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: _Index) -> None:
+        self.index = index
+
+    def __getitem__(self, net: Network) -> Entry:
+        try:
+            return self.index.by_key[_key(net)]
+        except (KeyError, AttributeError):  # AttributeError: not a network
+            raise KeyError(net) from None
+
+    def __iter__(self) -> Iterator[Network]:
+        return map(_network_of, self.index.by_key.values())
+
+    def __len__(self) -> int:
+        return len(self.index.by_key)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def covers(self, net: Network) -> list[Entry]:
+        """The entries of strict supernets of ``net``, the most specific first."""
+        return self.index.covers(_key(net))
+
+
 _network_of = attrgetter("network")
 _address = itemgetter(1)
 
@@ -429,14 +460,14 @@ def _prefixes(net: Network) -> Iterable[int]:
 
 def covers_of(entries: Mapping[Network, Entry], net: Network) -> list[Entry]:
     """The entries of strict supernets of ``net``, the most specific first."""
-    if isinstance(entries, Entries):
+    if isinstance(entries, Entries | EntryView):
         return entries.covers(net)
     return [c for p in _prefixes(net) if (c := entries.get(net.supernet(new_prefix=p))) is not None]
 
 
 def covering(entries: Mapping[Network, Entry], net: Network) -> Entry | None:
     """The entry of a strict supernet of ``net``, the most specific one."""
-    if isinstance(entries, Entries):
+    if isinstance(entries, Entries | EntryView):
         found = entries.covers(net)
         return found[0] if found else None
     for prefix in _prefixes(net):
@@ -845,7 +876,7 @@ def plan_append(
     lease."""
     current = band._index(now)
     index, refused, satisfied = _apply(current, intents, now, settings.expiry_granularity)
-    entries = Entries.of(index)
+    entries = EntryView(index)
     held, now_held = current.by_key, index.by_key
     if any(k not in now_held for k in held) or any(
         e is not now_held[k] and e != now_held[k] and _weaker(e, now_held[k]) for k, e in held.items()
@@ -872,7 +903,7 @@ def plan_append(
 def _index_of(entries: Mapping[Network, Entry] | _Index) -> _Index:
     if isinstance(entries, _Index):
         return entries
-    return entries.index if isinstance(entries, Entries) else _Index({_key(n): e for n, e in entries.items()})
+    return entries.index if isinstance(entries, Entries | EntryView) else _Index({_key(n): e for n, e in entries.items()})
 
 
 def _weaker(before: Entry, after: Entry) -> bool:
@@ -994,7 +1025,7 @@ def plan_reconcile(
             adds.append(Add(_rule(priority, chunk, group, description)))
         removes.extend(Remove(r.rule) for r in dropped)
     ops = tuple(adds + grows + shrinks + removes)
-    return Plan(ops, Entries.of(_Index(packed)), tuple(refused), satisfied, expired, evicted)
+    return Plan(ops, EntryView(_Index(packed)), tuple(refused), satisfied, expired, evicted)
 
 
 def _pack_merged(entries: Iterable[tuple[Key, Entry]]) -> dict[Group, list[Key]]:

@@ -516,3 +516,19 @@ def test_a_feed_block_inside_a_manual_preview_block_needs_no_op():
     again = _reconcile_twice(rules, [block("192.0.2.0/24", "feed", T1)])
 
     assert () == again.ops
+
+
+def test_plan_entries_read_as_the_dict_of_the_same_entries():
+    rules = by_priority([our_rule(1001, ["192.0.2.0/24"], T1), our_rule(1002, ["2001:db8::/48"], T1)])
+    band = read_band(rules.values(), BAND)
+    intents = [block("198.51.100.7/32", "feed", T2), block("2001:db8:1::/64", "feed", T2)]
+
+    for plan in (plan_append(band, intents, NOW, BAND), plan_reconcile(band, intents, NOW, BAND)):
+        entries = dict(plan.entries.items())
+        assert {str(n) for n in entries} == {"192.0.2.0/24", "2001:db8::/48", "198.51.100.7/32", "2001:db8:1::/64"}
+        assert entries == plan.entries and len(entries) == len(plan.entries)
+        assert all(plan.entries[n] is e and n in plan.entries for n, e in entries.items())
+        assert net("192.0.2.0/25") not in plan.entries and "192.0.2.0/24" not in plan.entries
+        assert None is plan.entries.get(net("2001:db8::/64"))
+        with pytest.raises(KeyError):
+            plan.entries[net("192.0.2.0/25")]
