@@ -995,7 +995,7 @@ def plan_reconcile(
         wanted = groups.get(group, [])
         rules = by_group.get(group, [])
         description = encode(settings.owner_tag, group[0])
-        want_set = set(wanted)
+        want_set = set(wanted) if rules else set()
         holds = {r.priority: [_key(n) for n in r.networks] for r in rules}
         kept = {p: [k for k in keys if k in want_set] for p, keys in holds.items()}
         needed = math.ceil(len(wanted) / MAX_RANGES_PER_RULE)
