@@ -51,8 +51,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import random
+import socket
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter, itemgetter
@@ -70,7 +71,7 @@ NEEDS_REMOVAL = "an entry must be removed or narrowed"
 Group = tuple[RuleMeta, str, bool]  # what the entries packed into one rule share
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One blocked network and everything recorded about it."""
 
@@ -197,10 +198,24 @@ def _decode_rule(rule: PolicyRule, tag: str, metas: dict[str, RuleMeta | None]) 
     if meta is None or rule.expression or not rule.ranges or len(rule.ranges) > MAX_RANGES_PER_RULE:
         return None
     try:
-        networks = tuple(ipaddress.ip_network(r, strict=True) for r in rule.ranges)
+        networks = tuple(map(_parse, rule.ranges))
     except ValueError:
         return None
     return BandRule(rule.priority, networks, meta, rule.action, rule.preview, rule)
+
+
+def _parse(text: str) -> Network:
+    """``ipaddress.ip_network(text, strict=True)``. An IPv4 range written as
+    ``_text`` writes it (as ours are) is built from its integers, three
+    times faster; anything else goes to ``ip_network``."""
+    address, _, prefix = text.partition("/")
+    try:
+        key = (4, int.from_bytes(socket.inet_aton(address)), int(prefix))
+    except (OSError, ValueError):
+        return ipaddress.ip_network(text, strict=True)
+    if _text(key) != text:  # inet_aton and int take more spellings than ip_network
+        return ipaddress.ip_network(text, strict=True)
+    return ipaddress.IPv4Network(key[1:])
 
 
 # --------------------------------------------------------------------------
@@ -255,8 +270,9 @@ objects only for what it returns."""
 _BITS = {4: 32, 6: 128}
 
 
-def _key(net: Network) -> Key:
-    return (net.version, int(net.network_address), net.prefixlen)
+_key: Callable[[Network], Key] = attrgetter("_version", "network_address._ip", "_prefixlen")
+"""``(net.version, int(net.network_address), net.prefixlen)``, read in one C
+call from the attributes behind those properties (a quarter of the time)."""
 
 
 def _network(key: Key) -> Network:
@@ -418,6 +434,36 @@ class Entries(dict[Network, Entry]):
         return self.index.covers(_key(net))
 
 
+class EntryView(Mapping[Network, Entry]):
+    """A plan's entries by network, read-only, straight from their
+    ``_Index``: the same contents and order as ``Entries.of`` gives, without
+    hashing a network object for each (looking one up costs its key)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: _Index) -> None:
+        self.index = index
+
+    def __getitem__(self, net: Network) -> Entry:
+        try:
+            return self.index.by_key[_key(net)]
+        except (KeyError, AttributeError):  # AttributeError: not a network
+            raise KeyError(net) from None
+
+    def __iter__(self) -> Iterator[Network]:
+        return map(_network_of, self.index.by_key.values())
+
+    def __len__(self) -> int:
+        return len(self.index.by_key)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def covers(self, net: Network) -> list[Entry]:
+        """The entries of strict supernets of ``net``, the most specific first."""
+        return self.index.covers(_key(net))
+
+
 _network_of = attrgetter("network")
 _address = itemgetter(1)
 
@@ -429,14 +475,14 @@ def _prefixes(net: Network) -> Iterable[int]:
 
 def covers_of(entries: Mapping[Network, Entry], net: Network) -> list[Entry]:
     """The entries of strict supernets of ``net``, the most specific first."""
-    if isinstance(entries, Entries):
+    if isinstance(entries, Entries | EntryView):
         return entries.covers(net)
     return [c for p in _prefixes(net) if (c := entries.get(net.supernet(new_prefix=p))) is not None]
 
 
 def covering(entries: Mapping[Network, Entry], net: Network) -> Entry | None:
     """The entry of a strict supernet of ``net``, the most specific one."""
-    if isinstance(entries, Entries):
+    if isinstance(entries, Entries | EntryView):
         found = entries.covers(net)
         return found[0] if found else None
     for prefix in _prefixes(net):
@@ -856,7 +902,7 @@ def plan_append(
     lease."""
     current = band._index(now)
     index, refused, satisfied = _apply(current, intents, now, settings.expiry_granularity)
-    entries = Entries.of(index)
+    entries = EntryView(index)
     held, now_held = current.by_key, index.by_key
     if any(k not in now_held for k in held) or any(
         e is not now_held[k] and e != now_held[k] and _weaker(e, now_held[k]) for k, e in held.items()
@@ -883,7 +929,7 @@ def plan_append(
 def _index_of(entries: Mapping[Network, Entry] | _Index) -> _Index:
     if isinstance(entries, _Index):
         return entries
-    return entries.index if isinstance(entries, Entries) else _Index({_key(n): e for n, e in entries.items()})
+    return entries.index if isinstance(entries, Entries | EntryView) else _Index({_key(n): e for n, e in entries.items()})
 
 
 def _weaker(before: Entry, after: Entry) -> bool:
@@ -960,7 +1006,7 @@ def plan_reconcile(
         wanted = groups.get(group, [])
         rules = by_group.get(group, [])
         description = encode(settings.owner_tag, group[0])
-        want_set = set(wanted)
+        want_set = set(wanted) if rules else set()
         holds = {r.priority: [_key(n) for n in r.networks] for r in rules}
         kept = {p: [k for k in keys if k in want_set] for p, keys in holds.items()}
         needed = math.ceil(len(wanted) / MAX_RANGES_PER_RULE)
@@ -969,7 +1015,7 @@ def plan_reconcile(
         ranked = sorted(rules, key=lambda r: (-len(kept[r.priority]), r.priority))
         chosen, dropped = ranked[:needed], ranked[needed:]
         placed = {k for r in chosen for k in kept[r.priority]}
-        pool = [k for k in wanted if k not in placed]
+        pool = [k for k in wanted if k not in placed] if placed else wanted
         taken = 0  # pool[:taken] went into chosen rules
         for rule in chosen:
             held = kept[rule.priority]
@@ -1005,7 +1051,7 @@ def plan_reconcile(
             adds.append(Add(_rule(priority, chunk, group, description)))
         removes.extend(Remove(r.rule) for r in dropped)
     ops = tuple(adds + grows + shrinks + removes)
-    return Plan(ops, Entries.of(_Index(packed)), tuple(refused), satisfied, expired, evicted)
+    return Plan(ops, EntryView(_Index(packed)), tuple(refused), satisfied, expired, evicted)
 
 
 def _pack_merged(entries: Iterable[tuple[Key, Entry]]) -> dict[Group, list[Key]]:

@@ -93,6 +93,23 @@ def test_no_plan_touches_a_foreign_rule_in_the_band():
     assert 1002 not in {op.before.priority if isinstance(op, Remove) else op.rule.priority for op in plan.ops}
 
 
+
+@pytest.mark.parametrize("text", [
+    "192.0.2.0/24", "192.0.2.7/32", "0.0.0.0/0", "192.0.2.7", "192.0.2.7/24", "192.0.2.7/33", "192.0.2.7/-1",
+    "192.0.2.7/032", "192.0.2.7/+32", "192.0.2.7/ 32", "192.0.02.7/32", "192.0.2/24", "0xc0.0.2.7/32",
+    "192.0.2.7 x/32", "192.0.2.0/255.255.255.0", "2001:db8::/32", "2001:DB8::/32", "192.0.2.7/32/1", "",
+])
+def test_read_band_reads_a_range_as_ip_network_strict_does(text):
+    try:
+        want = (ipaddress.ip_network(text, strict=True),)
+    except ValueError:
+        want = None
+
+    band = read_band([our_rule(1001, [text], T1)], BAND)
+
+    assert want == (band.rules[0].networks if band.rules else None)
+
+
 # --------------------------------------------------------------------------
 # Aggregation and packing
 
@@ -516,3 +533,19 @@ def test_a_feed_block_inside_a_manual_preview_block_needs_no_op():
     again = _reconcile_twice(rules, [block("192.0.2.0/24", "feed", T1)])
 
     assert () == again.ops
+
+
+def test_plan_entries_read_as_the_dict_of_the_same_entries():
+    rules = by_priority([our_rule(1001, ["192.0.2.0/24"], T1), our_rule(1002, ["2001:db8::/48"], T1)])
+    band = read_band(rules.values(), BAND)
+    intents = [block("198.51.100.7/32", "feed", T2), block("2001:db8:1::/64", "feed", T2)]
+
+    for plan in (plan_append(band, intents, NOW, BAND), plan_reconcile(band, intents, NOW, BAND)):
+        entries = dict(plan.entries.items())
+        assert {str(n) for n in entries} == {"192.0.2.0/24", "2001:db8::/48", "198.51.100.7/32", "2001:db8:1::/64"}
+        assert entries == plan.entries and len(entries) == len(plan.entries)
+        assert all(plan.entries[n] is e and n in plan.entries for n, e in entries.items())
+        assert net("192.0.2.0/25") not in plan.entries and "192.0.2.0/24" not in plan.entries
+        assert None is plan.entries.get(net("2001:db8::/64"))
+        with pytest.raises(KeyError):
+            plan.entries[net("192.0.2.0/25")]
