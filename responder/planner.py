@@ -716,18 +716,21 @@ def _apply(
     """``apply_intents``, the entries by key."""
     entries = _Index({k: e for k, e in _index_of(current).by_key.items() if not e.meta.expired(now)})
     by_key = entries.by_key
-    rounded: dict[datetime, datetime] = {}  # most intents of an event share an expiry
-    metas: dict[_MetaKey, RuleMeta] = {}  # and metadata
+    # Most intents of an event share an expiry (None: in the past once rounded) and metadata.
+    rounded: dict[datetime, datetime | None] = {}
+    metas: dict[_MetaKey, RuleMeta] = {}
     refused: list[tuple[Intent, str]] = []
     satisfied = 0
     unblock, block = Verb.UNBLOCK, Verb.BLOCK
+    key_of, held, covers, put = _key, by_key.__contains__, entries.covers, entries.set
     for intent in intents:
-        verb, key = intent.verb, _key(intent.network)
+        verb, key = intent.verb, key_of(intent.network)
         if verb is unblock:
             before = len(by_key), by_key.get(key)
             _unblock(entries, key, intent)
             satisfied += before == (len(by_key), by_key.get(key))
             continue
+        expiry: datetime | None
         if intent.permanent:
             if intent.source != MANUAL:
                 refused.append((intent, "only manual blocks can be permanent"))
@@ -737,14 +740,18 @@ def _apply(
             refused.append((intent, "no expiry"))
             continue
         else:
-            expiry = rounded.get(intent.expiry) or rounded.setdefault(intent.expiry, round_up(intent.expiry, granularity))
-            if expiry <= now:
+            if intent.expiry in rounded:
+                expiry = rounded[intent.expiry]
+            else:
+                up = round_up(intent.expiry, granularity)
+                expiry = rounded[intent.expiry] = up if up > now else None
+            if expiry is None:
                 refused.append((intent, "expiry is in the past"))
                 continue
         if verb is block:
-            if intent.escalation is None and key not in by_key and not entries.covers(key):
+            if intent.escalation is None and not held(key) and not covers(key):
                 # The usual block, in line: a network nothing blocks yet.
-                entries.set(key, Entry(intent.network, _meta(metas, expiry, intent), intent.action, intent.preview))
+                put(key, Entry(intent.network, _meta(metas, expiry, intent), intent.action, intent.preview))
             else:
                 satisfied += not _block(entries, key, intent, expiry, granularity, metas)
         else:
