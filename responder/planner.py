@@ -989,7 +989,7 @@ def plan_reconcile(
         limit = min(limit, capacity)
     network = _networks(index.by_key)
     evicted = _evict(groups, limit, network)
-    packed: dict[Key, Entry] = {}
+    packed: dict[Key, Entry] = {}  # no key is in two groups (_pack_merged)
     known = index.by_key.get
     for g, keys in groups.items():
         meta, action, preview = g
@@ -998,8 +998,7 @@ def plan_reconcile(
             # An entry aggregated with nothing stays as it is (an equal Entry).
             if entry is None or entry.meta is not meta or entry.action != action or entry.preview != preview:
                 entry = Entry(network(k), meta, action, preview)
-            seen = packed.get(k)  # two groups can aggregate to the same network
-            packed[k] = entry if seen is None else _merge_entries(seen, entry)
+            packed[k] = entry
 
     by_group: dict[Group, list[BandRule]] = defaultdict(list)
     for rule in band.rules:
