@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from config.settings import BandSettings
 from responder.codec import RuleMeta, decode, encode, representable
@@ -71,9 +71,10 @@ NEEDS_REMOVAL = "an entry must be removed or narrowed"
 Group = tuple[RuleMeta, str, bool]  # what the entries packed into one rule share
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One blocked network and everything recorded about it."""
+class Entry(NamedTuple):
+    """One blocked network and everything recorded about it (a named tuple:
+    the planner makes one per indicator, and a tuple is made in a third of
+    a frozen dataclass's time; change one with ``_replace``)."""
 
     network: Network
     meta: RuleMeta
@@ -550,7 +551,7 @@ def _block(
     if intent.escalation is not None and expiry is not None:
         base = existing
         for cover in reversed(covers):  # what the supernets record, folded
-            base = replace(cover, network=intent.network) if base is None else _merge_entries(base, cover)
+            base = cover._replace(network=intent.network) if base is None else _merge_entries(base, cover)
         strikes, struck, expiry = _strike(base, intent.escalation, expiry, granularity)
     wanted = Entry(net, _meta(metas, expiry, intent, strikes, struck), intent.action, intent.preview)
     if existing is None:
@@ -560,16 +561,16 @@ def _block(
         # The new entry also records the claims its supernets already make on
         # it, so that replaying the same intents finds them satisfied.
         for cover in covers:
-            folded = _merge_entries(replace(cover, network=net), wanted)
+            folded = _merge_entries(cover._replace(network=net), wanted)
             if cover.manual and intent.source != MANUAL:
-                folded = replace(folded, action=cover.action, preview=cover.preview)
+                folded = folded._replace(action=cover.action, preview=cover.preview)
             wanted = folded
         entries.set(key, wanted)
         return True
     merged = _merge_entries(existing, wanted)
     if existing.manual and intent.source != MANUAL:
         # Automation adds its claim but never changes a manual block's rule fields.
-        merged = replace(merged, action=existing.action, preview=existing.preview)
+        merged = merged._replace(action=existing.action, preview=existing.preview)
     if merged == existing or _hidden_sources_only(existing, merged):
         return False
     entries.by_key[key] = merged
@@ -583,7 +584,7 @@ def _hidden_sources_only(before: Entry, after: Entry) -> bool:
     return (
         before.meta.truncated
         and MANUAL not in added
-        and after == replace(before, meta=replace(before.meta, sources=after.meta.sources))
+        and after == before._replace(meta=replace(before.meta, sources=after.meta.sources))
     )
 
 
@@ -603,7 +604,7 @@ def _as_claim_on(have: Entry, want: Entry) -> Entry:
     """``want`` as it would merge into ``have``: automation adds its claim to
     a manual block but never changes its rule fields (see ``_block``)."""
     if have.manual and MANUAL not in want.meta.sources:
-        return replace(want, action=have.action, preview=have.preview)
+        return want._replace(action=have.action, preview=have.preview)
     return want
 
 
@@ -637,7 +638,7 @@ def _extend(entries: _Index, key: Key, intent: Intent, expiry: datetime | None) 
         for c in covers:
             if _later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources:
                 return None
-        entries.set(key, replace(covers[0], network=intent.network))
+        entries.set(key, covers[0]._replace(network=intent.network))
         targets = [key]
     for k in targets:
         entry = entries.by_key[k]
@@ -646,7 +647,7 @@ def _extend(entries: _Index, key: Key, intent: Intent, expiry: datetime | None) 
             expiry=_later(entry.meta.expiry, expiry),
             sources=entry.meta.sources | {intent.source},
         )
-        entries.by_key[k] = replace(entry, meta=meta)
+        entries.by_key[k] = entry._replace(meta=meta)
     return None
 
 
@@ -660,7 +661,7 @@ def _withdraw(entry: Entry, source: str) -> Entry | None:
     left = entry.meta.sources - {source}
     if not left and not entry.meta.truncated:
         return None
-    return replace(entry, meta=replace(entry.meta, sources=left))
+    return entry._replace(meta=replace(entry.meta, sources=left))
 
 
 def _unblock(entries: _Index, key: Key, intent: Intent) -> None:
@@ -686,9 +687,9 @@ def _unblock(entries: _Index, key: Key, intent: Intent) -> None:
         if kept is cover:
             continue
         del by_key[cover_key]
-        parts = [replace(cover, network=p) for p in cover.network.address_exclude(net)]  # type: ignore[arg-type]
+        parts = [cover._replace(network=p) for p in cover.network.address_exclude(net)]  # type: ignore[arg-type]
         if kept is not None:
-            parts.append(replace(kept, network=net))
+            parts.append(kept._replace(network=net))
         for part in parts:
             part_key = _key(part.network)
             seen = by_key.get(part_key)  # a piece of a narrower cover split before
@@ -723,6 +724,7 @@ def _apply(
     satisfied = 0
     unblock, block = Verb.UNBLOCK, Verb.BLOCK
     key_of, held, covers, put = _key, by_key.__contains__, entries.covers, entries.set
+    last: tuple[Any, Any, Any, Any] = (object(), None, None, None)  # expiry, severity, source, meta
     for intent in intents:
         verb, key = intent.verb, key_of(intent.network)
         if verb is unblock:
@@ -750,8 +752,11 @@ def _apply(
                 continue
         if verb is block:
             if intent.escalation is None and not held(key) and not covers(key):
-                # The usual block, in line: a network nothing blocks yet.
-                put(key, Entry(intent.network, _meta(metas, expiry, intent), intent.action, intent.preview))
+                # The usual block, in line: a network nothing blocks yet. Its
+                # metadata is most often the previous intent's.
+                if expiry is not last[0] or intent.severity is not last[1] or intent.source != last[2]:
+                    last = (expiry, intent.severity, intent.source, _meta(metas, expiry, intent))
+                put(key, Entry(intent.network, last[3], intent.action, intent.preview))
             else:
                 satisfied += not _block(entries, key, intent, expiry, granularity, metas)
         else:
@@ -982,7 +987,7 @@ def plan_reconcile(
         for k, e in index.by_key.items():
             meta = fit.get(e.meta) or fit.setdefault(e.meta, representable(settings.owner_tag, e.meta))
             if meta is not e.meta:
-                index.by_key[k] = replace(e, meta=meta)
+                index.by_key[k] = e._replace(meta=meta)
         groups = _pack_merged(index.by_key.items())
     limit = settings.size - len(band.foreign)
     if capacity is not None:

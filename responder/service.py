@@ -611,7 +611,7 @@ class Responder:
 
 def _readback(tag: str, entry: planner.Entry | None) -> planner.Entry | None:
     """``entry`` as a rule written for it would read back."""
-    return entry if entry is None else replace(entry, meta=representable(tag, entry.meta))
+    return entry if entry is None else entry._replace(meta=representable(tag, entry.meta))
 
 
 def _merged(net: Network, rules: Sequence[planner.BandRule]) -> planner.Entry | None:
