@@ -723,7 +723,7 @@ def _apply(
     refused: list[tuple[Intent, str]] = []
     satisfied = 0
     unblock, block = Verb.UNBLOCK, Verb.BLOCK
-    key_of, held, covers, put = _key, by_key.__contains__, entries.covers, entries.set
+    key_of, held, covers, put, host_bits = _key, by_key.__contains__, entries.covers, entries.set, _BITS
     last: tuple[Any, Any, Any, Any] = (object(), None, None, None)  # expiry, severity, source, meta
     for intent in intents:
         verb, key = intent.verb, key_of(intent.network)
@@ -742,9 +742,8 @@ def _apply(
             refused.append((intent, "no expiry"))
             continue
         else:
-            if intent.expiry in rounded:
-                expiry = rounded[intent.expiry]
-            else:
+            expiry = rounded.get(intent.expiry, now)  # now: not seen yet (a rounded expiry is never now)
+            if expiry is now:
                 up = round_up(intent.expiry, granularity)
                 expiry = rounded[intent.expiry] = up if up > now else None
             if expiry is None:
@@ -756,7 +755,11 @@ def _apply(
                 # metadata is most often the previous intent's.
                 if expiry is not last[0] or intent.severity is not last[1] or intent.source != last[2]:
                     last = (expiry, intent.severity, intent.source, _meta(metas, expiry, intent))
-                put(key, Entry(intent.network, last[3], intent.action, intent.preview))
+                entry = Entry(intent.network, last[3], intent.action, intent.preview)
+                if key[2] == host_bits[key[0]]:
+                    by_key[key] = entry  # a single address is no one's supernet (see _Index.set)
+                else:
+                    put(key, entry)
             else:
                 satisfied += not _block(entries, key, intent, expiry, granularity, metas)
         else:
