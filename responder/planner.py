@@ -577,14 +577,18 @@ def _block(
     return True
 
 
+def _may_hold(meta: RuleMeta, sources: frozenset[str]) -> bool:
+    """True when a rule with ``meta`` holds, or may hold, every one of
+    ``sources``: a truncated record cannot show more, and the codec never
+    drops manual, so only a missing manual claim is certain."""
+    return sources <= meta.sources or (meta.truncated and MANUAL not in sources - meta.sources)
+
+
 def _hidden_sources_only(before: Entry, after: Entry) -> bool:
-    """True when ``after`` adds to a truncated ``before`` only sources it
-    may hold already (it cannot show more); never a manual claim."""
-    added = after.meta.sources - before.meta.sources
-    return (
-        before.meta.truncated
-        and MANUAL not in added
-        and after == before._replace(meta=replace(before.meta, sources=after.meta.sources))
+    """True when ``after`` differs from ``before`` only by sources that
+    ``before`` may hold already."""
+    return _may_hold(before.meta, after.meta.sources) and after == before._replace(
+        meta=replace(before.meta, sources=after.meta.sources)
     )
 
 
@@ -612,10 +616,7 @@ def _satisfies(have: Entry, want: Entry) -> bool:
     return (
         _later(have.meta.expiry, want.meta.expiry) == have.meta.expiry
         and have.meta.severity >= want.meta.severity
-        # a truncated record may hold the source already (it cannot show
-        # more); the codec never drops manual
-        and (want.meta.sources <= have.meta.sources
-             or (have.meta.truncated and MANUAL not in want.meta.sources - have.meta.sources))
+        and _may_hold(have.meta, want.meta.sources)
         # a permanent entry keeps no repeat-offender record (see RuleMeta)
         and (have.meta.expiry is None or (
             want.meta.strikes <= have.meta.strikes
