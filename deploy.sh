@@ -224,7 +224,7 @@ if isinstance(cpu, bool) or not isinstance(cpu, (str, int, float)):
 cpu = str(cpu)
 if concurrency > 1 and not cpu:
     cpu = "1"  # gen2 needs at least one vCPU for concurrency > 1
-timeout = get(dep, "deploy", "timeout", str, "120s")
+timeout = get(dep, "deploy", "timeout", str, "540s")
 m = re.fullmatch(r"([0-9]+)s", timeout)
 if not m or not 1 <= int(m.group(1)) <= 540:
     fail(f"deploy.timeout: expected 1s..540s (event-driven limit), got {timeout!r}")
@@ -627,6 +627,7 @@ step "7. Functions (gen2, $RUNTIME) with dead-lettering on their Eventarc subscr
 # RESPONDER_REGION is the policy's region ("" = global), as config.settings reads it.
 env_vars="RESPONDER_PROJECT=$PROJECT,RESPONDER_POLICY=$POLICY,RESPONDER_REGION=$POLICY_REGION"
 env_vars+=",RESPONDER_BAND_START=$BAND_START,RESPONDER_BAND_END=$BAND_END"
+env_vars+=",RESPONDER_FUNCTION_TIMEOUT=$TIMEOUT"
 if [[ -n $CONFIG_ENV ]]; then
   env_vars+=",RESPONDER_CONFIG=$CONFIG_ENV"
 fi

@@ -72,15 +72,15 @@ class CountingApi:
         self._n("get")
         return self._snap(name=POLICY, rules=tuple(self.rules))
 
-    def add_rule(self, rule: Any, *, validate_only: bool = False) -> None:
+    def add_rule(self, rule: Any, *, validate_only: bool = False, guard: Any = None) -> None:
         self._n("add")
         if not validate_only:
             self.rules.append(rule)
 
-    def patch_rule(self, rule: Any, *, validate_only: bool = False) -> None:
+    def patch_rule(self, rule: Any, *, validate_only: bool = False, guard: Any = None) -> None:
         self._n("patch")
 
-    def remove_rule(self, priority: int) -> None:
+    def remove_rule(self, priority: int, *, guard: Any = None) -> None:
         self._n("remove")
 
     def set_labels(self, labels: Any, label_fingerprint: str) -> None:

@@ -50,6 +50,7 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "RESPONDER_VALIDATE_ONLY": "band.validate_only",
     "RESPONDER_PREVIEW": "band.preview",
     "RESPONDER_RETRY_DEADLINE": "policy.retry_deadline",
+    "RESPONDER_FUNCTION_TIMEOUT": "deploy.timeout",
 }
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -86,10 +87,17 @@ class PolicySettings:
     name: str
     region: str = ""  # empty: a global policy
     api_endpoint: str = ""  # empty: Google's endpoint
-    request_timeout: timedelta = timedelta(seconds=30)
-    operation_timeout: timedelta = timedelta(seconds=180)
+    request_timeout: timedelta = timedelta(seconds=20)
+    operation_timeout: timedelta = timedelta(seconds=60)
     retry_deadline: timedelta = timedelta(seconds=60)  # retrying transient failures, then raise
     read_cache: timedelta = timedelta(seconds=5)  # how old a policy read an event writer may reuse
+
+    @property
+    def mutation_bound(self) -> timedelta:
+        """The longest one mutation attempt can take from its send to its
+        commit, under the stated assumption (README, "Concurrency") that an
+        operation the API accepted is DONE within ``operation_timeout``."""
+        return self.request_timeout + self.operation_timeout
 
 
 @dataclass(frozen=True)
@@ -113,9 +121,12 @@ class LeaseSettings:
     remove band rules (see README, 'Concurrency')."""
 
     label: str = "car-lease"
-    duration: timedelta = timedelta(seconds=120)
+    duration: timedelta = timedelta(seconds=240)
     wait: timedelta = timedelta(seconds=60)
     mode_label: str = "car-mode"  # "preview" while the break-glass switch is on
+    # Allowance for a process pause between a check and the send it guards,
+    # and for clock skew between instances.
+    margin: timedelta = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -219,6 +230,11 @@ class Settings:
     guards: GuardSettings = field(default_factory=GuardSettings)
     detectors: DetectorSettings = field(default_factory=DetectorSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    # The function's timeout (deploy.timeout, which deploy.sh passes to
+    # ``gcloud functions deploy --timeout``): the time budget of one delivery.
+    function_timeout: timedelta = timedelta(seconds=540)
+    # Deliveries before Pub/Sub dead-letters a message (deploy.max_delivery_attempts).
+    max_delivery_attempts: int = 5
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def source(self, kind: str) -> SourceSettings:
@@ -349,8 +365,8 @@ def _policy(r: _Reader) -> PolicySettings:
         name=name,
         region=r.get("region", str, ""),
         api_endpoint=endpoint.rstrip("/"),
-        request_timeout=r.duration("request_timeout", timedelta(seconds=30)),  # type: ignore[arg-type]
-        operation_timeout=r.duration("operation_timeout", timedelta(seconds=180)),  # type: ignore[arg-type]
+        request_timeout=r.duration("request_timeout", timedelta(seconds=20)),  # type: ignore[arg-type]
+        operation_timeout=r.duration("operation_timeout", timedelta(seconds=60)),  # type: ignore[arg-type]
         retry_deadline=r.duration("retry_deadline", timedelta(seconds=60)),  # type: ignore[arg-type]
         read_cache=_optional_duration(r, "read_cache", timedelta(seconds=5)),
     )
@@ -393,8 +409,9 @@ def _lease(r: _Reader) -> LeaseSettings:
     lease = LeaseSettings(
         label=label,
         mode_label=mode_label,
-        duration=r.duration("duration", timedelta(seconds=120)),  # type: ignore[arg-type]
+        duration=r.duration("duration", timedelta(seconds=240)),  # type: ignore[arg-type]
         wait=r.duration("wait", timedelta(seconds=60)),  # type: ignore[arg-type]
+        margin=r.duration("margin", timedelta(seconds=10)),  # type: ignore[arg-type]
     )
     r.done()
     return lease
@@ -587,7 +604,41 @@ def from_dict(doc: Mapping[str, Any]) -> Settings:
     for key in ("deploy", "bootstrap"):
         root.used.add(key)
     root.done()
-    return Settings(policy, band, lease, sources, feeds, guards, detectors, alerts, raw=dict(doc))
+    deploy = doc.get("deploy") or {}
+    function_timeout = _function_timeout(deploy)
+    _check_timing(policy, lease, function_timeout)
+    attempts = deploy.get("max_delivery_attempts", 5) if isinstance(deploy, Mapping) else 5
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 5 <= attempts <= 100:
+        raise ConfigError(f"deploy.max_delivery_attempts: must be between 5 and 100, got {attempts!r}")
+    return Settings(policy, band, lease, sources, feeds, guards, detectors, alerts,
+                    function_timeout=function_timeout, max_delivery_attempts=attempts, raw=dict(doc))
+
+
+def _function_timeout(deploy: Mapping[str, Any]) -> timedelta:
+    value = deploy.get("timeout", "540s") if isinstance(deploy, Mapping) else "540s"
+    timeout = parse_duration(value, "deploy.timeout")
+    if not timedelta(seconds=1) <= timeout <= timedelta(seconds=540):
+        raise ConfigError(f"deploy.timeout: expected 1s..540s (the event-driven limit), got {value!r}")
+    return timeout
+
+
+def _check_timing(policy: PolicySettings, lease: LeaseSettings, function_timeout: timedelta) -> None:
+    """The timing bound the lease rests on (README, "Concurrency"): no
+    mutation attempt starts with less time left than the longest it can
+    take (``policy.request_timeout + policy.operation_timeout``) plus
+    ``lease.margin``, so a lease or a delivery shorter than twice that
+    would spend half its time or more unable to act."""
+    need = policy.mutation_bound + lease.margin
+    bound = (f"2 x (policy.request_timeout + policy.operation_timeout + lease.margin) = "
+             f"{int(2 * need.total_seconds())}s")
+    if lease.margin < timedelta(seconds=1):
+        raise ConfigError("lease.margin: must be at least 1s")
+    if lease.duration < 2 * need:
+        raise ConfigError(f"lease.duration: must be at least {bound}, so that no operation can outlive "
+                          f"the lease; got {int(lease.duration.total_seconds())}s")
+    if function_timeout < 2 * need:
+        raise ConfigError(f"deploy.timeout: must be at least {bound}, so that a delivery can finish the "
+                          f"operations it starts; got {int(function_timeout.total_seconds())}s")
 
 
 def load(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

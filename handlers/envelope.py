@@ -5,7 +5,10 @@ A gen2 function triggered by a topic receives a CloudEvent of type
 
     {"message": {"data": "<base64>", "attributes": {...},
                  "messageId": "...", "publishTime": "RFC3339"},
-     "subscription": "projects/.../subscriptions/..."}
+     "subscription": "projects/.../subscriptions/...",
+     "deliveryAttempt": 1}
+
+(``deliveryAttempt`` only when the subscription dead-letters.)
 
 ``messageId``/``publishTime`` also appear as ``message_id``/``publish_time``
 (the legacy background-function spelling; both are set by Pub/Sub). The
@@ -34,6 +37,9 @@ class Message:
     message_id: str
     publish_time: datetime
     attributes: Mapping[str, str] = field(default_factory=dict)
+    # Pub/Sub's count of deliveries of this message (1 on the first), when
+    # the subscription has a dead-letter policy; 0 when unknown.
+    delivery_attempt: int = 0
 
     def json(self) -> Any:
         """The data as JSON; a BadEvent that says why when it is not."""
@@ -85,7 +91,9 @@ def from_cloud_event(event: Any) -> Message:
         publish_time = parse_time(stamp)
     except ValueError as exc:
         raise BadEvent(f"message.publishTime: {exc}") from None
-    return Message(payload, message_id, publish_time, dict(attributes))
+    attempt = data.get("deliveryAttempt", message.get("deliveryAttempt", 0))
+    attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 0
+    return Message(payload, message_id, publish_time, dict(attributes), attempt)
 
 
 def _attr(event: Any, name: str) -> Any:

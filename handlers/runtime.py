@@ -21,7 +21,7 @@ from handlers.envelope import Message, from_cloud_event
 from responder.audit import Audit
 from responder.errors import BadEvent
 from responder.guards import FloodBreaker
-from responder.service import EventRef, PolicyApi, Responder, utcnow
+from responder.service import Budget, EventRef, PolicyApi, Responder, delivery, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ def dispatch(kind: str, handler: Callable[[Message, Runtime], Any], event: Any, 
     """
     rt = rt or current()
     message_id = ""
+    message: Message | None = None
+    s = rt.settings
+    token = delivery.set(Budget(s.function_timeout, s.policy.mutation_bound + s.lease.margin))
     try:
         message = from_cloud_event(event)
         message_id = message.message_id
@@ -99,6 +102,27 @@ def dispatch(kind: str, handler: Callable[[Message, Runtime], Any], event: Any, 
             level=logging.ERROR, message_id=message_id or None, source=kind, error=str(exc),
         )
         return None
+    except Exception as exc:
+        if message is not None:
+            _report_last_delivery(rt, kind, message, exc)
+        raise
+    finally:
+        delivery.reset(token)
+
+
+def _report_last_delivery(rt: Runtime, kind: str, message: Message, exc: Exception) -> None:
+    """A message that fails on its last allowed delivery goes to the
+    dead-letter topic: say so plainly, once, with what it still needed."""
+    limit = rt.settings.max_delivery_attempts
+    if message.delivery_attempt < limit:
+        return
+    rt.audit.record(
+        "dead-lettered", f"{kind} message {message.message_id} failed on delivery {message.delivery_attempt} "
+        f"(deploy.max_delivery_attempts = {limit}): it goes to the dead-letter topic; replay it once the cause "
+        f"is fixed. Last error: {type(exc).__name__}: {exc}",
+        level=logging.ERROR, message_id=message.message_id, source=kind, delivery_attempt=message.delivery_attempt,
+        error=f"{type(exc).__name__}: {exc}",
+    )
 
 
 def event_ref(message: Message, source: str, actor: str = "", reason: str = "") -> EventRef:

@@ -35,6 +35,8 @@ CHANGES = (
     "usage",  # band utilisation, reported by cleanup
     "breaker",  # a source flooded: its new rules go to preview or are refused
     "mode",  # the break-glass switch: every band rule to preview, or back
+    "deferred",  # work stopped for lack of lease or delivery time; the redelivery continues it
+    "dead-lettered",  # a message failed on its last allowed delivery: it goes to the dead-letter topic
 )
 
 _setup_lock = threading.Lock()

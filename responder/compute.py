@@ -53,6 +53,7 @@ from config.settings import PolicySettings
 from responder.errors import (
     FingerprintMismatch,
     OutcomeUnknown,
+    OutOfTime,
     PermanentError,
     PermissionDenied,
     PolicyNotFound,
@@ -254,8 +255,9 @@ def map_operation_error(op: Any) -> ResponderError | None:
 
 
 def _retryable(exc: Exception) -> bool:
-    # A stale fingerprint fails again with the same fingerprint: not retried here.
-    return isinstance(exc, TransientError) and not isinstance(exc, FingerprintMismatch)
+    # A stale fingerprint fails again with the same fingerprint: not retried here;
+    # nor is running out of lease or delivery time (the caller stops).
+    return isinstance(exc, TransientError) and not isinstance(exc, (FingerprintMismatch, OutOfTime))
 
 
 def _last_error(exc_list: list[Exception], reason: Any, timeout: float | None,
@@ -501,9 +503,14 @@ class CloudArmor:
         return iter(exponential_sleep_generator(backoff.initial, backoff.maximum,
                                                 multiplier=backoff.multiplier))
 
-    def _mutate(self, kind: str, method: str, request: dict[str, Any]) -> None:
-        """One mutation attempt: send it, wait for its operation, map its error."""
+    def _mutate(self, kind: str, method: str, request: dict[str, Any],
+                guard: Callable[[], None] | None = None) -> None:
+        """One mutation attempt: send it, wait for its operation, map its error.
+        ``guard`` runs right before the send (each retry is a new attempt), and
+        raises OutOfTime when the caller's lease or time budget cannot cover it."""
         policies, _ = self._ensure_clients()
+        if guard is not None:
+            guard()
         op = self._invoke(kind, getattr(policies, method), request, mutation=True)
         self._wait(op)
 
@@ -565,7 +572,8 @@ class CloudArmor:
         return self._retrying(lambda: self._get_rule_once(priority))
 
     # ---------------------------------------------------------- mutations
-    def add_rule(self, rule: PolicyRule, *, validate_only: bool = False) -> None:
+    def add_rule(self, rule: PolicyRule, *, validate_only: bool = False,
+                 guard: Callable[[], None] | None = None) -> None:
         """addRule and wait. A lost answer is resolved by re-reading the priority."""
         self._ensure_clients()
         body = self._rule_proto(rule)
@@ -590,7 +598,7 @@ class CloudArmor:
             if validate_only:
                 request["validate_only"] = True
             try:
-                self._mutate("add", "add_rule_unary", request)
+                self._mutate("add", "add_rule_unary", request, guard)
             except OutcomeUnknown:
                 uncertain = True
                 raise
@@ -606,7 +614,8 @@ class CloudArmor:
 
         self._retrying(attempt)
 
-    def patch_rule(self, rule: PolicyRule, *, validate_only: bool = False) -> None:
+    def patch_rule(self, rule: PolicyRule, *, validate_only: bool = False,
+                   guard: Callable[[], None] | None = None) -> None:
         """patchRule at ``rule.priority``: replaces ranges (or expression), action,
         description and preview. Idempotent, so retried on unknown outcomes; after
         one, the rule is re-read first and an equal rule counts as success."""
@@ -625,14 +634,14 @@ class CloudArmor:
                 if current is not None and _same_rule(current, rule):
                     return  # the lost patch committed (or the rule already was so)
             try:
-                self._mutate("patch", "patch_rule_unary", request)
+                self._mutate("patch", "patch_rule_unary", request, guard)
             except OutcomeUnknown:
                 uncertain = True
                 raise
 
         self._retrying(attempt)
 
-    def remove_rule(self, priority: int) -> None:
+    def remove_rule(self, priority: int, *, guard: Callable[[], None] | None = None) -> None:
         """removeRule; RuleNotFound unless an earlier attempt's outcome was unknown."""
         self._ensure_clients()
         request = self._scope(security_policy=self.name, priority=priority)
@@ -641,7 +650,7 @@ class CloudArmor:
         def attempt() -> None:
             nonlocal uncertain
             try:
-                self._mutate("remove", "remove_rule_unary", request)
+                self._mutate("remove", "remove_rule_unary", request, guard)
             except OutcomeUnknown:
                 uncertain = True
                 raise

@@ -51,3 +51,10 @@ class FingerprintMismatch(TransientError):
 
 class OutcomeUnknown(TransientError):
     """A mutation may or may not have been committed (timeout, reset, 5xx)."""
+
+
+class OutOfTime(TransientError):
+    """No time is left to start an operation: the band lease or the
+    delivery's time budget would end before the operation could. Never
+    retried in place: the caller records what remains and raises, so that
+    Pub/Sub redelivers the message and the redelivery continues."""

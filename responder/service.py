@@ -19,6 +19,7 @@ Concurrency (README, "Concurrency", tells the whole story):
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import ipaddress
 import logging
@@ -35,6 +36,7 @@ from responder.audit import Audit
 from responder.codec import representable
 from responder.errors import (
     FingerprintMismatch,
+    OutOfTime,
     PolicyNotFound,
     PriorityTaken,
     QuotaExceeded,
@@ -47,6 +49,7 @@ from responder.policy import DEFAULT_RULE_PRIORITY, PolicyRule, PolicySnapshot
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Guard = Callable[[], None]
 Derive = Callable[[Mapping[Network, "planner.Entry"]], Sequence[Intent]]
 # Asked with the number of ranges an event would newly block: None to go
 # ahead, "preview" or "refuse" when the source's flood breaker is open.
@@ -63,9 +66,11 @@ class PolicyApi(Protocol):
     """What the service needs of the adapter (``responder.compute.CloudArmor``)."""
 
     def get_policy(self) -> PolicySnapshot: ...
-    def add_rule(self, rule: PolicyRule, *, validate_only: bool = False) -> None: ...
-    def patch_rule(self, rule: PolicyRule, *, validate_only: bool = False) -> None: ...
-    def remove_rule(self, priority: int) -> None: ...
+    # ``guard``, when given, is called right before each attempt is sent
+    # (retries included) and raises OutOfTime to stop before sending.
+    def add_rule(self, rule: PolicyRule, *, validate_only: bool = False, guard: Guard | None = None) -> None: ...
+    def patch_rule(self, rule: PolicyRule, *, validate_only: bool = False, guard: Guard | None = None) -> None: ...
+    def remove_rule(self, priority: int, *, guard: Guard | None = None) -> None: ...
     def set_labels(self, labels: Mapping[str, str], label_fingerprint: str) -> None: ...
 
 
@@ -102,17 +107,34 @@ class Lease:
     The lease is the policy label ``settings.lease.label`` whose value is
     ``<holder>-<expiry epoch seconds>``. Taking it is a ``setLabels`` with
     the ``labelFingerprint`` just read: if anyone changed the labels in
-    between, the API answers 412 and we read again. A lease whose expiry has
-    passed may be taken over (its holder died). The holder checks the time
-    left before each operation, so it stops before its lease can lapse.
+    between, the API answers 412 and we read again. Every acquisition has
+    its own holder id, so two requests of one instance (gen2 concurrency
+    above 1) never both hold it, and one's release never drops the other's.
+
+    The API cannot fence a stale holder (per-rule calls carry no
+    fingerprint), so the lease rests on a timing bound (README,
+    "Concurrency"): one mutation attempt takes at most ``need`` =
+    ``policy.request_timeout + policy.operation_timeout + lease.margin``
+    from the check before its send to its commit. So:
+
+    * ``require()`` runs before every mutation attempt, retries included
+      (the adapter calls it right before each send), and refuses to start
+      one with less than ``need`` left;
+    * ``keep()`` renews the lease (compare-and-set again) before it runs
+      that low, so a long reconcile goes on while the delivery has time;
+    * a holder that takes over an *expired* lease (its holder died or
+      stalled, it was not released) waits until ``need`` past that expiry
+      before it reads the band (Chubby's lock-delay), so that a stalled
+      holder's last operation has landed before the new plan is made.
     """
 
-    def __init__(self, api: PolicyApi, settings: Settings, holder: str, clock: Clock, sleep: Callable[[float], None]) -> None:
+    def __init__(self, api: PolicyApi, settings: Settings, owner: str, clock: Clock, sleep: Callable[[float], None]) -> None:
         self.api = api
         self.label = settings.lease.label
         self.duration = settings.lease.duration
         self.wait = settings.lease.wait
-        self.holder = holder
+        self.need = settings.policy.mutation_bound + settings.lease.margin
+        self.holder = f"{owner}{secrets.token_hex(3)}"  # one id per acquisition
         self.clock = clock
         self.sleep = sleep
         self.expiry: datetime | None = None
@@ -133,35 +155,69 @@ class Lease:
             return None
         return holder, datetime.fromtimestamp(int(stamp), tz=UTC)
 
+    def _expiry_for(self, now: datetime) -> datetime:
+        # Whole seconds, as the label holds them: never later than the label says.
+        return datetime.fromtimestamp(int((now + self.duration).timestamp()), tz=UTC)
+
     def acquire(self) -> PolicySnapshot:
-        """Takes the lease; returns the policy as read just before taking it."""
+        """Takes the lease; returns the policy as read after taking it
+        (after the lock-delay, when an expired lease was taken over)."""
         give_up = self.clock() + self.wait
         delay = 0.2
         while True:
             snap = self.api.get_policy()
             now = self.clock()
             held = self._parse(snap.labels.get(self.label, ""))
-            if held and held[0] != self.holder and held[1] > now:
+            if held and held[1] > now:
                 if now >= give_up:
                     raise TransientError(f"the band lease is held by {held[0]} until {held[1].isoformat()}")
                 self.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            expiry = now + self.duration
+            # Lock-delay: a lease taken over (not released) is used only from
+            # ``need`` past its expiry; ours is longer by as much.
+            pause = max(timedelta(0), held[1] + self.need - now) if held else timedelta(0)
+            expiry = self._expiry_for(now + pause)
             labels = {**snap.labels, self.label: self._value(expiry)}
             try:
                 self.api.set_labels(labels, snap.label_fingerprint)
             except FingerprintMismatch:
                 continue
             self.expiry = expiry
+            if held:
+                if pause:
+                    log.warning("took over the expired band lease of %s: waiting %.0f s for its last operation "
+                                "to land", held[0], pause.total_seconds())
+                    self.sleep(pause.total_seconds())
+                snap = self.api.get_policy()
             self.snapshot = snap
             return snap
 
-    def check(self, margin: timedelta = timedelta(seconds=15)) -> None:
-        """Raises if the lease is (nearly) over: better to stop and be
-        redelivered than to patch rules another holder may now own."""
-        if self.expiry is None or self.clock() + margin >= self.expiry:
-            raise TransientError("the band lease ran out before the work was done")
+    def left(self) -> timedelta:
+        return (self.expiry - self.clock()) if self.expiry is not None else timedelta(0)
+
+    def require(self) -> None:
+        """Raises OutOfTime unless one more operation can finish within
+        the lease: better to stop and be redelivered than to act on rules
+        another holder may own by then."""
+        if self.expiry is None or self.left() < self.need:
+            raise OutOfTime("the band lease would run out before another operation could finish")
+
+    def keep(self) -> None:
+        """Renews the lease once less than half of it is left (a read and a
+        compare-and-set); raises OutOfTime when it was lost meanwhile."""
+        if self.expiry is not None and self.left() >= self.duration / 2:
+            return
+        self.require()
+        snap = self.api.get_policy()
+        if snap.labels.get(self.label) != self.value():
+            raise OutOfTime("the band lease was lost")
+        expiry = self._expiry_for(self.clock())
+        try:
+            self.api.set_labels({**snap.labels, self.label: self._value(expiry)}, snap.label_fingerprint)
+        except FingerprintMismatch:
+            raise OutOfTime("the band lease changed while being renewed") from None
+        self.expiry = expiry
 
     def release(self) -> None:
         for _ in range(3):
@@ -176,6 +232,30 @@ class Lease:
             except FingerprintMismatch:
                 continue
         log.warning("could not release the band lease; it expires by itself at %s", self.expiry)
+
+
+class Budget:
+    """The time one delivery has left (``deploy.timeout`` from its start,
+    on the monotonic clock). No operation starts with less than ``need``
+    left; see ``Lease`` for the bound. Set per delivery by the handlers'
+    dispatch (``delivery``); absent (CLI, tests), time is unlimited."""
+
+    def __init__(self, timeout: timedelta, need: timedelta, started: float | None = None) -> None:
+        self.deadline = (time.monotonic() if started is None else started) + timeout.total_seconds()
+        self.need = need
+
+    def left(self) -> timedelta:
+        return timedelta(seconds=self.deadline - time.monotonic())
+
+    def require(self) -> None:
+        if self.left() < self.need:
+            raise OutOfTime(f"the delivery's time budget would run out before another operation could finish "
+                            f"({self.left().total_seconds():.0f} s left)")
+
+
+# The current delivery's budget: a context variable, so that the requests an
+# instance serves at once (gen2 concurrency) each have their own.
+delivery: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("delivery", default=None)
 
 
 class Responder:
@@ -361,8 +441,8 @@ class Responder:
             changed = []
             for rule in band.rules:
                 if rule.preview != preview:
-                    lease.check()
-                    self.api.patch_rule(replace(rule.rule, preview=preview))
+                    lease.keep()
+                    self.api.patch_rule(replace(rule.rule, preview=preview), guard=self._guard(lease))
                     changed.append(rule.priority)
             outcome.ops = len(changed)
             self.audit.record(
@@ -507,8 +587,8 @@ class Responder:
                 == _readback(tag, want[net])
                 for net in rule.networks
             ):
-                lease.check()
-                self.api.remove_rule(rule.priority)
+                lease.keep()
+                self.api.remove_rule(rule.priority, guard=self._guard(lease))
                 gone.add(rule.priority)
                 outcome.ops += 1
         if not gone:
@@ -527,6 +607,32 @@ class Responder:
         self._execute(plan, band, event, outcome, lease=None, validate_only=True)
         return outcome
 
+    @staticmethod
+    def _guard(lease: Lease | None) -> Guard:
+        """What must hold before each operation attempt is sent: time left in
+        this delivery's budget and, for the lease holder, in its lease."""
+        budget = delivery.get()
+
+        def check() -> None:
+            if budget is not None:
+                budget.require()
+            if lease is not None:
+                lease.require()
+
+        return check
+
+    def _defer(self, plan: Plan, done: int, event: EventRef, why: str) -> None:
+        """One record of work stopped for lack of time: the redelivery reads
+        the band afresh and continues; nothing finished is repeated."""
+        left = plan.ops[done:]
+        kinds = {k: sum(isinstance(op, t) for op in left) for k, t in (("add", Add), ("patch", Patch), ("remove", Remove))}
+        self.audit.record(
+            "deferred", f"stopped after {done} of {len(plan.ops)} operation(s), {len(left)} remain: {why}; "
+            f"the redelivery of message {event.message_id} continues",
+            level=logging.WARNING, message_id=event.message_id, source=event.source, done=done,
+            remaining=len(left), **{f"remaining_{k}": v for k, v in kinds.items() if v},
+        )
+
     def _execute(
         self, plan: Plan, band: Band, event: EventRef, outcome: Outcome, lease: Lease | None, validate_only: bool = False,
         capacity: str = "",
@@ -540,15 +646,22 @@ class Responder:
                 ranges=[str(intent.network)], reason=why,
             )
         outcome.satisfied += plan.satisfied
-        for op in plan.ops:
-            if lease is not None:
-                lease.check()
-            if isinstance(op, Add):
-                self.api.add_rule(op.rule, validate_only=validate_only)
-            elif isinstance(op, Patch):
-                self.api.patch_rule(op.rule, validate_only=validate_only)
-            elif not validate_only:
-                self.api.remove_rule(op.before.priority)
+        guard = self._guard(lease)
+        for done, op in enumerate(plan.ops):
+            try:
+                if lease is not None:
+                    lease.keep()
+                if isinstance(op, Add):
+                    self.api.add_rule(op.rule, validate_only=validate_only, guard=guard)
+                elif isinstance(op, Patch):
+                    self.api.patch_rule(op.rule, validate_only=validate_only, guard=guard)
+                elif not validate_only:
+                    self.api.remove_rule(op.before.priority, guard=guard)
+            except OutOfTime as exc:
+                finished = replace(plan, ops=plan.ops[:done], expired=(), evicted=(), refused=())
+                self._audit_changes(finished, before, event, outcome, validate_only, capacity, partial=True)
+                self._defer(plan, done, event, str(exc))
+                raise
             outcome.ops += 1
         layout = {r.priority: r.rule for r in band.rules}
         for op in plan.ops:
@@ -561,7 +674,7 @@ class Responder:
 
     def _audit_changes(
         self, plan: Plan, before: Mapping[Network, planner.Entry], event: EventRef, outcome: Outcome, validate_only: bool,
-        capacity: str = "",
+        capacity: str = "", *, partial: bool = False,
     ) -> None:
         """One record per changed rule (its new and extended ranges), one for
         ranges removed, expired or evicted."""
@@ -586,6 +699,8 @@ class Responder:
                     expiry=_when(meta.meta.expiry), sources=sorted(meta.meta.sources),
                     severity=meta.meta.severity.name.lower(), priority=op.rule.priority, **common,
                 )
+        if partial:  # what was added so far; removals wait for the redelivery's plan
+            return
         evicted = {e.network for e in plan.evicted}
         gone = [n for n in before if n not in after and n not in evicted and planner.covering(after, n) is None]
         for change, ranges in (

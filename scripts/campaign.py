@@ -121,10 +121,12 @@ class Spec:
     max_rules: int = 150  # band.max_rules
     quota: int = 200  # the local API's project rule quota
     universe: int = 0  # distinct networks (0: 80% of max_rules, at most 120)
-    lease_duration: int = 30  # seconds ([lease] duration); the holder stops 15 s before
+    lease_duration: int = 30  # seconds ([lease] duration); at least 2 x (request + operation timeout + margin)
     lease_wait: int = 45
     retry_deadline: str = "10s"
     request_timeout: str = "2s"
+    operation_timeout: str = "5s"  # the lease's timing bound: 2 x (2 s + 5 s + 1 s) <= lease_duration
+    lease_margin: str = "1s"
     commit_then_timeout_mode: str = "delay"
     commit_then_timeout_delay: float = 3.0
     max_deliveries: int = 40
@@ -682,10 +684,11 @@ def fault_config(spec: Spec) -> Any:
 def write_config(spec: Spec, path: Path) -> None:
     text = (ROOT / "config" / "responder.toml").read_text()
     subs = [
-        (r'(?m)^request_timeout = "30s"', f'request_timeout = "{spec.request_timeout}"'),
-        (r'(?m)^operation_timeout = "180s"', 'operation_timeout = "60s"'),
+        (r'(?m)^request_timeout = "20s"', f'request_timeout = "{spec.request_timeout}"'),
+        (r'(?m)^operation_timeout = "60s"', f'operation_timeout = "{spec.operation_timeout}"'),
+        (r'(?m)^margin = "10s"', f'margin = "{spec.lease_margin}"'),
         (r'(?m)^max_rules = 150', f"max_rules = {spec.max_rules}"),
-        (r'(?m)^duration = "120s"', f'duration = "{spec.lease_duration}s"'),
+        (r'(?m)^duration = "240s"', f'duration = "{spec.lease_duration}s"'),
         (r'(?m)^wait = "60s"', f'wait = "{spec.lease_wait}s"'),
         (r'(?m)^file = "detectors.toml"', f"file = {json.dumps(str(ROOT / 'config' / 'detectors.toml'))}"),
     ]
@@ -836,7 +839,7 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
                     if kills_planned == 2 and phase_no == 0:
                         labels = (server.policy(PROJECT, POLICY) or {}).get("labels", {})
                         value = labels.get(LEASE_LABEL, "")
-                        victim = next((w for w in workers if w.holder and value.startswith(w.holder + "-")
+                        victim = next((w for w in workers if w.holder and value.startswith(w.holder)
                                        and w.busy is not None), None)
                         if victim is not None:
                             stats["killed_holders"] += 1

@@ -261,7 +261,7 @@ def test_functions_are_configured(first_run) -> None:
         assert fn["entryPoint"] == entry
         assert fn["retry"] is True
         assert fn["serviceAccount"] == f"car-responder@{PROJECT}.iam.gserviceaccount.com"
-        assert (fn["memory"], fn["maxInstances"], fn["concurrency"], fn["timeout"]) == ("512Mi", "10", "1", "120s")
+        assert (fn["memory"], fn["maxInstances"], fn["concurrency"], fn["timeout"]) == ("512Mi", "10", "1", "540s")
         assert fn["env"] == {
             "RESPONDER_PROJECT": PROJECT, "RESPONDER_POLICY": "ml-cluster-edge", "RESPONDER_REGION": "",
             "RESPONDER_BAND_START": "20000", "RESPONDER_BAND_END": "20999",
