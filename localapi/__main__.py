@@ -1,4 +1,5 @@
-"""``python -m localapi --port 8080 [--state FILE] [--op-delay 0.2|MIN,MAX] ...``"""
+"""``python -m localapi --port 8080 [--state FILE] [--op-delay 0.2|MIN,MAX | --op-latency N]
+[--serialize-operations [--not-ready-mode http|operation]] ...``"""
 from __future__ import annotations
 
 import argparse
@@ -15,13 +16,29 @@ def _delay(text: str) -> float | tuple[float, float]:
     return float(text)
 
 
+def _seconds(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be a whole number of seconds >= 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m localapi", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     p.add_argument("--state", help="JSON file to load from and save to after each commit")
     p.add_argument("--project", help="serve only this project (others are 404); default: any")
-    p.add_argument("--op-delay", type=_delay, default=0.2, help="seconds, or MIN,MAX")
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument("--op-delay", type=_delay, default=0.2, help="seconds, or MIN,MAX")
+    timing.add_argument("--op-latency", type=_seconds, metavar="N",
+                        help="every mutation's operation takes N whole seconds before it is DONE")
+    p.add_argument("--serialize-operations", action="store_true",
+                   help="refuse a mutation of a policy with an operation in flight "
+                        "(400 resourceNotReady; possible, not documented)")
+    p.add_argument("--not-ready-mode", choices=("http", "operation"), default="http",
+                   help="with --serialize-operations: a synchronous 400 (http) or a DONE "
+                        "operation with RESOURCE_NOT_READY (operation)")
     p.add_argument("--quota", type=int, default=200, help="rules per project")
     p.add_argument("--quota-mode", choices=("operation", "http"), default="operation")
     p.add_argument("--duplicate-mode", choices=("http", "operation"), default="http")
@@ -33,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         op_delay=args.op_delay, quota=args.quota, quota_mode=args.quota_mode,
         duplicate_mode=args.duplicate_mode, wait_timeout=args.wait_timeout,
         state_file=args.state, faults=FaultConfig.from_json(args.faults) if args.faults else None,
-        host=args.host, port=args.port, seed=args.seed, project=args.project)
+        host=args.host, port=args.port, seed=args.seed, project=args.project,
+        op_latency=args.op_latency, serialize_operations=args.serialize_operations,
+        not_ready_mode=args.not_ready_mode)
     server.start()
     print(f"localapi listening on {server.endpoint}", flush=True)
     try:

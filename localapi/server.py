@@ -171,18 +171,28 @@ class LocalCloudArmor:
     ``wait_timeout`` (longest operations.wait, seconds), ``state_file``
     (JSON persistence), ``faults`` (a FaultConfig), ``host``/``port``
     (port 0 picks a free one), ``seed`` (operation delays and ids),
-    ``project`` (when set, every other project is 404).
+    ``project`` (when set, every other project is 404), ``op_latency``
+    (whole seconds every mutation's operation takes; overrides ``op_delay``),
+    ``serialize_operations`` (refuse a mutation of a policy that has an
+    operation in flight with 400 resourceNotReady) and ``not_ready_mode``
+    ("http": that synchronous 400; "operation": a DONE operation with
+    RESOURCE_NOT_READY). The last three model behaviour that is possible but
+    not documented for security policies; see README.md.
     """
 
     def __init__(self, *, op_delay: float | tuple[float, float] = 0.2, quota: int = 200,
                  quota_mode: str = "operation", duplicate_mode: str = "http",
                  wait_timeout: float = 30.0, state_file: str | None = None,
                  faults: FaultConfig | None = None, host: str = "127.0.0.1", port: int = 0,
-                 seed: int | None = None, project: str | None = None) -> None:
+                 seed: int | None = None, project: str | None = None,
+                 op_latency: int | None = None, serialize_operations: bool = False,
+                 not_ready_mode: str = "http") -> None:
         self.project = project
         self.state = CloudArmorState(op_delay=op_delay, quota=quota, quota_mode=quota_mode,
                                      duplicate_mode=duplicate_mode, wait_timeout=wait_timeout,
-                                     state_file=state_file, seed=seed)
+                                     state_file=state_file, seed=seed, op_latency=op_latency,
+                                     serialize_operations=serialize_operations,
+                                     not_ready_mode=not_ready_mode)
         self.injector = FaultInjector(faults or FaultConfig())
         self.requests: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()

@@ -20,6 +20,18 @@ Semantics modelled (see README.md for the choices where Google is silent):
   with an error and nothing changes.  patchRule re-applies its patch to the
   rule as it is at commit time: concurrent patchRules on one rule lose
   updates silently, like the real API (no fingerprint on rule methods).
+* **Serialized operations** (``serialize_operations=True``; off by default).
+  A mutation of a policy (patch, delete, setLabels, addRule, patchRule,
+  removeRule) while an operation on that policy is not yet DONE is refused
+  with 400 ``resourceNotReady`` ("The resource '...' is not ready"), or, with
+  ``not_ready_mode="operation"``, answered with an operation that is DONE at
+  once with error ``RESOURCE_NOT_READY``.  Nothing is committed either way.
+  Google answers so for backend services; whether it does for security
+  policies is not documented, so this is an option.
+* **Operation latency** (``op_latency``, whole seconds; None by default).
+  When set, every mutation's operation takes exactly that long (it overrides
+  ``op_delay``); ``operations.wait`` still returns after ``wait_timeout``
+  with the operation not yet DONE, as Google's wait does after its deadline.
 * **Fingerprints.**  ``fingerprint`` changes on every committed change of the
   policy (rules, labels, fields); ``labelFingerprint`` changes on every
   committed setLabels.  Both are 8 random-looking bytes, urlsafe base64.
@@ -58,6 +70,11 @@ OPERATION_TYPES = {
 
 Key = tuple[Any, ...]  # (project, region | None, name)
 
+#: Methods refused while their policy has an operation in flight
+#: (``serialize_operations``).
+SERIALIZED_METHODS = frozenset({"patch", "delete", "setLabels", "addRule", "patchRule",
+                                "removeRule"})
+
 POLICY_READ_ONLY = frozenset({"kind", "id", "creationTimestamp", "selfLink", "region",
                               "fingerprint", "labelFingerprint", "name"})
 
@@ -93,6 +110,7 @@ class Operation:
     error: ApiError | None = None
     reservations: list[Any] = field(default_factory=list)
     done: bool = False
+    target: Key | None = None  # the policy the operation changes
 
 
 class CloudArmorState:
@@ -101,13 +119,19 @@ class CloudArmorState:
     def __init__(self, *, op_delay: float | tuple[float, float] = 0.2, quota: int = 200,
                  quota_mode: str = "operation", duplicate_mode: str = "http",
                  wait_timeout: float = 30.0, state_file: str | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, op_latency: int | None = None,
+                 serialize_operations: bool = False, not_ready_mode: str = "http") -> None:
         if quota_mode not in ("operation", "http"):
             raise ValueError("quota_mode must be 'operation' or 'http'")
         if duplicate_mode not in ("operation", "http"):
             raise ValueError("duplicate_mode must be 'operation' or 'http'")
+        if not_ready_mode not in ("operation", "http"):
+            raise ValueError("not_ready_mode must be 'operation' or 'http'")
         self.lock = threading.Condition(threading.RLock())
         self.op_delay = op_delay
+        self.op_latency = op_latency
+        self.serialize_operations = serialize_operations
+        self.not_ready_mode = not_ready_mode
         self.quota = quota
         self.quota_mode = quota_mode
         self.duplicate_mode = duplicate_mode
@@ -134,7 +158,21 @@ class CloudArmorState:
     def _new_id(self) -> str:
         return str(self._rng.randrange(10**18, 9 * 10**18))
 
+    @property
+    def op_latency(self) -> int | None:
+        """Whole seconds every mutation's operation takes (None: ``op_delay`` applies)."""
+        return self._op_latency
+
+    @op_latency.setter
+    def op_latency(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 0):
+            raise ValueError(f"op_latency must be a whole number of seconds >= 0, not {value!r}")
+        self._op_latency = value
+
     def _delay(self) -> float:
+        if self._op_latency is not None:
+            return float(self._op_latency)
         d = self.op_delay
         if isinstance(d, (tuple, list)):
             return self._rng.uniform(float(d[0]), float(d[1]))
@@ -217,7 +255,7 @@ class CloudArmorState:
             record["region"] = f"{BASE_URL}projects/{project}/regions/{region}"
         op = Operation((project, region, name), record, mono, wall,
                        mono if immediate else mono + self._delay(),
-                       apply, error, list(reservations or []))
+                       apply, error, list(reservations or []), target=key)
         for kind, *what in op.reservations:
             if kind == "priority":
                 self._reserved.setdefault(what[0], set()).add(what[1])
@@ -288,6 +326,25 @@ class CloudArmorState:
             rec.update(status="RUNNING", progress=50, startTime=wall(half))
         return rec
 
+    def _not_ready(self, key: Key, method: str, query: dict[str, Any]) -> Operation | None:
+        """With ``serialize_operations``, refuse a mutation of a policy that has an
+        operation not yet DONE: raise 400 resourceNotReady ("http" mode) or return
+        an operation already DONE with RESOURCE_NOT_READY ("operation" mode).
+        None when the mutation may proceed.  A replayed ``requestId`` proceeds:
+        it only returns the first operation again."""
+        if not self.serialize_operations or method not in SERIALIZED_METHODS:
+            return None
+        request_id = query.get("requestId")
+        if request_id and (key[0], request_id) in self._request_ids:
+            return None
+        if not any(op.target == key for op in self._pending):
+            return None
+        err = ApiError(400, f"The resource '{self._policy_path(key)}' is not ready",
+                       "resourceNotReady", "RESOURCE_NOT_READY")
+        if self.not_ready_mode == "http":
+            raise err
+        return self._new_op(key, method, error=err, immediate=True)
+
     def _op_lookup(self, project: str, region: str | None, name: str) -> Operation:
         op = self.operations.get((project, region, name))
         if op is None:
@@ -349,6 +406,9 @@ class CloudArmorState:
                 return self.render_op(op), None
             name = params.get("securityPolicy") or params.get("resource")
             key = (project, region, name)
+            refused = self._not_ready(key, method, query)
+            if refused is not None:
+                return self.render_op(refused), refused
             handler = getattr(self, "_m_" + method)
             result = handler(key, query, body if body is not None else {}, op_error)
             if isinstance(result, Operation):

@@ -21,6 +21,12 @@ backoff (``google.api_core.retry``: ``exponential_sleep_generator`` and
 ``retry_target``) until ``retry_deadline``. The sleeping itself goes through
 the injectable ``sleep`` so tests and benchmarks can observe or skip it.
 
+Refusals while the policy is busy: a 400 with reason ``resourceNotReady``
+("The resource '...' is not ready"), or an operation that ends with
+``RESOURCE_NOT_READY``, means another operation on the policy is in flight
+and nothing was done. It is a plain :class:`TransientError` (never
+:class:`OutcomeUnknown`), retried with the same backoff.
+
 Unknown outcomes: a mutation whose answer was lost (read timeout, connection
 reset after sending, 5xx) raises :class:`OutcomeUnknown` internally and is
 retried:
@@ -101,6 +107,11 @@ _PRIORITY_TAKEN_MARKERS = (
     "priority already",
 )
 _NO_RULE_MARKER = "does not contain a rule at priority"
+# An operation on the resource is in flight; the request was refused and nothing
+# was done (HTTP 400 reason resourceNotReady, or an operation error
+# RESOURCE_NOT_READY). Seen for backend services; possible for security policies.
+_NOT_READY_REASON = "resourcenotready"
+_NOT_READY_MARKER = "is not ready"
 _TRANSIENT_OP_CODES = frozenset({
     "INTERNAL_ERROR", "BACKEND_ERROR", "SERVICE_UNAVAILABLE", "TIMEOUT", "DEADLINE_EXCEEDED",
     "RESOURCE_NOT_READY", "RATE_LIMIT_EXCEEDED", "RESOURCE_OPERATION_RATE_EXCEEDED",
@@ -135,8 +146,10 @@ def _message(exc: BaseException) -> str:
     return str(msg if msg else exc)
 
 
-def _classify_400(message: str) -> type[PermanentError]:
+def _classify_400(message: str, reasons: list[str]) -> type[ResponderError]:
     low = message.lower()
+    if _NOT_READY_REASON in reasons or _NOT_READY_MARKER in low:
+        return TransientError  # refused before anything was done: back off and retry
     if _NO_RULE_MARKER in low:
         return RuleNotFound
     if any(m in low for m in _PRIORITY_TAKEN_MARKERS):
@@ -189,7 +202,7 @@ def map_exception(exc: BaseException, *, mutation: bool = False) -> ResponderErr
         return lost(f"retries exhausted: {msg}")
     if isinstance(exc, gexc.GoogleAPICallError):
         if isinstance(exc, gexc.BadRequest):
-            return _classify_400(msg)(msg)
+            return _classify_400(msg, _reasons(exc))(msg)
         if isinstance(exc, gexc.NotFound):
             return PolicyNotFound(msg)
         if isinstance(exc, gexc.Forbidden):
@@ -236,6 +249,8 @@ def map_operation_error(op: Any) -> ResponderError | None:
     text = "; ".join(f"{e.code}: {e.message}" for e in errors) or (
         f"HTTP {http_status} {getattr(op, 'http_error_message', '')}")
     messages = " ".join(str(e.message) for e in errors).lower()
+    if "RESOURCE_NOT_READY" in codes or _NOT_READY_MARKER in messages:
+        return TransientError(text)  # refused, nothing committed
     if "QUOTA_EXCEEDED" in codes:
         return QuotaExceeded(text)
     if _NO_RULE_MARKER in messages:

@@ -21,6 +21,8 @@ from responder.errors import (
     TransientError,
 )
 
+NOT_READY = "The resource 'projects/p/global/securityPolicies/x' is not ready"
+
 
 def api_error(code: int, message: str, reason: str = "invalid") -> gexc.GoogleAPICallError:
     return gexc.from_http_status(code, message, errors=[{"message": message, "reason": reason,
@@ -35,6 +37,11 @@ def api_error(code: int, message: str, reason: str = "invalid") -> gexc.GoogleAP
     (api_error(400, "Invalid value for field 'priority': '5'. The security policy does not "
                     "contain a rule at priority 5."), True, RuleNotFound),
     (api_error(400, "Maximum number of src_ip_ranges allowed is 10."), True, PermanentError),
+    # An operation in flight on the policy: nothing was done, so retried (not OutcomeUnknown).
+    (api_error(400, NOT_READY, "resourceNotReady"), True, TransientError),
+    (api_error(400, NOT_READY, "resourceNotReady"), False, TransientError),
+    (api_error(400, "Operation in progress.", "resourceNotReady"), True, TransientError),
+    (api_error(400, NOT_READY), True, TransientError),  # the message alone says so
     (api_error(404, "The resource 'projects/p/global/securityPolicies/x' was not found",
                "notFound"), False, PolicyNotFound),
     (api_error(403, "Quota 'SECURITY_POLICY_RULES' exceeded.  Limit: 200.0 globally.",
@@ -85,6 +92,8 @@ def operation(code: str, message: str, http: int, status: str = "DONE") -> compu
     (operation("INTERNAL_ERROR", "Internal error, no HTTP status", 0), TransientError),
     (operation("RESOURCE_NOT_FOUND", "The resource was not found", 404), PolicyNotFound),
     (operation("INVALID_USAGE", "Something else", 400), PermanentError),
+    (operation("RESOURCE_NOT_READY", NOT_READY, 400), TransientError),
+    (operation("INVALID_USAGE", NOT_READY, 400), TransientError),
     (operation("SOMETHING", "denied", 403), PermissionDenied),
 ])
 def test_map_operation_error(op, expected):
