@@ -5,6 +5,7 @@ resource, and no literal priority falls in the responder's band."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -61,3 +62,44 @@ def test_no_literal_priority_falls_in_the_band() -> None:
     assert priorities
     assert [] == [p for p in priorities if BAND["start"] <= p <= BAND["end"]]
     assert re.search(rf"default\s*=\s*\{{ start = {BAND['start']}, end = {BAND['end']} \}}", text)
+
+
+def _band_removals(plan: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["jq", "-r", "--argjson", "band_start", str(BAND["start"]), "--argjson", "band_end", str(BAND["end"]),
+         "-f", str(SNIPPET.parent / "band-removals.jq")],
+        input=json.dumps(plan), capture_output=True, text=True, timeout=60,
+    )
+
+
+def _policy_change(before: list[int], after: list[int] | None) -> dict[str, object]:
+    return {"address": "google_compute_security_policy.edge", "type": "google_compute_security_policy",
+            "change": {"actions": ["update" if after is not None else "delete"],
+                       "before": {"rule": [{"priority": p} for p in before]},
+                       "after": None if after is None else {"rule": [{"priority": p} for p in after]}}}
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="no jq on this machine")
+def test_plan_check_fails_on_band_rules_removed_inline_or_as_resources() -> None:
+    plan = {"resource_changes": [
+        _policy_change([1000, BAND["start"] + 1, 2147483647], [1000, 2147483647]),
+        {"address": "google_compute_security_policy_rule.x", "type": "google_compute_security_policy_rule",
+         "change": {"actions": ["delete", "create"], "before": {"priority": BAND["end"]}, "after": {"priority": 9}}},
+        {"address": "google_compute_security_policy_rule.y", "type": "google_compute_security_policy_rule",
+         "change": {"actions": ["delete"], "before": {"priority": 3000}, "after": None}},
+    ]}
+
+    result = _band_removals(plan)
+
+    assert 1 == result.returncode
+    found = json.loads(result.stderr.split(": ", 1)[1])
+    assert [BAND["start"] + 1, BAND["end"]] == [entry["priority"] for entry in found]
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="no jq on this machine")
+def test_plan_check_passes_when_only_rules_outside_the_band_change() -> None:
+    plan = {"resource_changes": [_policy_change([1000, 2147483647], [2147483647])]}
+
+    result = _band_removals(plan)
+
+    assert (0, "no band rule removed") == (result.returncode, result.stdout.strip())
