@@ -6,8 +6,8 @@ component against `deploy.sh --dry-run`.
 
 Not covered (deploy.sh does these): the dead-letter policy on the Pub/Sub
 subscriptions that Eventarc creates for each function's trigger (the
-provider's function resource does not expose that subscription; see
-iac/README.md for the command), the monitoring extras of
+provider's function resource does not expose that subscription; deploy.sh's
+step 7 sets it), the monitoring extras of
 `--with-monitoring`, and attaching the policy to backend services.
 """
 
