@@ -1,0 +1,184 @@
+"""Names, permissions and log filters of the responder's resources.
+
+deploy.sh derives every name from `[deploy].topic_prefix` and the policy
+settings of config/responder.toml; this module derives them the same way
+from the same file, so the Pulumi component and deploy.sh create the same
+resources. tests/iac checks both against `deploy.sh --dry-run`, so a rename
+on one side fails the tests until the other side follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_RULE_PRIORITY = 2147483647
+MAX_RULE_PRIORITY = 2147483646  # the highest priority an ordinary rule may take
+
+# The custom role of the functions' identity (docs/DEPLOY.md, "Permissions").
+GLOBAL_ROLE_PERMISSIONS = (
+    "compute.securityPolicies.get",
+    "compute.securityPolicies.update",
+    "compute.securityPolicies.setLabels",
+    "compute.globalOperations.get",
+    "logging.logEntries.create",
+)
+# Regional policies: there is no compute.regionSecurityPolicies.setLabels;
+# update covers setLabels there.
+REGIONAL_ROLE_PERMISSIONS = (
+    "compute.regionSecurityPolicies.get",
+    "compute.regionSecurityPolicies.update",
+    "compute.regionOperations.get",
+    "logging.logEntries.create",
+)
+ROLE_TITLE = "Cloud Armor responder"
+ROLE_DESCRIPTION = "Read and update one Cloud Armor policy's rules and labels; wait on operations; write logs."
+
+# The APIs deploy.sh enables (monitoring only with --with-monitoring, which
+# the component does not cover).
+SERVICES = (
+    "iam.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "run.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "eventarc.googleapis.com",
+    "pubsub.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "compute.googleapis.com",
+    "logging.googleapis.com",
+)
+
+LABELS = {"app": "cloud-armor-responder"}
+CLEANUP_MESSAGE = '{"action":"cleanup"}'
+
+
+def role_permissions(policy_region: str) -> tuple[str, ...]:
+    """The custom role's permissions for a global ("") or regional policy."""
+    return REGIONAL_ROLE_PERMISSIONS if policy_region else GLOBAL_ROLE_PERMISSIONS
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    entry_point: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every name deploy.sh gives a resource, for one topic prefix."""
+
+    prefix: str
+
+    @property
+    def runtime_sa_id(self) -> str:
+        return f"{self.prefix}-responder"
+
+    @property
+    def trigger_sa_id(self) -> str:
+        return f"{self.prefix}-trigger"
+
+    @property
+    def role_id(self) -> str:
+        return f"{self.prefix.replace('-', '_')}_responder"
+
+    @property
+    def topic_feed(self) -> str:
+        return f"{self.prefix}-threat-feed"
+
+    @property
+    def topic_log(self) -> str:
+        return f"{self.prefix}-log-sink"
+
+    @property
+    def topic_alerts(self) -> str:
+        return f"{self.prefix}-alerts"
+
+    @property
+    def topic_manual(self) -> str:
+        return f"{self.prefix}-manual"
+
+    @property
+    def topic_cleanup(self) -> str:
+        return f"{self.prefix}-cleanup"
+
+    @property
+    def topic_dead(self) -> str:
+        return f"{self.prefix}-dead-letter"
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return (
+            self.topic_feed,
+            self.topic_log,
+            self.topic_alerts,
+            self.topic_manual,
+            self.topic_cleanup,
+            self.topic_dead,
+        )
+
+    @property
+    def dead_letter_subscription(self) -> str:
+        return f"{self.prefix}-dead-letter-hold"
+
+    @property
+    def scheduler_job(self) -> str:
+        return f"{self.prefix}-cleanup"
+
+    @property
+    def sink_lb(self) -> str:
+        return f"{self.prefix}-lb-armor"
+
+    @property
+    def sink_ids(self) -> str:
+        return f"{self.prefix}-ids-threats"
+
+    @property
+    def sink_fw(self) -> str:
+        return f"{self.prefix}-firewall-denies"
+
+    @property
+    def functions(self) -> tuple[Function, ...]:
+        return (
+            Function(f"{self.prefix}-threat-feed", "on_threat_feed", self.topic_feed),
+            Function(f"{self.prefix}-log-sink", "on_log_sink", self.topic_log),
+            Function(f"{self.prefix}-alert", "on_alert", self.topic_alerts),
+            Function(f"{self.prefix}-manual", "on_manual", self.topic_manual),
+            Function(f"{self.prefix}-cleanup", "on_cleanup", self.topic_cleanup),
+        )
+
+    def service_account_email(self, account_id: str, project: str) -> str:
+        return f"{account_id}@{project}.iam.gserviceaccount.com"
+
+
+def lb_filter(policy: str, band_start: int, band_end: int, policy_region: str, probe_regex: str) -> str:
+    """Cloud Armor denies by operator rules outside the band (not the band,
+    which would loop, nor the default rule, which floods when it denies), and
+    4xx answers to ML control-plane probe paths that Cloud Armor let through."""
+    resource = "http_external_regional_lb_rule" if policy_region else "http_load_balancer"
+    prio = "jsonPayload.enforcedSecurityPolicy.priority"
+    return (
+        f'resource.type="{resource}" AND jsonPayload.enforcedSecurityPolicy.name="{policy}" AND '
+        f'((jsonPayload.enforcedSecurityPolicy.outcome="DENY" AND ({prio}<{band_start} OR '
+        f"({prio}>{band_end} AND {prio}<{DEFAULT_RULE_PRIORITY}))) OR "
+        f'(NOT jsonPayload.enforcedSecurityPolicy.outcome="DENY" AND httpRequest.status>=400 AND '
+        f'httpRequest.status<500 AND httpRequest.requestUrl=~"{probe_regex}"))'
+    )
+
+
+IDS_FILTER = 'logName:"ids.googleapis.com%2Fthreat" AND jsonPayload.alert_severity=("CRITICAL" OR "HIGH" OR "MEDIUM")'
+
+
+def fw_filter(ports: tuple[int, ...]) -> str:
+    joined = " OR ".join(str(port) for port in ports)
+    return (
+        'logName:"compute.googleapis.com%2Ffirewall" AND jsonPayload.disposition="DENIED" AND '
+        f'jsonPayload.rule_details.direction="INGRESS" AND jsonPayload.connection.dest_port=({joined})'
+    )
+
+
+SINK_DESCRIPTIONS = {
+    "lb": "Cloud Armor denies outside the band, and 4xx answers to ML probe paths",
+    "ids": "Cloud IDS threats, medium severity and above",
+    "fw": "VPC firewall: denied ingress to ML control-plane ports",
+}
