@@ -28,8 +28,11 @@ def envelope(
     message_id: str | None = None,
     publish_time: datetime | None = None,
     topic: str = "projects/local/topics/car",
+    delivery_attempt: int | None = None,
 ) -> tuple[dict[str, str], dict[str, object]]:
-    """(CloudEvent attributes, envelope dict) for one Pub/Sub message."""
+    """(CloudEvent attributes, envelope dict) for one Pub/Sub message.
+    ``delivery_attempt``: Pub/Sub's count, set when the subscription
+    dead-letters (1 on the first delivery)."""
     message_id = message_id or f"local-{next(_ids)}"
     when = (publish_time or datetime.now(tz=UTC)).astimezone(UTC)
     stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -42,6 +45,8 @@ def envelope(
         },
         "subscription": f"{topic.replace('/topics/', '/subscriptions/')}-sub",
     }
+    if delivery_attempt is not None:
+        body["deliveryAttempt"] = delivery_attempt
     ce = {
         "type": EVENT_TYPE,
         "source": f"//pubsub.googleapis.com/{topic}",

@@ -88,11 +88,13 @@ class Harness:
         attributes: Mapping[str, str] | None = None,
         message_id: str | None = None,
         publish_time: datetime | None = None,
+        delivery_attempt: int | None = None,
     ) -> int:
         """Delivers one message; returns the HTTP status (200 = acked)."""
         payload = data if isinstance(data, bytes) else json.dumps(data).encode()
         headers, body = eventarc.binary_request(
-            payload, attributes=attributes, message_id=message_id, publish_time=publish_time or self.clock()
+            payload, attributes=attributes, message_id=message_id, publish_time=publish_time or self.clock(),
+            delivery_attempt=delivery_attempt,
         )
         response = self.clients[target].post("/", headers=headers, data=body)
         return int(response.status_code)
