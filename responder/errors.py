@@ -51,3 +51,9 @@ class FingerprintMismatch(TransientError):
 
 class OutcomeUnknown(TransientError):
     """A mutation may or may not have been committed (timeout, reset, 5xx)."""
+
+
+class Unresolvable(TransientError):
+    """The API endpoint's host name does not resolve (a wrong endpoint, or
+    DNS down). Transient, so Pub/Sub redelivers, but not retried in process:
+    waiting out the retry deadline would only delay a clear answer."""
