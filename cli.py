@@ -591,7 +591,8 @@ def bootstrap_policy(settings: config.Settings, api: Any, *, dry_run: bool = Fal
         raise config.ConfigError(f"bootstrap.trusted_priority: {first} puts trusted rules inside the band")
     try:
         api.get_policy()
-        return [f"policy {settings.policy.name} exists: {'would keep' if dry_run else 'kept'} it as it is"]
+        kept = f"policy {settings.policy.name} exists: {'would be kept' if dry_run else 'kept'} as it is"
+        return [kept, _dry_note(True, validated=False)] if dry_run else [kept]
     except PolicyNotFound:
         pass
     description = "ML cluster edge policy (bootstrapped by the Cloud Armor responder)"
