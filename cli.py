@@ -771,17 +771,21 @@ class _Parser(argparse.ArgumentParser):
         raise Failure(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def _global_options(p: argparse.ArgumentParser, *, sub: bool) -> None:
+def _global_options(p: argparse.ArgumentParser, *, sub: bool, command: Command | None = None) -> None:
     """The options every command takes, before or after its name. On a
     subcommand they default to nothing (SUPPRESS), so a value given before
-    the command is kept unless repeated after it."""
+    the command is kept unless repeated after it; --json and --dry-run are
+    left out of the help of commands that refuse them."""
     unset: Any = argparse.SUPPRESS if sub else None
+    json_help = "read commands: print a JSON document (README: 'The command line')"
+    dry_help = "changing commands: say what would change (validated by the API), change nothing"
+    if command is not None:
+        json_help = json_help.split(": ", 1)[1] if command.json else argparse.SUPPRESS
+        dry_help = dry_help.split(": ", 1)[1] if command.changes else argparse.SUPPRESS
     p.add_argument("--config", default=unset, metavar="FILE", help="configuration file (default: RESPONDER_CONFIG or config/responder.toml)")
     p.add_argument("--endpoint", default=unset, metavar="URL", help="API endpoint, e.g. the local API's http://127.0.0.1:PORT")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if sub else False,
-                   help="read commands: print a JSON document (README: 'The command line')")
-    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS if sub else False,
-                   help="changing commands: say what would change (validated by the API), change nothing")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if sub else False, help=json_help)
+    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS if sub else False, help=dry_help)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if sub else False,
                    help="show the traceback of an unexpected error")
 
@@ -792,7 +796,7 @@ def parser() -> argparse.ArgumentParser:
     subs = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS.values():
         p = subs.add_parser(command.name, help=command.help, description=command.help)
-        _global_options(p, sub=True)
+        _global_options(p, sub=True, command=command)
         if command.arguments:
             command.arguments(p)
     return top
