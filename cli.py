@@ -1,15 +1,27 @@
-"""Operator command line: ``python cli.py COMMAND`` (in the venv).
+"""Operator command line: ``python cli.py COMMAND [OPTIONS]`` (in the venv).
 
 Works against Google (Application Default Credentials) or, with
 ``--endpoint URL`` or ``RESPONDER_API_ENDPOINT``, against the local API.
 
   status                    the band as a table; utilisation of band and quota
+  list                      the band's entries, one per range
   explain ADDRESS           which entry blocks ADDRESS, from which source, until when, and its audit trail
   block|unblock|extend ...  a manual command, applied directly or published to the manual topic (--publish)
   preview-all|enforce-all   the break-glass switch
   cleanup                   expire, compact, lint and report now
   validate-config           load and check the configuration file
   bootstrap-policy          create the cluster's base policy when it does not exist
+
+Global options (before or after the command): --config FILE, --endpoint URL,
+--json (read commands: a stable JSON document, see README "The command
+line"), --dry-run (changing commands: print what would change, from a plan
+the API validated with validateOnly, and change nothing), --debug.
+
+Exit codes: 0 done; 1 unexpected error; 2 usage (bad arguments or command);
+3 invalid configuration; 4 policy not found, permission denied or no
+credentials; 5 unreachable or transient (try again); 6 nothing done because
+every range was refused, or cleanup found problems in the policy. Errors are
+one line on stderr.
 
 Like ``main.py`` this is an entry point: it sits above ``handlers/`` and
 reuses the manual handler, so a command typed here is validated and guarded
@@ -19,26 +31,59 @@ exactly as one published to the manual topic.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
+import logging
 import os
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from config import settings as config
 from responder import planner
-from responder.audit import Audit, read_file
-from responder.errors import PermissionDenied, PolicyNotFound, ResponderError, TransientError
+from responder.audit import LOGGER_NAME, Audit
+from responder.errors import (
+    BadEvent,
+    PermissionDenied,
+    PolicyNotFound,
+    ResponderError,
+    TransientError,
+    Unresolvable,
+)
 from responder.policy import DEFAULT_RULE_PRIORITY, PolicyRule, PolicySnapshot
 
-EXIT_USAGE, EXIT_FAILED, EXIT_NOT_FOUND = 2, 1, 3
+EXIT_OK = 0
+EXIT_ERROR = 1  # unexpected: a bug, or an API answer the command cannot classify
+EXIT_USAGE = 2  # bad arguments, or a manual command the handler rejects
+EXIT_CONFIG = 3  # the configuration file or an override is invalid
+EXIT_ACCESS = 4  # the policy (or topic) does not exist, permission denied, no credentials
+EXIT_TRANSIENT = 5  # unreachable, timed out, the lease held: try again
+EXIT_REFUSED = 6  # nothing done: every range refused; or cleanup found lint problems
+
+#: Version of the ``--json`` documents; bumped only on an incompatible change.
+JSON_VERSION = 1
+
+
+class Failure(Exception):
+    """An expected failure: one line for stderr and an exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 # --------------------------------------------------------------------------
 # presentation
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _when(expiry: datetime | None, now: datetime) -> str:
@@ -52,93 +97,368 @@ def _when(expiry: datetime | None, now: datetime) -> str:
     return f"{text} (in {hours:.1f} h)" if hours < 48 else f"{text} (in {hours / 24:.1f} d)"
 
 
-def band_table(snap: PolicySnapshot, settings: config.Settings, now: datetime) -> str:
-    """The band's rules, one line per range, and a utilisation line."""
+def _policy_doc(settings: config.Settings) -> dict[str, Any]:
+    return {"project": settings.policy.project, "name": settings.policy.name, "region": settings.policy.region or None}
+
+
+def _state(rule: planner.BandRule, now: datetime) -> str:
+    return "expired" if rule.meta.expired(now) else ("preview" if rule.preview else "enforced")
+
+
+def _rule_doc(rule: planner.BandRule, now: datetime) -> dict[str, Any]:
+    return {
+        "priority": rule.priority, "action": rule.action, "preview": rule.preview, "state": _state(rule, now),
+        "expiry": _iso(rule.meta.expiry), "severity": rule.meta.severity.name.lower(),
+        "sources": sorted(rule.meta.sources), "truncated": rule.meta.truncated,
+        "ranges": [str(n) for n in rule.networks],
+    }
+
+
+def status_data(snap: PolicySnapshot, settings: config.Settings, now: datetime) -> dict[str, Any]:
+    """The ``status`` document (see README for its shape)."""
     band = planner.read_band(snap.rules, settings.band)
+    cap = settings.band.max_rules or settings.band.size
+    rules = [_rule_doc(r, now) for r in sorted(band.rules, key=lambda r: r.priority)]
+    return {
+        "policy": _policy_doc(settings),
+        "band": {
+            "start": settings.band.start, "end": settings.band.end, "max_rules": cap,
+            "rules": len(band.rules), "ranges": sum(len(r["ranges"]) for r in rules),
+            "foreign": len(band.foreign), "utilisation": round(len(band.rules) / cap, 4),
+        },
+        "policy_rules": len(snap.rules),
+        "rules": rules,
+        "foreign": [{"priority": r.priority, "action": r.action, "description": r.description} for r in band.foreign],
+    }
+
+
+def status_text(data: Mapping[str, Any], now: datetime) -> str:
     lines = [f"{'priority':>10}  {'range':<24} {'action':<10} {'preview':<7} {'expires (UTC)':<30} {'sev':<8} sources"]
-    for rule in sorted(band.rules, key=lambda r: r.priority):
-        for net in rule.networks:
+    for rule in data["rules"]:
+        expiry = _when(_parse_time(rule["expiry"]), now)
+        for net in rule["ranges"]:
             lines.append(
-                f"{rule.priority:>10}  {str(net):<24} {rule.action:<10} {'yes' if rule.preview else 'no':<7} "
-                f"{_when(rule.meta.expiry, now):<30} {rule.meta.severity.name.lower():<8} "
-                f"{'+'.join(sorted(rule.meta.sources))}{'+...' if rule.meta.truncated else ''}"
+                f"{rule['priority']:>10}  {net:<24} {rule['action']:<10} {'yes' if rule['preview'] else 'no':<7} "
+                f"{expiry:<30} {rule['severity']:<8} {'+'.join(rule['sources'])}{'+...' if rule['truncated'] else ''}"
             )
-    for rule in band.foreign:
-        lines.append(f"{rule.priority:>10}  (not the responder's: {rule.description or 'no description'})")
+    for rule in data["foreign"]:
+        lines.append(f"{rule['priority']:>10}  (not the responder's: {rule['description'] or 'no description'})")
     if len(lines) == 1:
         lines.append(f"{'':>10}  (the band is empty)")
-    ranges = sum(len(r.networks) for r in band.rules)
-    cap = settings.band.max_rules or settings.band.size
+    band = data["band"]
     lines.append(
-        f"band {settings.band.start}-{settings.band.end}: {len(band.rules)} rules holding {ranges} ranges, "
-        f"{len(band.foreign)} foreign; {len(band.rules) / cap:.1%} of the {cap} rules allowed (band.max_rules); "
-        f"the policy holds {len(snap.rules)} rules in all"
+        f"band {band['start']}-{band['end']}: {band['rules']} rules holding {band['ranges']} ranges, "
+        f"{band['foreign']} foreign; {band['utilisation']:.1%} of the {band['max_rules']} rules allowed (band.max_rules); "
+        f"the policy holds {data['policy_rules']} rules in all"
     )
     return "\n".join(lines)
 
 
-def explain(
-    snap: PolicySnapshot, settings: config.Settings, address: str, now: datetime, trail: Iterable[Mapping[str, Any]]
-) -> str:
-    """Which band rules cover ADDRESS (or a range), and the audit records
-    that name a range overlapping it."""
-    target = ipaddress.ip_network(address, strict=False)
+def band_table(snap: PolicySnapshot, settings: config.Settings, now: datetime) -> str:
+    """The band's rules, one line per range, and a utilisation line."""
+    return status_text(status_data(snap, settings, now), now)
+
+
+def list_data(snap: PolicySnapshot, settings: config.Settings, now: datetime) -> dict[str, Any]:
+    """The ``list`` document: the band's live entries, one per range (a range
+    held by several rules is merged as the responder reads it: latest
+    expiry, union of sources)."""
     band = planner.read_band(snap.rules, settings.band)
-    lines: list[str] = []
-    for rule in sorted(band.rules, key=lambda r: r.priority):
-        for net in rule.networks:
-            if net.version == target.version and net.overlaps(target):  # type: ignore[arg-type]
-                state = "expired, not yet cleaned up" if rule.meta.expired(now) else (
-                    "in preview (logged, not enforced)" if rule.preview else "enforced")
-                lines.append(
-                    f"{target} is covered by {net} in rule {rule.priority}: {rule.action}, {state}, "
-                    f"until {_when(rule.meta.expiry, now)}, severity {rule.meta.severity.name.lower()}, "
-                    f"sources {', '.join(sorted(rule.meta.sources)) or '-'}"
-                )
-    if not lines:
-        lines.append(f"{target} is not blocked by the responder's band")
-    for rule in snap.rules:
-        if not settings.band.start <= rule.priority <= settings.band.end and _overlaps_any(rule.ranges, target):
-            lines.append(f"{target} also matches operator rule {rule.priority} ({rule.action}): {rule.description or 'no description'}")
-    history = [r for r in trail if _overlaps_any(r.get("ranges") or [], target)]
-    if history:
-        lines.append("audit trail:")
-        for r in history:
-            lines.append(
-                f"  {r.get('time', '')} {r.get('change')}: {', '.join(r.get('ranges', []))} "
-                f"source={r.get('source', '-')} actor={r.get('actor', '-')} expiry={r.get('expiry', '-')} "
-                f"reason={r.get('reason', '-')} message={r.get('message_id', '-')}"
-            )
+    holders: dict[str, list[int]] = {}
+    for rule in band.rules:
+        if not rule.meta.expired(now):
+            for net in rule.networks:
+                holders.setdefault(str(net), []).append(rule.priority)
+    entries = sorted(band.entries(now).values(), key=lambda e: (e.network.version, e.network))
+    return {
+        "policy": _policy_doc(settings),
+        "entries": [
+            {
+                "range": str(e.network), "action": e.action, "preview": e.preview, "expiry": _iso(e.meta.expiry),
+                "severity": e.meta.severity.name.lower(), "sources": sorted(e.meta.sources),
+                "truncated": e.meta.truncated, "strikes": e.meta.strikes,
+                "priorities": sorted(holders.get(str(e.network), [])),
+            }
+            for e in entries
+        ],
+    }
+
+
+def list_text(data: Mapping[str, Any], now: datetime) -> str:
+    lines = [f"{'range':<24} {'action':<10} {'preview':<7} {'expires (UTC)':<30} {'sev':<8} {'sources':<24} rules"]
+    for e in data["entries"]:
+        lines.append(
+            f"{e['range']:<24} {e['action']:<10} {'yes' if e['preview'] else 'no':<7} "
+            f"{_when(_parse_time(e['expiry']), now):<30} {e['severity']:<8} "
+            f"{'+'.join(e['sources']) + ('+...' if e['truncated'] else ''):<24} {','.join(map(str, e['priorities']))}"
+        )
+    lines.append(f"{len(data['entries'])} range(s) blocked" if data["entries"] else "the band blocks nothing")
     return "\n".join(lines)
 
 
-def _overlaps_any(texts: Iterable[str], target: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    """Whether any of the ranges (as written in a rule or a record) overlaps
-    the target; ``*`` and unreadable entries never do."""
-    for text in texts:
-        try:
-            net = ipaddress.ip_network(text, strict=False)
-        except ValueError:
+def _parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------
+# the audit trail and explain
+
+
+def _networks(value: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks a record's ``ranges`` names. Records differ: most hold a
+    list of CIDRs, ``usage`` holds a count, some have none; anything that is
+    not a list of readable ranges names no network."""
+    if not isinstance(value, (list, tuple)):
+        return []
+    out = []
+    for text in value:
+        if isinstance(text, str):
+            try:
+                out.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                continue
+    return out
+
+
+def _overlaps(nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+              target: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return any(n.version == target.version and n.overlaps(target) for n in nets)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe, with integral floats back to ints (Cloud Logging's gRPC
+    transport returns every jsonPayload number as a float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _record(raw: Mapping[str, Any], time: str | None = None) -> dict[str, Any] | None:
+    """An audit record as explain shows it: every field as written, plus
+    ``time`` (None when the source has none) and ``message``. None for
+    anything that is not an audit record."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("change"), str):
+        return None
+    record = _plain(raw)
+    record.setdefault("message", "")
+    record["time"] = time if time is not None else (record.get("time") if isinstance(record.get("time"), str) else None)
+    return record  # type: ignore[no-any-return]
+
+
+def trail_from_file(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a local audit file (``RESPONDER_AUDIT_FILE``), oldest
+    first; unreadable lines (a write cut short) are skipped."""
+    out: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    record = _record(json.loads(line)) if line.strip() else None
+                except ValueError:
+                    continue
+                if record is not None:
+                    out.append(record)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def trail_from_entries(entries: Iterable[Any]) -> list[dict[str, Any]]:
+    """Audit records from Cloud Logging entries as google-cloud-logging's
+    ``list_entries`` yields them: a ``StructuredEntry`` whose ``payload`` is
+    the jsonPayload (``responder`` holds the record, ``message`` the text)
+    and whose ``timestamp`` is an aware datetime. Other entries are skipped."""
+    out = []
+    for entry in entries:
+        payload = getattr(entry, "payload", None)
+        if not isinstance(payload, Mapping) or not isinstance(payload.get("responder"), Mapping):
             continue
-        if net.version == target.version and net.overlaps(target):  # type: ignore[arg-type]
-            return True
-    return False
+        stamp = getattr(entry, "timestamp", None)
+        record = _record(
+            {"message": payload.get("message", ""), **payload["responder"]},
+            _iso(stamp) if isinstance(stamp, datetime) else None,
+        )
+        if record is not None:
+            out.append(record)
+    return out
 
 
 def cloud_trail(settings: config.Settings, days: int = 30) -> list[dict[str, Any]]:
     """Audit records from Cloud Logging (the functions' structured logs)."""
     from google.cloud import logging as cloud_logging
 
-    client = cloud_logging.Client(project=settings.policy.project)
+    client = cloud_logging.Client(project=settings.policy.project)  # type: ignore[no-untyped-call]
     since = (datetime.now(tz=UTC) - timedelta(days=days)).isoformat()
     query = f'jsonPayload.responder.change:* AND timestamp>="{since}"'
-    out = []
-    for entry in client.list_entries(filter_=query, order_by=cloud_logging.ASCENDING, page_size=1000, max_results=20000):
-        payload = entry.payload if isinstance(entry.payload, dict) else {}
-        record = dict(payload.get("responder", {}))
-        record["time"] = entry.timestamp.isoformat() if entry.timestamp else ""
-        out.append(record)
-    return out
+    entries = client.list_entries(  # type: ignore[no-untyped-call]
+        filter_=query, order_by=cloud_logging.ASCENDING, page_size=1000, max_results=20000
+    )
+    return trail_from_entries(entries)
+
+
+#: Records that concern every band rule, shown with any covered address.
+_BAND_WIDE = ("mode",)
+
+
+def explain_data(
+    snap: PolicySnapshot, settings: config.Settings, address: str, now: datetime, trail: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The ``explain`` document: the band rules that cover ADDRESS (or a
+    range), operator rules that match it, and the audit records that name a
+    range overlapping it (plus band-wide ones, such as break-glass, once the
+    address is or was blocked)."""
+    target = ipaddress.ip_network(address, strict=False)
+    band = planner.read_band(snap.rules, settings.band)
+    covered = []
+    for rule in sorted(band.rules, key=lambda r: r.priority):
+        for net in rule.networks:
+            if _overlaps([net], target):
+                doc = _rule_doc(rule, now)
+                del doc["ranges"]
+                covered.append({"range": str(net), **doc})
+    operator = [
+        {"priority": r.priority, "action": r.action, "description": r.description}
+        for r in snap.rules
+        if not settings.band.start <= r.priority <= settings.band.end
+        and _overlaps(_networks(list(r.ranges)), target)
+    ]
+    records = [r for r in map(_record, trail) if r is not None]
+    history = [r for r in records if _overlaps(_networks(r.get("ranges")), target)]
+    if covered or history:
+        history = [r for r in records if r in history or r["change"] in _BAND_WIDE]
+    return {
+        "address": str(target),
+        "blocked": any(c["state"] == "enforced" for c in covered),
+        "covered_by": covered,
+        "operator_rules": operator,
+        "trail": history,
+    }
+
+
+_STATE_TEXT = {"enforced": "enforced", "preview": "in preview (logged, not enforced)", "expired": "expired, not yet cleaned up"}
+
+
+def _ranges_text(value: Any, limit: int = 10) -> str:
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+        more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+    return "-" if value is None else str(value)
+
+
+def explain_text(data: Mapping[str, Any], now: datetime) -> str:
+    target = data["address"]
+    lines = []
+    for c in data["covered_by"]:
+        lines.append(
+            f"{target} is covered by {c['range']} in rule {c['priority']}: {c['action']}, {_STATE_TEXT[c['state']]}, "
+            f"until {_when(_parse_time(c['expiry']), now)}, severity {c['severity']}, "
+            f"sources {', '.join(c['sources']) or '-'}"
+        )
+    if not lines:
+        lines.append(f"{target} is not blocked by the responder's band")
+    for r in data["operator_rules"]:
+        lines.append(f"{target} also matches operator rule {r['priority']} ({r['action']}): {r['description'] or 'no description'}")
+    if data["trail"]:
+        lines.append("audit trail:")
+        for r in data["trail"]:
+            lines.append("  " + trail_line(r))
+    return "\n".join(lines)
+
+
+def trail_line(r: Mapping[str, Any]) -> str:
+    """One audit record on one line; any record shape."""
+    head = f"{r.get('time') or '-'} {r.get('change')}{' (validate only)' if r.get('outcome') == 'validate_only' else ''}"
+    if "ranges" in r and isinstance(r["ranges"], (list, tuple)):
+        body = (f": {_ranges_text(r['ranges'])} source={r.get('source', '-')} actor={r.get('actor', '-')} "
+                f"expiry={r.get('expiry', '-')} reason={r.get('reason', '-')} message={r.get('message_id', '-')}")
+    else:
+        body = f": {r.get('message') or '-'} source={r.get('source', '-')} actor={r.get('actor', '-')} message={r.get('message_id', '-')}"
+    return head + body
+
+
+# --------------------------------------------------------------------------
+# what a changing command did (or would do)
+
+_DONE = {"added": ("added", "would add"), "extended": ("extended", "would extend"), "removed": ("removed", "would remove"),
+         "expired": ("expired", "would expire"), "evicted": ("evicted", "would evict")}
+
+
+def _count(ranges: Sequence[Any]) -> str:
+    return f"{len(ranges)} range(s): {_ranges_text(list(ranges))}"
+
+
+def change_line(r: Mapping[str, Any]) -> str:
+    """A record written by a changing command, as the operator reads it;
+    validate-only records say what *would* happen."""
+    change = str(r.get("change"))
+    dry = r.get("outcome") == "validate_only"
+    if change in _DONE:
+        verb = _DONE[change][dry]
+        ranges = r["ranges"] if isinstance(r.get("ranges"), list) else []
+        line = f"{verb} {_count(ranges)}"
+        if change == "added":
+            line += (f" ({r.get('action')}{', preview' if r.get('preview') else ''}, until {r.get('expiry')}, "
+                     f"severity {r.get('severity')}, priority {r.get('priority')})")
+        elif change == "extended":
+            line += f" (until {r.get('expiry')}, sources {'+'.join(map(str, r.get('sources') or []))}, priority {r.get('priority')})"
+        elif change == "evicted" and r.get("capacity"):
+            line += f" ({r['capacity']})"
+        return line
+    if change == "lint":
+        return f"problem in the policy: {r.get('message')}"
+    return str(r.get("message") or change)
+
+
+def _within(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+            nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    return any(net.version == n.version and net.subnet_of(n) for n in nets)  # type: ignore[arg-type]
+
+
+def report_changes(records: Sequence[Mapping[str, Any]], unblocked: Sequence[str] = ()) -> list[str]:
+    """The lines to print for the records of one command. For an unblock
+    (``unblocked``: the ranges asked for), a broader block split around them
+    is told as such: the pieces left around the hole are rewritten, which the
+    records name as added or extended, but nothing was added or extended."""
+    asked = _networks(list(unblocked))
+    split: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    if asked:
+        for r in records:
+            if r.get("change") == "removed":
+                split += [n for n in _networks(r.get("ranges")) if not _within(n, asked)]
+    lines = []
+    for r in records:
+        change = r.get("change")
+        dry = r.get("outcome") == "validate_only"
+        if split and change in ("added", "extended", "removed"):
+            nets = _networks(r.get("ranges"))
+            keep = [n for n in nets if not _within(n, split)]
+            if change == "removed":
+                for broad in [n for n in nets if n in split]:
+                    holes = [str(a) for a in asked if _within(a, [broad])]
+                    pieces = {str(n) for x in records if x.get("change") in ("added", "extended")
+                              for n in _networks(x.get("ranges")) if _within(n, [broad]) and n != broad}
+                    lines.append(
+                        f"{'would unblock' if dry else 'unblocked'} {', '.join(holes)} by splitting {broad}: "
+                        f"{len(pieces)} range(s) around it {'would stay' if dry else 'stay'} blocked as before"
+                    )
+            if not keep:
+                continue
+            r = {**r, "ranges": [str(n) for n in keep]}
+        lines.append(change_line(r))
+    return lines
 
 
 # --------------------------------------------------------------------------
@@ -157,53 +477,111 @@ def _runtime(settings: config.Settings) -> Any:
     return Runtime(settings, Audit(file=os.environ.get("RESPONDER_AUDIT_FILE") or None))
 
 
-def _manual(settings: config.Settings, doc: dict[str, Any], publish: str | None) -> int:
+def _dry_settings(settings: config.Settings, dry: bool) -> config.Settings:
+    return replace(settings, band=replace(settings.band, validate_only=True)) if dry else settings
+
+
+def _dry_note(dry_flag: bool, validated: bool = True) -> str:
+    why = "--dry-run" if dry_flag else "band.validate_only is on"
+    return f"dry run ({why}): {'the API validated this plan; ' if validated else ''}nothing was changed"
+
+
+def _print_outcome(lines: Sequence[str], records: Sequence[Mapping[str, Any]], dry_flag: bool) -> None:
+    for line in lines:
+        print(line)
+    if any(r.get("outcome") == "validate_only" for r in records) or dry_flag:
+        print(_dry_note(dry_flag))
+
+
+def _manual(args: argparse.Namespace, settings: config.Settings, doc: dict[str, Any]) -> int:
     from handlers import manual
     from handlers.envelope import Message
 
+    if not str(doc.get("actor") or "").strip():
+        raise Failure(EXIT_USAGE, f"{args.command}: who asks? give --actor NAME (it defaults to $USER, which is not set here)")
     data = json.dumps(doc).encode()
-    if publish:
-        return _publish(settings, publish, data)
-    rt = _runtime(settings)
+    if args.publish:
+        return _publish(settings, args.publish, data, args.dry_run)
+    rt = _runtime(_dry_settings(settings, args.dry_run))
     message = Message(data=data, message_id=f"cli-{uuid.uuid4().hex[:12]}", publish_time=datetime.now(tz=UTC))
-    from responder.errors import BadEvent
-
     try:
+        if args.dry_run and args.command in ("preview-all", "enforce-all"):
+            return _dry_mode(rt, args.command == "preview-all")
         outcome = manual.handle(message, rt)
     except BadEvent as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    for record in rt.audit.records:
-        print(record["message"])
-    return EXIT_FAILED if outcome.refused and not (outcome.added or outcome.extended or outcome.removed or outcome.ops) else 0
+        raise Failure(EXIT_USAGE, f"{args.command}: {str(exc).removeprefix('manual command: ')}") from None
+    records = rt.audit.records
+    _print_outcome(report_changes(records, doc["ranges"] if args.command == "unblock" else ()), records, args.dry_run)
+    if outcome.refused and not (outcome.added or outcome.extended or outcome.removed or outcome.ops):
+        raise Failure(EXIT_REFUSED, f"{args.command}: nothing changed: every range was refused")
+    return EXIT_OK
 
 
-def _publish(settings: config.Settings, topic: str, data: bytes) -> int:
+def _dry_mode(rt: Any, preview: bool) -> int:
+    """The break-glass switch as a dry run: each band rule it would patch,
+    validated by the API with validateOnly."""
+    settings = rt.settings
+    snap = rt.api.get_policy()
+    band = planner.read_band(snap.rules, settings.band)
+    todo = [r for r in sorted(band.rules, key=lambda r: r.priority) if r.preview != preview]
+    for rule in todo:
+        rt.api.patch_rule(replace(rule.rule, preview=preview), validate_only=True)
+        print(f"would {'put' if preview else 'enforce'} rule {rule.priority} ({len(rule.networks)} range(s))"
+              f"{' in preview' if preview else ' again'}")
+    label = settings.lease.mode_label
+    print(f"would set the policy label {label}=preview (new band rules go to preview while it is set)" if preview
+          else f"would remove the policy label {label}")
+    print(f"{len(todo)} band rule(s) would change")
+    print(_dry_note(True))
+    return EXIT_OK
+
+
+def _publish(settings: config.Settings, topic: str, data: bytes, dry: bool) -> int:
     """Publishes to a Pub/Sub topic over its REST API with ADC."""
     import base64
 
+    path = topic if topic.startswith("projects/") else f"projects/{settings.policy.project}/topics/{topic}"
+    if dry:
+        print(f"would publish to {path}: {data.decode()}")
+        print(_dry_note(True, validated=False))
+        return EXIT_OK
     import google.auth
+    import google.auth.exceptions
+    import requests
     from google.auth.transport.requests import AuthorizedSession
 
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/pubsub"])
-    path = topic if topic.startswith("projects/") else f"projects/{settings.policy.project}/topics/{topic}"
-    response = AuthorizedSession(credentials).post(
-        f"https://pubsub.googleapis.com/v1/{path}:publish",
-        json={"messages": [{"data": base64.b64encode(data).decode()}]}, timeout=30,
-    )
+    try:
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/pubsub"])
+        response = AuthorizedSession(credentials).post(  # type: ignore[no-untyped-call]
+            f"https://pubsub.googleapis.com/v1/{path}:publish",
+            json={"messages": [{"data": base64.b64encode(data).decode()}]}, timeout=settings.policy.request_timeout.total_seconds(),
+        )
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        raise Failure(EXIT_ACCESS, f"no Google credentials to publish with: run 'gcloud auth application-default login' "
+                      f"or set GOOGLE_APPLICATION_CREDENTIALS ({exc})") from None
+    except google.auth.exceptions.RefreshError as exc:
+        raise Failure(EXIT_ACCESS, f"the Google credentials were refused: {exc}") from None
+    except (requests.RequestException, google.auth.exceptions.TransportError) as exc:
+        raise Failure(EXIT_TRANSIENT, f"cannot reach Pub/Sub to publish to {path}: {exc}") from None
     if response.status_code != 200:
-        print(f"publishing to {path} failed: HTTP {response.status_code} {response.text[:300]}", file=sys.stderr)
-        return EXIT_FAILED
+        code = EXIT_ACCESS if response.status_code in (401, 403, 404) else (
+            EXIT_TRANSIENT if response.status_code == 429 or response.status_code >= 500 else EXIT_ERROR)
+        raise Failure(code, f"publishing to {path} failed: HTTP {response.status_code} {response.text[:300]}")
     print(f"published to {path}: message {response.json()['messageIds'][0]}")
-    return 0
+    return EXIT_OK
 
 
-def bootstrap_policy(settings: config.Settings, api: Any) -> list[str]:
+def bootstrap_policy(settings: config.Settings, api: Any, *, dry_run: bool = False) -> list[str]:
     """Creates the base policy when it does not exist: the trusted ranges
     allowed at ``bootstrap.trusted_priority`` (10 per rule), the default rule
-    as configured, the band empty. An existing policy is never rewritten."""
+    as configured, the band empty. An existing policy is never rewritten.
+    ``dry_run``: the insert is validated by the API (validateOnly) and the
+    lines say what would be done."""
     boot = dict(settings.raw.get("bootstrap", {}))
-    trusted = [str(ipaddress.ip_network(r, strict=False)) for r in boot.get("trusted_ranges", [])]
+    try:
+        trusted = [str(ipaddress.ip_network(r, strict=False)) for r in boot.get("trusted_ranges", [])]
+    except ValueError as exc:
+        raise config.ConfigError(f"bootstrap.trusted_ranges: {exc}") from None
     first = int(boot.get("trusted_priority", 1000))
     default_action = str(boot.get("default_action", "allow"))
     if default_action not in ("allow", *config.DENY_ACTIONS):
@@ -213,35 +591,153 @@ def bootstrap_policy(settings: config.Settings, api: Any) -> list[str]:
         raise config.ConfigError(f"bootstrap.trusted_priority: {first} puts trusted rules inside the band")
     try:
         api.get_policy()
-        return [f"policy {settings.policy.name} exists: kept as it is"]
+        kept = f"policy {settings.policy.name} exists: {'would be kept' if dry_run else 'kept'} as it is"
+        return [kept, _dry_note(True, validated=False)] if dry_run else [kept]
     except PolicyNotFound:
         pass
-    done = [f"created policy {settings.policy.name}"]
-    api.create_policy("ML cluster edge policy (bootstrapped by the Cloud Armor responder)")
+    description = "ML cluster edge policy (bootstrapped by the Cloud Armor responder)"
+    done = [f"would create policy {settings.policy.name}" if dry_run else f"created policy {settings.policy.name}"]
+    if dry_run:
+        api.create_policy(description, validate_only=True)
+        done[0] += " (insert validated by the API)"
+    else:
+        api.create_policy(description)
     for i, chunk in enumerate(chunks):
-        api.add_rule(PolicyRule(first + i, "allow", tuple(chunk), description="trusted ranges (bootstrap)"))
-        done.append(f"allowed {len(chunk)} trusted range(s) at priority {first + i}")
-    if default_action != "allow":
+        if not dry_run:
+            api.add_rule(PolicyRule(first + i, "allow", tuple(chunk), description="trusted ranges (bootstrap)"))
+        done.append(f"{'would allow' if dry_run else 'allowed'} {len(chunk)} trusted range(s) at priority {first + i}")
+    if default_action != "allow" and not dry_run:
         api.patch_rule(PolicyRule(DEFAULT_RULE_PRIORITY, default_action, ("*",), description="default rule"))
-    done.append(f"default rule: {default_action}; band {settings.band.start}-{settings.band.end} left empty")
+    done.append(f"{'would set the ' if dry_run else ''}default rule: {default_action}; band {settings.band.start}-{settings.band.end} left empty")
+    if dry_run:
+        done.append(_dry_note(True))
     return done
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="configuration file (default: RESPONDER_CONFIG or config/responder.toml)")
-    parser.add_argument("--endpoint", help="API endpoint, e.g. the local API's http://127.0.0.1:PORT")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="show the band")
-    p = sub.add_parser("explain", help="why an address is (not) blocked")
-    p.add_argument("address")
-    p.add_argument("--days", type=int, default=30, help="how far back to read the audit trail (Google)")
-    for verb in ("block", "unblock", "extend"):
-        p = sub.add_parser(verb, help=f"{verb} ranges")
-        p.add_argument("ranges", nargs="+")
-        p.add_argument("--actor", default=os.environ.get("USER", ""), help="who asks (default: $USER)")
-        p.add_argument("--reason", default="")
-        p.add_argument("--publish", metavar="TOPIC", help="publish to the manual topic instead of applying directly")
+def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+    now = datetime.now(tz=UTC)
+    emit(args, "status", status_data(_api(settings).get_policy(), settings, now), lambda d: status_text(d, now))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, settings: config.Settings) -> int:
+    now = datetime.now(tz=UTC)
+    emit(args, "list", list_data(_api(settings).get_policy(), settings, now), lambda d: list_text(d, now))
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
+    try:
+        ipaddress.ip_network(args.address, strict=False)
+    except ValueError:
+        raise Failure(EXIT_USAGE, f"explain: not an IP address or CIDR: {args.address!r}") from None
+    now = datetime.now(tz=UTC)
+    snap = _api(settings).get_policy()
+    audit_file = os.environ.get("RESPONDER_AUDIT_FILE")
+    trail: list[dict[str, Any]] = []
+    trail_source, trail_error = "none", None
+    if audit_file:
+        trail, trail_source = trail_from_file(audit_file), "file"
+    elif not settings.policy.api_endpoint:
+        trail_source = "cloud-logging"
+        try:
+            trail = cloud_trail(settings, args.days)
+        except Exception as exc:  # the band part still answers; say why the trail is missing
+            trail_error = _one_line(f"{type(exc).__name__}: {exc}")
+            print(f"explain: the audit trail could not be read from Cloud Logging: {trail_error}", file=sys.stderr)
+    data = {**explain_data(snap, settings, args.address, now, trail), "trail_source": trail_source, "trail_error": trail_error}
+    emit(args, "explain", data, lambda d: explain_text(d, now))
+    return EXIT_OK
+
+
+def cmd_manual(args: argparse.Namespace, settings: config.Settings) -> int:
+    doc: dict[str, Any] = {"action": args.command, "ranges": args.ranges, "actor": args.actor, "reason": args.reason}
+    for key in ("ttl", "expiry", "severity"):
+        if getattr(args, key, None):
+            doc[key] = getattr(args, key)
+    for key in ("permanent", "force", "preview"):
+        if getattr(args, key, False):
+            doc[key] = True
+    return _manual(args, settings, doc)
+
+
+def cmd_mode(args: argparse.Namespace, settings: config.Settings) -> int:
+    return _manual(args, settings, {"action": args.command, "actor": args.actor, "reason": args.reason})
+
+
+def cmd_cleanup(args: argparse.Namespace, settings: config.Settings) -> int:
+    from responder.service import EventRef
+
+    rt = _runtime(settings)
+    dry = args.dry_run or settings.band.validate_only
+    outcome = rt.responder.cleanup(
+        EventRef(f"cli-{uuid.uuid4().hex[:12]}", "cleanup", actor=os.environ.get("USER", "")), validate_only=dry
+    )
+    records = rt.audit.records
+    lines = report_changes(records)
+    if dry and not any(r.get("change") in _DONE for r in records):
+        lines.append("nothing would change")
+    _print_outcome(lines, records, args.dry_run)
+    if outcome.lint:
+        raise Failure(EXIT_REFUSED, f"cleanup: {len(outcome.lint)} problem(s) in the policy (above)")
+    return EXIT_OK
+
+
+def cmd_validate_config(args: argparse.Namespace, settings: config.Settings) -> int:
+    print(f"configuration is valid: policy {settings.policy.name} in {settings.policy.project}"
+          f"{' (' + settings.policy.region + ')' if settings.policy.region else ' (global)'}, "
+          f"band {settings.band.start}-{settings.band.end}")
+    return EXIT_OK
+
+
+def cmd_bootstrap(args: argparse.Namespace, settings: config.Settings) -> int:
+    for line in bootstrap_policy(settings, _api(settings), dry_run=args.dry_run):
+        print(line)
+    return EXIT_OK
+
+
+def emit(args: argparse.Namespace, kind: str, data: Mapping[str, Any], text: Callable[[Mapping[str, Any]], str]) -> None:
+    """Prints a read command's answer: with ``--json`` the document itself
+    (``kind`` and ``version`` first), else the text made from it, so that
+    both always say the same."""
+    if getattr(args, "json", False):
+        print(json.dumps({"kind": kind, "version": JSON_VERSION, **data}, indent=2))
+    else:
+        print(text(data))
+
+
+# --------------------------------------------------------------------------
+# the command table and the parser
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``json`` if it answers ``--json`` (through ``emit``),
+    ``changes`` if it changes something (and so takes ``--dry-run``)."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace, config.Settings], int]
+    json: bool = False
+    changes: bool = False
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+def _explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("address", help="an address or CIDR")
+    p.add_argument("--days", type=int, default=30, help="how far back to read the audit trail (Cloud Logging)")
+
+
+def _requester(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--actor", default=os.environ.get("USER", ""), help="who asks (required; default: $USER)")
+    p.add_argument("--reason", default="", help="recorded in the audit trail")
+    p.add_argument("--publish", metavar="TOPIC", help="publish to the manual topic instead of applying directly")
+
+
+def _manual_args(verb: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("ranges", nargs="+", metavar="RANGE")
+        _requester(p)
         if verb != "unblock":
             p.add_argument("--ttl", help="e.g. 6h, 2d")
             p.add_argument("--expiry", help="RFC 3339 time with a timezone")
@@ -250,88 +746,135 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--force", action="store_true", help="accept ranges broader than the manual minimum prefix")
             p.add_argument("--preview", action="store_true")
             p.add_argument("--severity")
-    for verb in ("preview-all", "enforce-all"):
-        p = sub.add_parser(verb, help="break-glass: every band rule to preview" if verb == "preview-all" else "enforce the band again")
-        p.add_argument("--actor", default=os.environ.get("USER", ""))
-        p.add_argument("--reason", default="")
-        p.add_argument("--publish", metavar="TOPIC")
-    sub.add_parser("cleanup", help="expire, compact, lint and report now")
-    sub.add_parser("validate-config", help="check the configuration file")
-    sub.add_parser("bootstrap-policy", help="create the base policy if it does not exist")
-    args = parser.parse_args(argv)
+    return add
 
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("status", "show the band and its utilisation", cmd_status, json=True),
+    Command("list", "the band's entries, one per range", cmd_list, json=True),
+    Command("explain", "why an address is (not) blocked", cmd_explain, json=True, arguments=_explain_args),
+    Command("block", "block ranges", cmd_manual, changes=True, arguments=_manual_args("block")),
+    Command("unblock", "unblock ranges", cmd_manual, changes=True, arguments=_manual_args("unblock")),
+    Command("extend", "extend blocks", cmd_manual, changes=True, arguments=_manual_args("extend")),
+    Command("preview-all", "break-glass: every band rule to preview", cmd_mode, changes=True, arguments=_requester),
+    Command("enforce-all", "enforce the band again", cmd_mode, changes=True, arguments=_requester),
+    Command("cleanup", "expire, compact, lint and report now", cmd_cleanup, changes=True),
+    Command("validate-config", "check the configuration file", cmd_validate_config),
+    Command("bootstrap-policy", "create the base policy if it does not exist", cmd_bootstrap, changes=True),
+)}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line, not the usage block."""
+
+    def error(self, message: str) -> Any:
+        raise Failure(EXIT_USAGE, f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def _global_options(p: argparse.ArgumentParser, *, sub: bool, command: Command | None = None) -> None:
+    """The options every command takes, before or after its name. On a
+    subcommand they default to nothing (SUPPRESS), so a value given before
+    the command is kept unless repeated after it; --json and --dry-run are
+    left out of the help of commands that refuse them."""
+    unset: Any = argparse.SUPPRESS if sub else None
+    json_help = "read commands: print a JSON document (README: 'The command line')"
+    dry_help = "changing commands: say what would change (validated by the API), change nothing"
+    if command is not None:
+        json_help = json_help.split(": ", 1)[1] if command.json else argparse.SUPPRESS
+        dry_help = dry_help.split(": ", 1)[1] if command.changes else argparse.SUPPRESS
+    p.add_argument("--config", default=unset, metavar="FILE", help="configuration file (default: RESPONDER_CONFIG or config/responder.toml)")
+    p.add_argument("--endpoint", default=unset, metavar="URL", help="API endpoint, e.g. the local API's http://127.0.0.1:PORT")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if sub else False, help=json_help)
+    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS if sub else False, help=dry_help)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if sub else False,
+                   help="show the traceback of an unexpected error")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="cli.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(top, sub=False)
+    subs = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for command in COMMANDS.values():
+        p = subs.add_parser(command.name, help=command.help, description=command.help)
+        _global_options(p, sub=True, command=command)
+        if command.arguments:
+            command.arguments(p)
+    return top
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = parser().parse_args(argv)
+    command = COMMANDS[args.command]
+    if args.json and not command.json:
+        raise Failure(EXIT_USAGE, f"cli.py {args.command}: --json is for {', '.join(c.name for c in COMMANDS.values() if c.json)}")
+    if args.dry_run and not command.changes:
+        raise Failure(EXIT_USAGE, f"cli.py {args.command}: --dry-run is for the commands that change something "
+                      f"({', '.join(c.name for c in COMMANDS.values() if c.changes)})")
+    return args
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _audit_not_echoed() -> Iterator[None]:
+    """The command prints what its audit records say; without a logging
+    handler, Python would echo warning records (refusals) to stderr again."""
+    logger = logging.getLogger(LOGGER_NAME)
+    null = logging.NullHandler()
+    before = logger.propagate
+    logger.addHandler(null)
+    logger.propagate = False
     try:
-        settings = config.load(args.config)
-        if args.endpoint:
-            settings = settings.with_policy(api_endpoint=args.endpoint.rstrip("/"))
-        return _run(args, settings)
+        yield
+    finally:
+        logger.propagate = before
+        logger.removeHandler(null)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parse(argv)
+    except Failure as exc:
+        print(_one_line(exc.message), file=sys.stderr)
+        return exc.code
+    settings: config.Settings | None = None
+    where = "the Compute API"
+    try:
+        with _audit_not_echoed():
+            settings = config.load(args.config)
+            if args.endpoint:
+                settings = settings.with_policy(api_endpoint=args.endpoint.rstrip("/"))
+            where = settings.policy.api_endpoint or where
+            return COMMANDS[args.command].run(args, settings)
+    except Failure as exc:
+        code, line = exc.code, exc.message
     except config.ConfigError as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        code, line = EXIT_CONFIG, f"invalid configuration: {exc}"
     except PolicyNotFound:
-        print(f"the policy {settings.policy.name} does not exist in project {settings.policy.project}: "
-              f"run 'python cli.py bootstrap-policy' or deploy.sh, or fix policy.name", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        assert settings is not None
+        code, line = EXIT_ACCESS, (
+            f"the policy {settings.policy.name} does not exist in project {settings.policy.project}"
+            f"{' region ' + settings.policy.region if settings.policy.region else ''}: "
+            f"run 'python cli.py bootstrap-policy' or deploy.sh, or fix policy.name")
     except PermissionDenied as exc:
-        print(f"permission denied: {exc} (the caller needs the roles in README, 'IAM')", file=sys.stderr)
-        return EXIT_FAILED
+        code, line = EXIT_ACCESS, f"permission denied: {exc} (the caller needs the roles in README, 'IAM')"
+    except Unresolvable:
+        code, line = EXIT_TRANSIENT, f"cannot reach {where}: its host name does not resolve (check --endpoint or policy.api_endpoint, and DNS)"
     except TransientError as exc:
-        where = settings.policy.api_endpoint or "the Compute API"
-        print(f"cannot reach {where}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        code, line = EXIT_TRANSIENT, f"cannot reach {where} or it is busy (try again): {exc}"
     except ResponderError as exc:
-        print(f"failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-
-
-def _run(args: argparse.Namespace, settings: config.Settings) -> int:
-    now = datetime.now(tz=UTC)
-    if args.command == "validate-config":
-        print(f"configuration is valid: policy {settings.policy.name} in {settings.policy.project}"
-              f"{' (' + settings.policy.region + ')' if settings.policy.region else ' (global)'}, "
-              f"band {settings.band.start}-{settings.band.end}")
-        return 0
-    if args.command in ("block", "unblock", "extend"):
-        doc: dict[str, Any] = {"action": args.command, "ranges": args.ranges, "actor": args.actor, "reason": args.reason}
-        for key in ("ttl", "expiry", "severity"):
-            if getattr(args, key, None):
-                doc[key] = getattr(args, key)
-        for key in ("permanent", "force", "preview"):
-            if getattr(args, key, False):
-                doc[key] = True
-        return _manual(settings, doc, args.publish)
-    if args.command in ("preview-all", "enforce-all"):
-        return _manual(settings, {"action": args.command, "actor": args.actor, "reason": args.reason}, args.publish)
-    api = _api(settings)
-    if args.command == "bootstrap-policy":
-        for line in bootstrap_policy(settings, api):
-            print(line)
-        return 0
-    if args.command == "cleanup":
-        from responder.service import EventRef
-
-        rt = _runtime(settings)
-        outcome = rt.responder.cleanup(EventRef(f"cli-{uuid.uuid4().hex[:12]}", "cleanup", actor=os.environ.get("USER", "")))
-        for record in rt.audit.records:
-            print(record["message"])
-        return 0 if not outcome.lint else EXIT_FAILED
-    snap = api.get_policy()
-    if args.command == "status":
-        print(band_table(snap, settings, now))
-        return 0
-    # explain
-    try:
-        ipaddress.ip_network(args.address, strict=False)
-    except ValueError:
-        print(f"not an IP address or CIDR: {args.address!r}", file=sys.stderr)
-        return EXIT_USAGE
-    audit_file = os.environ.get("RESPONDER_AUDIT_FILE")
-    if settings.policy.api_endpoint:
-        trail: list[dict[str, Any]] = list(read_file(audit_file)) if audit_file else []
-    else:
-        trail = cloud_trail(settings, args.days)
-    print(explain(snap, settings, args.address, now, trail))
-    return 0
+        code, line = EXIT_ERROR, f"failed: {type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:
+        code, line = 130, "interrupted"
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        code, line = EXIT_ERROR, f"unexpected error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)"
+    print(_one_line(line), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,9 @@ class Audit:
             self.records.append({"message": message, **body})
             if self.file is not None:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.file, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"message": message, **body}) + "\n")
+                with open(self.file, "a", encoding="utf-8") as fh:  # time: as Cloud Logging stamps each entry
+                    stamp = _jsonable(datetime.now(tz=UTC).replace(microsecond=0))
+                    fh.write(json.dumps({"time": stamp, "message": message, **body}) + "\n")
         return body
 
     def changes(self, kind: str) -> list[dict[str, Any]]:

@@ -68,6 +68,7 @@ from responder.errors import (
     ResponderError,
     RuleNotFound,
     TransientError,
+    Unresolvable,
 )
 from responder.policy import PolicyRule, PolicySnapshot
 
@@ -162,6 +163,15 @@ def _classify_400(message: str, reasons: list[str]) -> type[ResponderError]:
 def _connection_never_made(exc: BaseException) -> bool:
     """True when a requests ConnectionError failed before anything was sent
     (connection refused, DNS, connect timeout)."""
+    return _caused_by(exc, "requests.exceptions.ConnectTimeout",
+                      "urllib3.exceptions.NewConnectionError",
+                      "urllib3.exceptions.ConnectTimeoutError",
+                      "urllib3.exceptions.NameResolutionError")
+
+
+def _caused_by(exc: BaseException, *names: str) -> bool:
+    """True when ``exc`` or an exception it wraps (args, reason, cause,
+    context) is one of the classes ``names``."""
     seen: set[int] = set()
     todo: list[Any] = [exc]
     while todo:
@@ -169,10 +179,7 @@ def _connection_never_made(exc: BaseException) -> bool:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if _has(e, "requests.exceptions.ConnectTimeout",
-                "urllib3.exceptions.NewConnectionError",
-                "urllib3.exceptions.ConnectTimeoutError",
-                "urllib3.exceptions.NameResolutionError"):
+        if _has(e, *names):
             return True
         if isinstance(e, BaseException):
             todo.extend(a for a in e.args if isinstance(a, BaseException))
@@ -226,6 +233,8 @@ def map_exception(exc: BaseException, *, mutation: bool = False) -> ResponderErr
     if isinstance(exc, rexc.RequestException):
         if isinstance(exc, rexc.ConnectTimeout) or (
                 isinstance(exc, rexc.ConnectionError) and _connection_never_made(exc)):
+            if _caused_by(exc, "urllib3.exceptions.NameResolutionError", "socket.gaierror"):
+                return Unresolvable(f"cannot resolve the host name: {msg}")  # not retried here
             return TransientError(f"connection failed: {msg}")  # nothing was sent
         return lost(f"{type(exc).__name__}: {msg}")  # reset, read timeout, broken answer
     if _has(exc, "google.protobuf.json_format.ParseError"):
@@ -270,9 +279,11 @@ def map_operation_error(op: Any) -> ResponderError | None:
 
 
 def _retryable(exc: Exception) -> bool:
-    # A stale fingerprint fails again with the same fingerprint: not retried here;
-    # nor is running out of lease or delivery time (the caller stops).
-    return isinstance(exc, TransientError) and not isinstance(exc, (FingerprintMismatch, OutOfTime))
+    # A stale fingerprint fails again with the same fingerprint; running out of
+    # lease or delivery time means the caller stops; a host name that does not
+    # resolve is a wrong endpoint or DNS down: none is retried here (all still
+    # propagate as transient).
+    return isinstance(exc, TransientError) and not isinstance(exc, FingerprintMismatch | OutOfTime | Unresolvable)
 
 
 def _last_error(exc_list: list[Exception], reason: Any, timeout: float | None,
@@ -708,14 +719,18 @@ class CloudArmor:
 
         self._retrying(attempt)
 
-    def create_policy(self, description: str = "", *, policy_type: str = "CLOUD_ARMOR") -> None:
+    def create_policy(self, description: str = "", *, policy_type: str = "CLOUD_ARMOR",
+                      validate_only: bool = False) -> None:
         """insert the configured policy (used by bootstrap and tests). Not retried
         on unknown outcomes beyond what a 409 makes safe: a 409 after a lost
-        answer means our insert committed."""
+        answer means our insert committed. ``validate_only``: the API checks
+        the insert and creates nothing (a dry run)."""
         self._ensure_clients()
         c = self._compute
         resource = c.SecurityPolicy(name=self.name, description=description, type_=policy_type)
         request = self._scope(security_policy_resource=resource)
+        if validate_only:
+            request["validate_only"] = True
         uncertain = False
 
         def attempt() -> None:

@@ -58,3 +58,9 @@ class OutOfTime(TransientError):
     delivery's time budget would end before the operation could. Never
     retried in place: the caller records what remains and raises, so that
     Pub/Sub redelivers the message and the redelivery continues."""
+
+
+class Unresolvable(TransientError):
+    """The API endpoint's host name does not resolve (a wrong endpoint, or
+    DNS down). Transient, so Pub/Sub redelivers, but not retried in process:
+    waiting out the retry deadline would only delay a clear answer."""

@@ -456,9 +456,11 @@ class Responder:
             self._cache = None
             lease.release()
 
-    def cleanup(self, event: EventRef) -> Outcome:
+    def cleanup(self, event: EventRef, *, validate_only: bool = False) -> Outcome:
         """Expires, compacts and reports; takes the lease only when there is
-        something to change."""
+        something to change. ``validate_only``: the plan is validated by the
+        API and recorded (``outcome: validate_only``), nothing is committed,
+        and no usage is reported."""
         outcome = Outcome()
         now = self.clock()
         snap = self._read(lint=True)
@@ -468,6 +470,8 @@ class Responder:
             band, [], now, self.settings.band, capacity=self._max_rules, seed=_seed(event, 0)
         )
         layout = {r.priority: r.rule for r in band.rules}
+        if validate_only:
+            return self._dry_reconcile(band, [], event, now, outcome, compact=True) if plan.ops else outcome
         if plan.ops:
             self._reconcile([], event, now, outcome, compact=True)
             layout = outcome.layout  # the band as the reconcile left it: no second read
