@@ -124,10 +124,15 @@ def test_an_unchanged_feed_is_applied_again_after_half_its_ttl_so_its_entries_ne
     assert all(after[n] > before[n] for n in DROP)
 
 
-def test_a_changed_list_replaces_the_snapshot(landed: Harness, feed_server: FeedServer) -> None:
+def test_a_changed_list_replaces_the_snapshot_and_its_label(landed: Harness, feed_server: FeedServer) -> None:
+    """The withdrawals run under the lease (the labels change meanwhile):
+    the validator label is still written, after a re-read."""
+    label = landed.policy()["labels"]["car-feed-drop"]
     serve(feed_server, "drop.txt", drop_list(DROP[:10] + ["185.56.80.0/22"]))
     assert 200 == pull(landed)
     assert set(DROP[:10]) | {"185.56.80.0/22"} == ranges(landed)
+    assert label.split("-")[0] != landed.policy()["labels"]["car-feed-drop"].split("-")[0]
+    assert "car-lease" not in landed.policy()["labels"]
 
 
 def test_a_gzip_encoded_answer_and_a_gz_file_are_both_read(
