@@ -194,6 +194,7 @@ DEPLOY_KEYS = {
     "region", "runtime", "memory", "cpu", "max_instances", "concurrency", "timeout",
     "cleanup_schedule", "topic_prefix", "max_delivery_attempts", "min_retry_delay",
     "max_retry_delay", "probe_path_regex", "firewall_ports", "probe_alert_threshold",
+    "secrets",
 }
 for key in dep:
     if key not in DEPLOY_KEYS:
@@ -279,6 +280,36 @@ for i, svc in enumerate(backends):
     if not isinstance(svc, str) or not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", svc):
         fail(f"bootstrap.backend_services[{i}]: not a resource name: {svc!r}")
 
+# Feed pulls: one Cloud Scheduler job per feed with a url ([feeds.NAME]),
+# publishing {"action":"pull","feed":NAME} on the threat-feed topic. Header
+# values come from environment variables ("env:NAME"), which [deploy.secrets]
+# maps from Secret Manager (NAME = "secret-name:version").
+feeds = doc.get("feeds", {})
+pulls = []
+needed_env = {}
+for fname, ftable in (feeds.items() if isinstance(feeds, dict) else []):
+    if not isinstance(ftable, dict) or not ftable.get("url"):
+        continue
+    if product_settings is None:
+        fail(f"feeds.{fname}: a feed with a url needs config.settings importable (run ./test.sh once to make .venv)")
+    cron = product_settings.schedule_of(str(ftable.get("every", "1h")), f"feeds.{fname}.every")
+    pulls.append(f"{fname}={cron}")
+    for header, ref in (ftable.get("headers") or {}).items():
+        needed_env[str(ref).removeprefix("env:")] = f"feeds.{fname}.headers.{header}"
+secrets_table = dep.get("secrets", {})
+if not isinstance(secrets_table, dict):
+    fail("deploy.secrets: expected a table of ENV_NAME = \"secret-name:version\"")
+secret_specs = []
+for var, ref in secrets_table.items():
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", var) or var.startswith(("RESPONDER_", "X_GOOGLE_")):
+        fail(f"deploy.secrets.{var}: not a usable environment variable name")
+    if not isinstance(ref, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,255}:(latest|[0-9]+)", ref):
+        fail(f"deploy.secrets.{var}: expected \"secret-name:version\" (version: latest or a number), got {ref!r}")
+    secret_specs.append(f"{var}={ref}")
+for var, where in sorted(needed_env.items()):
+    if var not in secrets_table:
+        fail(f"{where}: env:{var} is not mapped: add [deploy.secrets] {var} = \"secret-name:latest\"")
+
 # RESPONDER_CONFIG: a non-default file must be deployed with the source.
 config_env = ""
 real_cfg = os.path.realpath(cfg_path)
@@ -301,6 +332,8 @@ out = {
     "trusted_ranges": " ".join(str(r) for r in ranges), "trusted_priority": trusted_priority,
     "default_action": ACTIONS[action], "backend_services": " ".join(backends),
     "config_env": config_env,
+    "pulls": " ".join(p.replace(" ", "_") for p in pulls),
+    "secrets": ",".join(secret_specs),
 }
 for key, value in out.items():
     value = str(value)
@@ -316,7 +349,7 @@ PROJECT="" POLICY="" POLICY_REGION="" BAND_START="" BAND_END="" OWNER_TAG=""
 REGION="" RUNTIME="" MEMORY="" CPU="" MAX_INSTANCES="" CONCURRENCY="" TIMEOUT=""
 SCHEDULE="" PREFIX="" MAX_DELIVERY_ATTEMPTS="" MIN_RETRY_DELAY="" MAX_RETRY_DELAY=""
 PROBE_REGEX="" FIREWALL_PORTS="" PROBE_THRESHOLD="" TRUSTED_RANGES="" TRUSTED_PRIORITY=""
-DEFAULT_ACTION="" BACKEND_SERVICES="" CONFIG_ENV=""
+DEFAULT_ACTION="" BACKEND_SERVICES="" CONFIG_ENV="" PULLS="" SECRETS=""
 while IFS='=' read -r key value; do
   case $key in
     project) PROJECT=$value ;;
@@ -345,6 +378,8 @@ while IFS='=' read -r key value; do
     default_action) DEFAULT_ACTION=$value ;;
     backend_services) BACKEND_SERVICES=$value ;;
     config_env) CONFIG_ENV=$value ;;
+    pulls) PULLS=$value ;;
+    secrets) SECRETS=$value ;;
     *) die "internal: unexpected config key '$key'" ;;
   esac
 done <<<"$cfg_out"
@@ -399,6 +434,9 @@ SERVICES=(
 )
 if [[ $WITH_MONITORING -eq 1 ]]; then
   SERVICES+=(monitoring.googleapis.com)
+fi
+if [[ -n $SECRETS ]]; then
+  SERVICES+=(secretmanager.googleapis.com)
 fi
 
 # ------------------------------------------------------------ gcloud helpers
@@ -637,10 +675,17 @@ if [[ -n $CPU ]]; then
 fi
 for spec in "${FUNCTIONS[@]}"; do
   IFS='|' read -r fn entry topic <<<"$spec"
+  # Feed pulls' request headers: environment variables from Secret Manager,
+  # on the threat-feed function only.
+  secret_flag=()
+  if [[ $entry == on_threat_feed && -n $SECRETS ]]; then
+    secret_flag=(--set-secrets="$SECRETS")
+  fi
   # "functions deploy" creates or updates: it is run on every deploy.
   run gcloud functions deploy "$fn" --gen2 --region="$REGION" --project="$PROJECT" \
     --runtime="$RUNTIME" --source="$ROOT" --entry-point="$entry" --trigger-topic="$topic" \
     --trigger-service-account="$TRIGGER_SA" --service-account="$RUNTIME_SA" --retry \
+    ${secret_flag[@]+"${secret_flag[@]}"} \
     --memory="$MEMORY" ${cpu_flag[@]+"${cpu_flag[@]}"} --max-instances="$MAX_INSTANCES" \
     --concurrency="$CONCURRENCY" --timeout="$TIMEOUT" --ingress-settings=internal-only \
     --no-allow-unauthenticated --set-env-vars="$env_vars" --quiet
@@ -667,6 +712,34 @@ else
   run gcloud scheduler jobs create pubsub "$SCHEDULER_JOB" --location="$REGION" --project="$PROJECT" \
     --schedule="$SCHEDULE" --topic="$TOPIC_CLEANUP" --message-body='{"action":"cleanup"}' --time-zone=Etc/UTC \
     --description="Cloud Armor responder: remove expired band rules"
+fi
+
+step "8b. Feed pulls: one Cloud Scheduler job per feed with a url, publishing to $TOPIC_FEED"
+if [[ -z $PULLS ]]; then
+  note "no feed has a url: nothing to schedule"
+fi
+for pull in $PULLS; do
+  feed=${pull%%=*} cron=${pull#*=}
+  cron=${cron//_/ }
+  job="$PREFIX-pull-$feed"
+  body="{\"action\":\"pull\",\"feed\":\"$feed\"}"
+  if exists gcloud scheduler jobs describe "$job" --location="$REGION" --project="$PROJECT"; then
+    run gcloud scheduler jobs update pubsub "$job" --location="$REGION" --project="$PROJECT" \
+      --schedule="$cron" --topic="$TOPIC_FEED" --message-body="$body" --time-zone=Etc/UTC
+  else
+    run gcloud scheduler jobs create pubsub "$job" --location="$REGION" --project="$PROJECT" \
+      --schedule="$cron" --topic="$TOPIC_FEED" --message-body="$body" --time-zone=Etc/UTC \
+      --description="Cloud Armor responder: pull the feed $feed from its configured url"
+  fi
+done
+# The runtime identity reads each mapped secret (and nothing else in Secret Manager).
+if [[ -n $SECRETS ]]; then
+  IFS=',' read -r -a secret_refs <<<"$SECRETS"
+  for ref in "${secret_refs[@]}"; do
+    secret=${ref#*=}
+    run_retry gcloud secrets add-iam-policy-binding "${secret%%:*}" --project="$PROJECT" \
+      --member="serviceAccount:$RUNTIME_SA" --role=roles/secretmanager.secretAccessor --format=none
+  done
 fi
 
 step "9. Log sinks to $TOPIC_LOG, each writer identity allowed to publish"

@@ -58,6 +58,12 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 _TAG = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+DEFAULT_PULL_MAX_BYTES = 10 * 1024 * 1024  # Pub/Sub's message size: a pulled list is no larger than a published one
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
+_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]{0,63})$")
+_CRON_FIELD = re.compile(r"^[A-Za-z0-9*/,-]+$")
+# Hosts a plain-http feed url may name: the local stack's feed server only.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 class ConfigError(ValueError):
@@ -164,6 +170,15 @@ class FeedSettings:
     max_entries: int = 100_000
     snapshot: bool = False
     max_drop_share: float = 0.5
+    # Scheduled pulls (handlers/feed_pull.py): where the list is downloaded
+    # from, how often (a cron schedule, for Cloud Scheduler), and the limits.
+    url: str = ""  # empty: the feed is only published to the topic
+    every: str = ""  # cron schedule; set (default hourly) when url is
+    max_bytes: int = DEFAULT_PULL_MAX_BYTES
+    timeout: timedelta = timedelta(seconds=30)  # read timeout, and the whole download's deadline
+    connect_timeout: timedelta = timedelta(seconds=10)
+    # Request header -> the environment variable holding its value (never the value).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -453,6 +468,61 @@ def _source(kind: str, r: _Reader) -> SourceSettings:
     return src
 
 
+def schedule_of(every: str, where: str) -> str:
+    """A feed's ``every`` as a 5-field cron schedule (what Cloud Scheduler
+    takes): a duration that divides an hour or a day (``15m``, ``1h``,
+    ``6h``, ``1d``) or a cron string as is."""
+    text = every.strip()
+    m = _DURATION.match(text)
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        if unit == "m" and n < 60 and 60 % n == 0:
+            return f"*/{n} * * * *" if n > 1 else "* * * * *"
+        if unit == "m" and n == 60 or unit == "h" and n == 1:
+            return "0 * * * *"
+        if unit == "h" and n < 24 and 24 % n == 0:
+            return f"0 */{n} * * *"
+        if unit == "h" and n == 24 or unit == "d" and n == 1:
+            return "0 0 * * *"
+        raise ConfigError(f"{where}: {text!r} does not divide an hour or a day; use e.g. 15m, 1h, 6h, 1d or a cron string")
+    fields = text.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ConfigError(f"{where}: expected a schedule like '1h' or a 5-field cron string like '0 * * * *', got {every!r}")
+    return " ".join(fields)
+
+
+def _feed_url(url: str, where: str) -> str:
+    """https only (plain http for the local stack's loopback feed server),
+    with no credentials in the url: a secret goes in a header from the
+    environment."""
+    m = re.match(r"^(https?)://([^/?#\s]+)([/?][^\s]*)?$", url)
+    if not m:
+        raise ConfigError(f"{where}: expected an https:// url, got {url!r}")
+    scheme, authority = m.group(1), m.group(2)
+    if "@" in authority:
+        raise ConfigError(f"{where}: credentials in the url are refused; use headers = {{Authorization = \"env:NAME\"}}")
+    host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+    if scheme == "http" and host not in LOOPBACK_HOSTS:
+        raise ConfigError(f"{where}: plain http is allowed only for a loopback host (the local feed server); use https")
+    return url
+
+
+def _feed_headers(r: _Reader, name: str) -> dict[str, str]:
+    table = r.sub("headers")
+    out: dict[str, str] = {}
+    for header in list(table.table):
+        value = table.get(header, str)
+        where = f"feeds.{name}.headers.{header}"
+        if not _HEADER_NAME.match(header):
+            raise ConfigError(f"{where}: not a valid header name")
+        m = _ENV_REF.match(value)
+        if not m:
+            raise ConfigError(f"{where}: only a reference to an environment variable is accepted "
+                              f"(\"env:NAME\"), never the value itself")
+        out[header] = m.group(1)
+    return out
+
+
 def _feed(name: str, r: _Reader) -> FeedSettings:
     if not _NAME.match(name):
         raise ConfigError(f"feeds.{name}: feed names are 1 to 16 of a-z, 0-9 and '-', starting with a letter")
@@ -475,6 +545,29 @@ def _feed(name: str, r: _Reader) -> FeedSettings:
         max_entries=max_entries,
         snapshot=r.get("snapshot", bool, False),
         max_drop_share=float(share),
+    )
+    url = r.get("url", str, "")
+    pull_keys = [k for k in ("every", "max_bytes", "timeout", "connect_timeout", "headers") if r.has(k)]
+    if not url:
+        if pull_keys:
+            raise ConfigError(f"feeds.{name}.{pull_keys[0]}: only for a feed with a url")
+        r.done()
+        return feed
+    max_bytes = r.get("max_bytes", int, DEFAULT_PULL_MAX_BYTES)
+    if not 1024 <= max_bytes <= 100 * 1024 * 1024:
+        raise ConfigError(f"feeds.{name}.max_bytes: must be between 1024 and 104857600, got {max_bytes}")
+    timeout = r.duration("timeout", timedelta(seconds=30))
+    connect = r.duration("connect_timeout", timedelta(seconds=10))
+    assert timeout is not None and connect is not None
+    for key, value in (("timeout", timeout), ("connect_timeout", connect)):
+        if value > timedelta(minutes=5):
+            raise ConfigError(f"feeds.{name}.{key}: at most 5m (the function must outlive it), got {value}")
+    feed = replace(
+        feed,
+        url=_feed_url(url, f"feeds.{name}.url"),
+        every=schedule_of(r.get("every", str, "1h"), f"feeds.{name}.every"),
+        max_bytes=max_bytes, timeout=timeout, connect_timeout=connect,
+        headers=_feed_headers(r, name),
     )
     r.done()
     return feed

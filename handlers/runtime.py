@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -34,8 +34,14 @@ class Runtime:
         *,
         api_factory: Callable[[config.Settings], PolicyApi] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
+        # The process environment, for the values of feed pulls' request
+        # headers (config names the variables, never the secrets).
+        self.environ: Mapping[str, str] = dict(environ or {})
+        # Per-feed validators of the last pull this instance saw (handlers/feed_pull.py).
+        self.feed_memory: dict[str, Any] = {}
         self.audit = audit
         self.clock = clock
         self._api_factory = api_factory or _compute_api
@@ -71,7 +77,7 @@ def configure(environ: dict[str, str] | None = None) -> Runtime:
     env = dict(os.environ if environ is None else environ)
     settings = config.load(environ=env)
     setup_logging()
-    _runtime = Runtime(settings, Audit(file=env.get("RESPONDER_AUDIT_FILE") or None))
+    _runtime = Runtime(settings, Audit(file=env.get("RESPONDER_AUDIT_FILE") or None), environ=env)
     return _runtime
 
 

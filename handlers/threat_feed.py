@@ -19,6 +19,11 @@ Revoked indicators (STIX ``revoked``) withdraw this feed's claim.
 Escalation for repeat offenders is off for feeds unless
 ``sources.feed.escalate`` is set (a feed republishing its list would count
 a strike each time).
+
+A small JSON object with an ``action`` (and no ``indicators``) is a command:
+``{"action": "pull", "feed": NAME}`` downloads the feed from its configured
+url (``handlers/feed_pull.py``) and ingests the list here, like a published
+one; a pulled list that yields no indicator is refused whole.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from config.settings import FeedSettings
-from handlers import common
+from handlers import common, feed_pull
 from handlers.envelope import Message
 from handlers.formats import FormatError, parse_feed
 from handlers.runtime import Runtime
@@ -47,6 +52,17 @@ def _notes(notes: Sequence[str]) -> dict[str, str]:
 
 
 def handle(message: Message, rt: Runtime) -> Outcome:
+    if feed_pull.is_pull(message.data):
+        return feed_pull.handle(message, rt, _ingest_pulled)
+    return ingest(message, rt)
+
+
+def _ingest_pulled(message: Message, rt: Runtime) -> Outcome:
+    return ingest(message, rt, pulled=True)
+
+
+def ingest(message: Message, rt: Runtime, *, pulled: bool = False) -> Outcome:
+    """One feed list (published, or downloaded by a pull) to the band."""
     attrs = message.attributes
     declared = attrs.get("feed", "")
     feed_settings = rt.settings.feeds.get(declared) if declared else None
@@ -65,6 +81,9 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     snapshot = (attrs.get("snapshot", notes.get("snapshot", "")).lower() == "true") or feed.snapshot
     intents, errors, skipped = _intents(parsed.sightings, feed, message, rt)
     intents_errors = list(parsed.errors) + errors
+    if not intents and pulled:
+        why = f" ({intents_errors[0].error})" if intents_errors else ""
+        raise BadEvent(f"threat feed {name}: the downloaded list holds no valid indicator{why}; nothing changed")
     if not intents and not snapshot:
         if parsed.errors or errors:
             raise BadEvent(f"threat feed {name}: no valid indicator ({intents_errors[0].error})")

@@ -31,6 +31,7 @@ CHANGES = (
     "refused",  # an intent the guards or the planner would not apply
     "unchanged",  # an event that needed no change
     "rejected",  # a malformed event, acknowledged
+    "failed",  # a transient failure recorded before raising (Pub/Sub redelivers), e.g. a feed download
     "lint",  # a problem in the policy found at cleanup/start
     "usage",  # band utilisation, reported by cleanup
     "breaker",  # a source flooded: its new rules go to preview or are refused

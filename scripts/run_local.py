@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import eventarc  # noqa: E402
+from feed_server import FeedServer  # noqa: E402
 
 from config import settings as config  # noqa: E402
 
@@ -48,6 +49,25 @@ SCRIPT: list[tuple[str, str, dict[str, str], str]] = [
     ("on_manual", "manual-bad.json", {}, "a malformed command: logged and acknowledged"),
     ("on_cleanup", "cleanup.json", {}, "the scheduled cleanup: expire, compact, report"),
 ]
+
+
+# The scheduled pull: the feed the run's configuration adds (its url is the
+# local feed server's), and the message Cloud Scheduler publishes for it.
+PULLED_FEED = "example-block"
+PULL_MESSAGE = "feed-pull.json"
+
+
+def run_config(feed_url: str, var: Path) -> Path:
+    """The bundled configuration plus one pulled feed served on loopback."""
+    path = var / "run-responder.toml"
+    text = Path(config.DEFAULT_PATH).read_text()
+    text += (
+        f"\n# Added by scripts/run_local.py: a feed pulled from the local feed server.\n"
+        f"[feeds.{PULLED_FEED}]\nformat = \"netset\"\nttl = \"1d\"\nsnapshot = true\n"
+        f"url = \"{feed_url}\"\nevery = \"1h\"\ntimeout = \"10s\"\n"
+    )
+    path.write_text(text)
+    return path
 
 
 def free_port() -> int:
@@ -132,6 +152,22 @@ def print_band(endpoint: str, settings: config.Settings, title: str) -> None:
     print(band_table(api.get_policy(), settings, datetime.now(tz=UTC)))
 
 
+def scheduled_pull(url: str, feeds: FeedServer, endpoint: str, settings: config.Settings) -> None:
+    """Publishes the pull message as Cloud Scheduler would, twice: the first
+    downloads the list and lands it, the next finds it unchanged (304)."""
+    feed = settings.feeds[PULLED_FEED]
+    print(f"\n== scheduled pull of {PULLED_FEED} (every: '{feed.every}') from {feed.url}")
+    print_band(endpoint, settings, "band before the pull")
+    data = (ROOT / "examples" / PULL_MESSAGE).read_bytes()
+    for what in ("Cloud Scheduler publishes the pull", "the next scheduled pull"):
+        seen = len(feeds.requests)
+        status = eventarc.post(url, data)
+        answers = ", ".join(f"GET {r['path']} -> {r['status']}" for r in feeds.requests[seen:]) or "no request"
+        print(f"-> on_threat_feed  {PULL_MESSAGE:22} HTTP {status}  {what}: feed server {answers}")
+        if what.startswith("Cloud"):
+            print_band(endpoint, settings, "band after the pull")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="keep the stack up for publishing by hand")
@@ -143,15 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     state = var / "local-api-state.json"
     if args.fresh and state.exists():
         state.unlink()
-    settings = config.load()
+    feeds = FeedServer(ROOT / "examples" / "feeds").start()
+    config_path = run_config(feeds.url(f"{PULLED_FEED}.netset"), var)
+    settings = config.load(config_path)
     procs: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = []
     try:
         api_proc, endpoint = start_local_api(state, settings.policy.project)
         procs.append(api_proc)
         print(f"local Cloud Armor API: {endpoint} (state in var/local-api-state.json)")
         ensure_policy(endpoint, settings)
+        print(f"local feed server:     {feeds.endpoint} (serves examples/feeds/)")
         env = {**os.environ, "RESPONDER_API_ENDPOINT": endpoint, "RESPONDER_AUDIT_FILE": str(var / "audit.jsonl"),
-               "PYTHONUNBUFFERED": "1"}
+               "RESPONDER_CONFIG": str(config_path), "PYTHONUNBUFFERED": "1"}
         urls: dict[str, str] = {}
         for target in ENTRY_POINTS:
             port = free_port()
@@ -165,17 +204,20 @@ def main(argv: list[str] | None = None) -> int:
             data = (ROOT / "examples" / example).read_bytes()
             status = eventarc.post(urls[target], data, attributes=attributes)
             print(f"-> {target:15} {example:22} HTTP {status}  {what}")
+        scheduled_pull(urls["on_threat_feed"], feeds, endpoint, settings)
         print_band(endpoint, settings, "band after")
         print("\naudit records: var/audit.jsonl; function logs: var/*.log")
         if args.keep:
             print("\nThe stack stays up. Publish by hand, e.g.:")
             print(f"  .venv/bin/python scripts/publish.py {urls['on_manual']} examples/manual-block.json")
+            print(f"  .venv/bin/python scripts/publish.py {urls['on_threat_feed']} examples/{PULL_MESSAGE}   # a scheduled pull")
             print("Ctrl-C stops everything.")
             signal.pause()
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
+        feeds.stop()
         for proc in procs:
             proc.terminate()
         for proc in procs:

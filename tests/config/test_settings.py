@@ -101,3 +101,53 @@ def test_unconfigured_feed_gets_defaults() -> None:
     loaded = config.load(environ={})
     feed = loaded.feed("never-configured")
     assert ("never-configured", None, 0, False) == (feed.name, feed.ttl, feed.min_confidence, feed.snapshot)
+
+
+# ------------------------------------------------------------ feed pulls
+
+
+def _pulled(**fields: Any) -> dict[str, Any]:
+    doc = _doc()
+    doc["feeds"]["pulled"] = {"format": "spamhaus", "url": "https://feeds.example.com/drop.txt", **fields}
+    return doc
+
+
+def test_a_pulled_feed_gets_an_hourly_schedule_and_pull_limits_by_default() -> None:
+    feed = config.from_dict(_pulled()).feeds["pulled"]
+    assert ("0 * * * *", 10 * 1024 * 1024, timedelta(seconds=30)) == (feed.every, feed.max_bytes, feed.timeout)
+
+
+@pytest.mark.parametrize("every, cron", [
+    ("15m", "*/15 * * * *"), ("1h", "0 * * * *"), ("6h", "0 */6 * * *"), ("1d", "0 0 * * *"),
+    ("30 2 * * 1", "30 2 * * 1"),
+])
+def test_every_becomes_a_cron_schedule(every: str, cron: str) -> None:
+    assert cron == config.from_dict(_pulled(every=every)).feeds["pulled"].every
+
+
+def test_headers_name_environment_variables() -> None:
+    feed = config.from_dict(_pulled(headers={"Authorization": "env:FEED_TOKEN"})).feeds["pulled"]
+    assert {"Authorization": "FEED_TOKEN"} == feed.headers
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"headers": {"Authorization": "Bearer abc123"}}, r"^feeds\.pulled\.headers\.Authorization: only a reference to an environment variable"),
+    ({"url": "https://user:pw@feeds.example.com/x"}, r"^feeds\.pulled\.url: credentials in the url are refused"),
+    ({"url": "http://feeds.example.com/x"}, r"^feeds\.pulled\.url: plain http is allowed only for a loopback host"),
+    ({"url": "file:///etc/passwd"}, r"^feeds\.pulled\.url: expected an https:// url"),
+    ({"every": "7m"}, r"^feeds\.pulled\.every: '7m' does not divide an hour or a day"),
+    ({"every": "hourly"}, r"^feeds\.pulled\.every: expected a schedule"),
+    ({"max_bytes": 10}, r"^feeds\.pulled\.max_bytes: must be between"),
+    ({"timeout": "10m"}, r"^feeds\.pulled\.timeout: at most 5m"),
+    ({"proxy": "x"}, r"^feeds\.pulled\.proxy: unknown setting"),
+])
+def test_bad_pull_settings_name_the_field(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        config.from_dict(_pulled(**fields))
+
+
+def test_pull_settings_without_a_url_are_refused() -> None:
+    doc = _doc()
+    doc["feeds"]["example-intel"]["every"] = "1h"
+    with pytest.raises(config.ConfigError, match=r"^feeds\.example-intel\.every: only for a feed with a url"):
+        config.from_dict(doc)

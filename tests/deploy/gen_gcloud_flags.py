@@ -25,6 +25,7 @@ iam roles describe
 iam roles create
 iam roles update
 iam roles undelete
+secrets add-iam-policy-binding
 pubsub topics describe
 pubsub topics create
 pubsub topics add-iam-policy-binding

@@ -470,3 +470,57 @@ def test_shellcheck_clean() -> None:
         pytest.skip("shellcheck is not installed")
     result = subprocess.run([shellcheck, "-x", str(DEPLOY)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------- feed pulls
+
+PULLED = """
+[feeds.drop]
+format = "spamhaus"
+snapshot = true
+url = "https://feeds.example.com/drop.txt"
+every = "6h"
+headers = {Authorization = "env:FEED_TOKEN"}
+
+[deploy.secrets]
+FEED_TOKEN = "feed-token:latest"
+"""
+
+
+def test_each_feed_with_a_url_gets_a_pull_schedule_and_its_header_secrets(env: Env, cfg_dir: Path) -> None:
+    cfg = write_config(cfg_dir / "pulled.toml", extra=PULLED)
+    first = env.run("--region", REGION, config=cfg)
+    assert 0 == first.returncode, first.stderr
+    job = env.read_state()["scheduler_jobs"]["car-pull-drop"]
+    calls = env.calls()
+    create = calls[index_of(calls, "scheduler", "jobs", "create", "pubsub", contains="car-pull-drop")]
+    feed_fn = calls[index_of(calls, "functions", "deploy", contains="car-threat-feed")]
+    other_fn = calls[index_of(calls, "functions", "deploy", contains="car-manual")]
+    grant = calls[index_of(calls, "secrets", "add-iam-policy-binding")]
+    assert "0 */6 * * *" == job["schedule"]
+    assert ("car-threat-feed", '{"action":"pull","feed":"drop"}') == (flag(create, "--topic"), flag(create, "--message-body"))
+    assert "FEED_TOKEN=feed-token:latest" == flag(feed_fn, "--set-secrets")
+    assert flag(other_fn, "--set-secrets") is None
+    assert ("feed-token", "roles/secretmanager.secretAccessor") == (grant[2], flag(grant, "--role"))
+    env.clear_log()
+    second = env.run("--region", REGION, config=cfg)
+    assert 0 == second.returncode, second.stderr
+    calls = env.calls()
+    index_of(calls, "scheduler", "jobs", "update", "pubsub", contains="car-pull-drop")
+
+
+def test_the_dry_run_shows_the_pull_schedules(env: Env, cfg_dir: Path) -> None:
+    cfg = write_config(cfg_dir / "pulled.toml", extra=PULLED)
+    result = env.run("--region", REGION, "--dry-run", config=cfg)
+    assert 0 == result.returncode, result.stderr
+    assert "gcloud scheduler jobs create pubsub car-pull-drop" in result.stdout
+    assert "'--schedule=0 */6 * * *'" in result.stdout
+    assert [] == env.calls()
+
+
+def test_a_header_secret_without_a_mapping_stops_the_deploy(env: Env, cfg_dir: Path) -> None:
+    cfg = write_config(cfg_dir / "unmapped.toml", extra=PULLED.replace('FEED_TOKEN = "feed-token:latest"', ""))
+    result = env.run("--region", REGION, config=cfg)
+    assert 3 == result.returncode
+    assert "feeds.drop.headers.Authorization: env:FEED_TOKEN is not mapped" in result.stderr
+    assert [] == [c for c in env.calls() if is_mutating(c)]
