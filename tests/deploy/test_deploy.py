@@ -264,7 +264,7 @@ def test_functions_are_configured(first_run) -> None:
         assert (fn["memory"], fn["maxInstances"], fn["concurrency"], fn["timeout"]) == ("512Mi", "10", "1", "540s")
         assert fn["env"] == {
             "RESPONDER_PROJECT": PROJECT, "RESPONDER_POLICY": "ml-cluster-edge", "RESPONDER_REGION": "",
-            "RESPONDER_BAND_START": "20000", "RESPONDER_BAND_END": "20999",
+            "RESPONDER_BAND_START": "20000", "RESPONDER_BAND_END": "20999", "RESPONDER_FUNCTION_TIMEOUT": "540s",
             "RESPONDER_CONFIG": str(cfg.relative_to(ROOT)),
         }
     deploy = [c for c in env.calls() if c[:2] == ["functions", "deploy"]][0]
@@ -392,7 +392,7 @@ def test_flags_override_config(scenarios) -> None:
     assert fn["region"] == "europe-west4"                     # --region: the functions' region
     assert fn["env"] == {"RESPONDER_PROJECT": "other-proj", "RESPONDER_POLICY": "edge2",
                          "RESPONDER_REGION": "us-east1",      # the policy's region, from the config
-                         "RESPONDER_BAND_START": "30000", "RESPONDER_BAND_END": "30499",
+                         "RESPONDER_BAND_START": "30000", "RESPONDER_BAND_END": "30499", "RESPONDER_FUNCTION_TIMEOUT": "540s",
                          "RESPONDER_CONFIG": fn["env"]["RESPONDER_CONFIG"]}
     assert all(flag(c, "--project") in ("other-proj", None) for c in env.calls())
     assert "priority<30000" in state["sinks"]["car-lb-armor"]["filter"]

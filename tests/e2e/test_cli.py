@@ -184,6 +184,8 @@ RECORDS: list[tuple[str, str, dict[str, object]]] = [
      {"message_id": "m-8", "source": "manual", "actor": "bob", "reason": "incident", "mode": "preview", "priorities": [20010]}),
     ("deferred", "stopped after 4 of 30 operation(s), 26 remain: the delivery's time budget would run out",
      {"message_id": "m-9", "source": "feed-a", "done": 4, "remaining": 26, "remaining_add": 26}),
+    ("failed", "threat feed spamhaus-drop: the download failed (HTTP 503 after 3 tries); Pub/Sub redelivers",
+     {"message_id": "m-11", "source": "spamhaus-drop", "error": "HTTP 503"}),
     ("dead-lettered", "feed message m-10 failed on delivery 5 (deploy.max_delivery_attempts = 5)",
      {"message_id": "m-10", "source": "feed", "delivery_attempt": 5, "error": "TransientError: 503"}),
 ]

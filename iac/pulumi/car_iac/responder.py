@@ -128,6 +128,7 @@ class Responder(pulumi.ComponentResource):
             "RESPONDER_REGION": args.policy_region,
             "RESPONDER_BAND_START": str(args.band_start),
             "RESPONDER_BAND_END": str(args.band_end),
+            "RESPONDER_FUNCTION_TIMEOUT": f"{args.deploy.timeout_seconds}s",
         }
         service_config: dict[str, object] = {
             "available_memory": args.deploy.memory,

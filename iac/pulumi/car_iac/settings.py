@@ -72,7 +72,7 @@ class DeploySettings:
     cpu: str = ""
     max_instances: int = 10
     concurrency: int = 1
-    timeout_seconds: int = 120
+    timeout_seconds: int = 540
     cleanup_schedule: str = "*/10 * * * *"
     topic_prefix: str = "car"
     probe_path_regex: str = DEFAULT_PROBE_REGEX
@@ -184,7 +184,7 @@ def _operator_rule(raw: Any, i: int) -> RuleSpec:
 
 def _deploy(doc: Mapping[str, Any], region: str) -> DeploySettings:
     dep = doc.get("deploy", {})
-    timeout = str(dep.get("timeout", "120s"))
+    timeout = str(dep.get("timeout", "540s"))
     m = re.fullmatch(r"([0-9]+)s", timeout)
     if not m:
         raise ConfigError(f"deploy.timeout: expected e.g. 120s, got {timeout!r}")
