@@ -52,11 +52,12 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "RESPONDER_RETRY_DEADLINE": "policy.retry_deadline",
 }
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+# Matched with fullmatch only: "$" also matches before a final newline.
+_DURATION = re.compile(r"\s*(\d+)\s*([smhd])\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
-_TAG = re.compile(r"^[a-z][a-z0-9]{1,7}$")
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,15}")
+_TAG = re.compile(r"[a-z][a-z0-9]{1,7}")
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 
 class ConfigError(ValueError):
@@ -69,7 +70,7 @@ def parse_duration(value: object, where: str) -> timedelta:
         raise ConfigError(f"{where}: expected a duration like '6h', got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         seconds = float(int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
     else:
         raise ConfigError(f"{where}: expected a duration like '6h', '15m' or '7d', got {value!r}")
@@ -342,7 +343,7 @@ def _policy(r: _Reader) -> PolicySettings:
     if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
         raise ConfigError(f"policy.name: not a valid resource name: {name!r}")
     endpoint = r.get("api_endpoint", str, "")
-    if endpoint and not re.match(r"^https?://[^/\s]+/?$", endpoint):
+    if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
         raise ConfigError(f"policy.api_endpoint: expected http(s)://host[:port], got {endpoint!r}")
     policy = PolicySettings(
         project=project,
@@ -366,7 +367,7 @@ def _band(r: _Reader) -> BandSettings:
     if not start < end <= MAX_RULE_PRIORITY:
         raise ConfigError(f"band.end: must be greater than band.start ({start}) and at most {MAX_RULE_PRIORITY}, got {end}")
     tag = r.get("owner_tag", str, "car1")
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise ConfigError(f"band.owner_tag: 2 to 8 lowercase letters or digits, starting with a letter, got {tag!r}")
     granularity = r.duration("expiry_granularity", timedelta(minutes=15))
     assert granularity is not None
@@ -385,10 +386,10 @@ def _band(r: _Reader) -> BandSettings:
 
 def _lease(r: _Reader) -> LeaseSettings:
     label = r.get("label", str, "car-lease")
-    if not _LABEL_KEY.match(label):
+    if not _LABEL_KEY.fullmatch(label):
         raise ConfigError(f"lease.label: not a valid label key: {label!r}")
     mode_label = r.get("mode_label", str, "car-mode")
-    if not _LABEL_KEY.match(mode_label) or mode_label == label:
+    if not _LABEL_KEY.fullmatch(mode_label) or mode_label == label:
         raise ConfigError(f"lease.mode_label: not a valid label key, or the same as lease.label: {mode_label!r}")
     lease = LeaseSettings(
         label=label,
@@ -437,7 +438,7 @@ def _source(kind: str, r: _Reader) -> SourceSettings:
 
 
 def _feed(name: str, r: _Reader) -> FeedSettings:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(f"feeds.{name}: feed names are 1 to 16 of a-z, 0-9 and '-', starting with a letter")
     share = r.get("max_drop_share", (int, float), 0.5)
     if not 0 <= share <= 1:

@@ -39,7 +39,7 @@ from responder.planner import Entry
 from responder.service import Outcome
 
 KIND = "feed"
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,15}")  # always fullmatch: "$" also matches before a final newline
 
 
 def _notes(notes: Sequence[str]) -> dict[str, str]:
@@ -57,7 +57,7 @@ def handle(message: Message, rt: Runtime) -> Outcome:
         raise BadEvent(f"threat feed: {exc}") from None
     notes = _notes(parsed.notes)
     name = declared or notes.get("feed", "")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise BadEvent(f"threat feed: the feed name {name!r} is missing or invalid (attribute 'feed': 1-16 of a-z, 0-9, '-')")
     if name == "manual":
         raise BadEvent("threat feed: 'manual' is reserved for operators' commands")
