@@ -52,7 +52,8 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     feed_settings = rt.settings.feeds.get(declared) if declared else None
     fmt = attrs.get("format") or (feed_settings.format if feed_settings and feed_settings.format != "auto" else None)
     try:
-        parsed = parse_feed(message.data, fmt, message.publish_time)
+        with common.reading("threat feed"):
+            parsed = parse_feed(message.data, fmt, message.publish_time)
     except FormatError as exc:
         raise BadEvent(f"threat feed: {exc}") from None
     notes = _notes(parsed.notes)
@@ -63,7 +64,8 @@ def handle(message: Message, rt: Runtime) -> Outcome:
         raise BadEvent("threat feed: 'manual' is reserved for operators' commands")
     feed = rt.settings.feed(name)
     snapshot = (attrs.get("snapshot", notes.get("snapshot", "")).lower() == "true") or feed.snapshot
-    intents, errors, skipped = _intents(parsed.sightings, feed, message, rt)
+    with common.reading(f"threat feed {name}"):
+        intents, errors, skipped = _intents(parsed.sightings, feed, message, rt)
     intents_errors = list(parsed.errors) + errors
     if not intents and not snapshot:
         if parsed.errors or errors:
