@@ -29,7 +29,7 @@ from config.settings import DENY_ACTIONS, ConfigError, DetectorSettings
 if TYPE_CHECKING:
     from handlers.formats.logs import Detector
 
-SOURCE_ID = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+SOURCE_ID = re.compile(r"[a-z][a-z0-9-]{0,15}")  # always fullmatch: "$" also matches before a final newline
 RESERVED = ("manual", "monitoring", "scc")  # operators' and the alert handler's source ids
 
 
@@ -80,13 +80,13 @@ def _load(settings: DetectorSettings, mtime: int) -> Detectors:
     for name, sid in mapping.items():
         if name not in names:
             raise ConfigError(f"{where}: source_ids.{name}: no detector has this name")
-        if not isinstance(sid, str) or not SOURCE_ID.match(sid):
+        if not isinstance(sid, str) or not SOURCE_ID.fullmatch(sid):
             raise ConfigError(f"{where}: source_ids.{name}: {sid!r} is not a source id (1-16 of a-z, 0-9, '-', starting with a letter)")
     for det in detectors:
         if det.action not in DENY_ACTIONS:
             raise ConfigError(f"{where}: detector {det.name!r}: action: must be one of {', '.join(DENY_ACTIONS)}, got {det.action!r}")
         sid = mapping.get(det.name, det.name)
-        if not SOURCE_ID.match(sid):
+        if not SOURCE_ID.fullmatch(sid):
             raise ConfigError(
                 f"{where}: detector {det.name!r}: name: longer than a band source id allows "
                 "(1-16 of a-z, 0-9, '-', starting with a letter); map it in [source_ids]"

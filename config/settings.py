@@ -53,15 +53,16 @@ ENV_OVERRIDES: Mapping[str, str] = {
     "RESPONDER_FUNCTION_TIMEOUT": "deploy.timeout",
 }
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+# Matched with fullmatch only: "$" also matches before a final newline.
+_DURATION = re.compile(r"\s*(\d+)\s*([smhd])\s*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
-_TAG = re.compile(r"^[a-z][a-z0-9]{1,7}$")
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,15}")
+_TAG = re.compile(r"[a-z][a-z0-9]{1,7}")
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 DEFAULT_PULL_MAX_BYTES = 10 * 1024 * 1024  # Pub/Sub's message size: a pulled list is no larger than a published one
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
-_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]{0,63})$")
-_CRON_FIELD = re.compile(r"^[A-Za-z0-9*/,-]+$")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+_ENV_REF = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]{0,63})")
+_CRON_FIELD = re.compile(r"[A-Za-z0-9*/,-]+")
 # Hosts a plain-http feed url may name: the local stack's feed server only.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
@@ -76,7 +77,7 @@ def parse_duration(value: object, where: str) -> timedelta:
         raise ConfigError(f"{where}: expected a duration like '6h', got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         seconds = float(int(m.group(1)) * _UNIT_SECONDS[m.group(2)])
     else:
         raise ConfigError(f"{where}: expected a duration like '6h', '15m' or '7d', got {value!r}")
@@ -373,7 +374,7 @@ def _policy(r: _Reader) -> PolicySettings:
     if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
         raise ConfigError(f"policy.name: not a valid resource name: {name!r}")
     endpoint = r.get("api_endpoint", str, "")
-    if endpoint and not re.match(r"^https?://[^/\s]+/?$", endpoint):
+    if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
         raise ConfigError(f"policy.api_endpoint: expected http(s)://host[:port], got {endpoint!r}")
     policy = PolicySettings(
         project=project,
@@ -397,7 +398,7 @@ def _band(r: _Reader) -> BandSettings:
     if not start < end <= MAX_RULE_PRIORITY:
         raise ConfigError(f"band.end: must be greater than band.start ({start}) and at most {MAX_RULE_PRIORITY}, got {end}")
     tag = r.get("owner_tag", str, "car1")
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise ConfigError(f"band.owner_tag: 2 to 8 lowercase letters or digits, starting with a letter, got {tag!r}")
     granularity = r.duration("expiry_granularity", timedelta(minutes=15))
     assert granularity is not None
@@ -416,10 +417,10 @@ def _band(r: _Reader) -> BandSettings:
 
 def _lease(r: _Reader) -> LeaseSettings:
     label = r.get("label", str, "car-lease")
-    if not _LABEL_KEY.match(label):
+    if not _LABEL_KEY.fullmatch(label):
         raise ConfigError(f"lease.label: not a valid label key: {label!r}")
     mode_label = r.get("mode_label", str, "car-mode")
-    if not _LABEL_KEY.match(mode_label) or mode_label == label:
+    if not _LABEL_KEY.fullmatch(mode_label) or mode_label == label:
         raise ConfigError(f"lease.mode_label: not a valid label key, or the same as lease.label: {mode_label!r}")
     lease = LeaseSettings(
         label=label,
@@ -473,7 +474,7 @@ def schedule_of(every: str, where: str) -> str:
     takes): a duration that divides an hour or a day (``15m``, ``1h``,
     ``6h``, ``1d``) or a cron string as is."""
     text = every.strip()
-    m = _DURATION.match(text)
+    m = _DURATION.fullmatch(text)
     if m:
         n, unit = int(m.group(1)), m.group(2)
         if unit == "m" and n < 60 and 60 % n == 0:
@@ -486,7 +487,7 @@ def schedule_of(every: str, where: str) -> str:
             return "0 0 * * *"
         raise ConfigError(f"{where}: {text!r} does not divide an hour or a day; use e.g. 15m, 1h, 6h, 1d or a cron string")
     fields = text.split()
-    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
         raise ConfigError(f"{where}: expected a schedule like '1h' or a 5-field cron string like '0 * * * *', got {every!r}")
     return " ".join(fields)
 
@@ -495,7 +496,7 @@ def _feed_url(url: str, where: str) -> str:
     """https only (plain http for the local stack's loopback feed server),
     with no credentials in the url: a secret goes in a header from the
     environment."""
-    m = re.match(r"^(https?)://([^/?#\s]+)([/?][^\s]*)?$", url)
+    m = re.fullmatch(r"(https?)://([^/?#\s]+)([/?][^\s]*)?", url)
     if not m:
         raise ConfigError(f"{where}: expected an https:// url, got {url!r}")
     scheme, authority = m.group(1), m.group(2)
@@ -513,9 +514,9 @@ def _feed_headers(r: _Reader, name: str) -> dict[str, str]:
     for header in list(table.table):
         value = table.get(header, str)
         where = f"feeds.{name}.headers.{header}"
-        if not _HEADER_NAME.match(header):
+        if not _HEADER_NAME.fullmatch(header):
             raise ConfigError(f"{where}: not a valid header name")
-        m = _ENV_REF.match(value)
+        m = _ENV_REF.fullmatch(value)
         if not m:
             raise ConfigError(f"{where}: only a reference to an environment variable is accepted "
                               f"(\"env:NAME\"), never the value itself")
@@ -524,7 +525,7 @@ def _feed_headers(r: _Reader, name: str) -> dict[str, str]:
 
 
 def _feed(name: str, r: _Reader) -> FeedSettings:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ConfigError(f"feeds.{name}: feed names are 1 to 16 of a-z, 0-9 and '-', starting with a letter")
     share = r.get("max_drop_share", (int, float), 0.5)
     if not 0 <= share <= 1:

@@ -61,7 +61,8 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     if not message.data.strip():
         raise BadEvent("alert: the message has no data")
     try:
-        doc = load_json(message.data)  # also refuses JSON nested too deeply
+        with common.reading("alert"):
+            doc = load_json(message.data)  # also refuses JSON nested too deeply
     except FormatError as exc:
         raise BadEvent(f"alert: {exc}") from None
     if isinstance(doc, Mapping) and "incident" in doc:
@@ -92,7 +93,8 @@ def _networks(result: ParseResult, what: str) -> tuple[list[tuple[Network, str]]
 def _monitoring(doc: Mapping, message: Message, rt: Runtime) -> Outcome:  # type: ignore[type-arg]
     conf = rt.settings.alerts.monitoring
     try:
-        incident = parse_monitoring_incident(dict(doc), conf.label_keys)
+        with common.reading("alert"):
+            incident = parse_monitoring_incident(dict(doc), conf.label_keys)
     except FormatError as exc:
         raise BadEvent(f"alert: {exc}") from None
     if incident.is_test:
@@ -100,7 +102,8 @@ def _monitoring(doc: Mapping, message: Message, rt: Runtime) -> Outcome:  # type
     what = f"monitoring incident {incident.incident_id or '(no id)'}"
     if incident.state not in ("open", "closed"):
         raise BadEvent(f"{what}: state {incident.state!r} is neither open nor closed")
-    nets, errors = _networks(incident.result, what)
+    with common.reading(what):
+        nets, errors = _networks(incident.result, what)
     if not nets:
         return _unchanged(rt, message, MONITORING,
                           f"{what}: no address in labels {', '.join(conf.label_keys)} (alerts.monitoring.label_keys)")
@@ -141,7 +144,8 @@ def _widened(net: Network, rt: Runtime) -> Network:
 def _scc(doc: Mapping, message: Message, rt: Runtime) -> Outcome:  # type: ignore[type-arg]
     conf = rt.settings.alerts.scc
     try:
-        finding = parse_scc_notification(dict(doc))
+        with common.reading("alert"):
+            finding = parse_scc_notification(dict(doc))
     except FormatError as exc:
         raise BadEvent(f"alert: {exc}") from None
     what = f"scc finding {finding.category or '(no category)'}"
@@ -152,7 +156,8 @@ def _scc(doc: Mapping, message: Message, rt: Runtime) -> Outcome:  # type: ignor
     state = finding.state or "ACTIVE"
     if state not in ("ACTIVE", "INACTIVE"):
         raise BadEvent(f"{what}: state {state!r} is neither ACTIVE nor INACTIVE")
-    nets, errors = _networks(finding.result, what)
+    with common.reading(what):
+        nets, errors = _networks(finding.result, what)
     if not nets:
         return _unchanged(rt, message, SCC, f"{what}: the finding names no address")
     source = rt.settings.source(KIND)

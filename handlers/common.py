@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -11,8 +12,23 @@ from config.settings import SourceSettings
 from handlers.envelope import Message
 from handlers.runtime import Runtime, event_ref
 from responder import guards
+from responder.errors import BadEvent
 from responder.model import Escalation, Intent, ItemError
 from responder.service import Derive, Flood, Outcome
+
+
+@contextmanager
+def reading(what: str) -> Iterator[None]:
+    """Reading a message: a RecursionError raised meanwhile (input nested or
+    chained deeper than Python's recursion limit allows; the parsers turn it
+    into an item error where they can) becomes a BadEvent, so the message is
+    rejected once with a record, not failed on every delivery until it is
+    dead-lettered. Only the reading is guarded: a RecursionError while
+    applying would be a bug, and still fails the delivery."""
+    try:
+        yield
+    except RecursionError:
+        raise BadEvent(f"{what}: nested too deeply to read") from None
 
 
 def expiry_for(

@@ -83,7 +83,7 @@ MAX_REDIRECTS = 3
 CHUNK = 64 * 1024
 USER_AGENT = "cloud-armor-responder (feed pull)"
 _HTML = (b"<!doctype", b"<html", b"<head", b"<body", b"<title")
-_LOWER_HEX = re.compile(r"^[0-9a-f]+$")
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
 
 Ingest = Callable[[Message, Runtime], Outcome]
 
@@ -122,7 +122,7 @@ def _b36(n: int) -> str:
 def _etag_code(etag: str) -> str:
     weak = etag.startswith("W/")
     inner = etag[2:] if weak else etag
-    if len(inner) >= 2 and inner[0] == inner[-1] == '"' and _LOWER_HEX.match(inner[1:-1]):
+    if len(inner) >= 2 and inner[0] == inner[-1] == '"' and _LOWER_HEX.fullmatch(inner[1:-1]):
         return ("w" if weak else "h") + inner[1:-1]
     return "b" + base64.b32encode(etag.encode()).decode().rstrip("=").lower()
 

@@ -116,8 +116,9 @@ def _event_time(entry: Mapping[str, Any], message: Message) -> datetime:
 def handle(message: Message, rt: Runtime) -> Outcome:
     loaded = detector_config.load(rt.settings.detectors)
     try:
-        entry = check_entry(message.data)
-        evaluation = evaluate_detailed(entry, loaded.enabled)
+        with common.reading("log entry"):
+            entry = check_entry(message.data)
+            evaluation = evaluate_detailed(entry, loaded.enabled)
     except FormatError as exc:
         raise BadEvent(f"log entry: {exc}") from None
     if not evaluation.matches:

@@ -97,16 +97,17 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     when = None if permanent or verb is Verb.UNBLOCK else common.expiry_for(message.publish_time, source, ttl=ttl, expiry=expiry)
     intents: list[Intent] = []
     errors: list[ItemError] = []
-    for item in ranges:
-        try:
-            network = parse_network(item)
-        except ValueError as exc:
-            errors.append(ItemError(str(item), str(exc)))
-            continue
-        intents.append(Intent(
-            verb, network, KIND, expiry=when, permanent=permanent, severity=severity,
-            action=source.action, preview=preview, reason=reason,
-        ))
+    with common.reading("manual command"):
+        for item in ranges:
+            try:
+                network = parse_network(item)
+            except ValueError as exc:
+                errors.append(ItemError(str(item), str(exc)))
+                continue
+            intents.append(Intent(
+                verb, network, KIND, expiry=when, permanent=permanent, severity=severity,
+                action=source.action, preview=preview, reason=reason,
+            ))
     if not intents:
         raise BadEvent(f"manual command: no valid range ({errors[0].error})")
     common.report_items(rt, message, KIND, errors)

@@ -44,7 +44,7 @@ from responder.planner import Entry
 from responder.service import Outcome
 
 KIND = "feed"
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+_NAME = re.compile(r"[a-z][a-z0-9-]{0,15}")  # always fullmatch: "$" also matches before a final newline
 
 
 def _notes(notes: Sequence[str]) -> dict[str, str]:
@@ -68,18 +68,20 @@ def ingest(message: Message, rt: Runtime, *, pulled: bool = False) -> Outcome:
     feed_settings = rt.settings.feeds.get(declared) if declared else None
     fmt = attrs.get("format") or (feed_settings.format if feed_settings and feed_settings.format != "auto" else None)
     try:
-        parsed = parse_feed(message.data, fmt, message.publish_time)
+        with common.reading("threat feed"):
+            parsed = parse_feed(message.data, fmt, message.publish_time)
     except FormatError as exc:
         raise BadEvent(f"threat feed: {exc}") from None
     notes = _notes(parsed.notes)
     name = declared or notes.get("feed", "")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise BadEvent(f"threat feed: the feed name {name!r} is missing or invalid (attribute 'feed': 1-16 of a-z, 0-9, '-')")
     if name == "manual":
         raise BadEvent("threat feed: 'manual' is reserved for operators' commands")
     feed = rt.settings.feed(name)
     snapshot = (attrs.get("snapshot", notes.get("snapshot", "")).lower() == "true") or feed.snapshot
-    intents, errors, skipped = _intents(parsed.sightings, feed, message, rt)
+    with common.reading(f"threat feed {name}"):
+        intents, errors, skipped = _intents(parsed.sightings, feed, message, rt)
     intents_errors = list(parsed.errors) + errors
     if not intents and pulled:
         why = f" ({intents_errors[0].error})" if intents_errors else ""

@@ -628,19 +628,27 @@ def _satisfies(have: Entry, want: Entry) -> bool:
 
 
 def _extend(entries: _Index, key: Key, intent: Intent, expiry: datetime | None) -> str | None:
-    """Moves the expiry of what blocks ``intent.network`` (``key``) later;
-    never earlier. Returns why it could not, or None."""
+    """Moves the expiry of every address ``intent.network`` (``key``) blocks
+    later; never earlier. Returns why it could not, or None.
+
+    The blocked addresses are those of the entries inside the network, and
+    all of it when a supernet's entry covers it: then the network gets an
+    entry of its own (the claims its supernets make on it, extended), and
+    the rest of each supernet keeps its expiry."""
     targets = entries.subnets(key)
-    if not targets:
+    if key not in entries.by_key:
         covers = entries.covers(key)
-        if not covers:
+        if not covers and not targets:
             return "not blocked"
-        # already in effect through any supernet: no entry of its own
-        for c in covers:
-            if _later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources:
-                return None
-        entries.set(key, covers[0]._replace(network=intent.network))
-        targets = [key]
+        # in effect through a supernet already: no entry of its own
+        if covers and not any(
+            _later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources for c in covers
+        ):
+            own = covers[0]._replace(network=intent.network)
+            for cover in covers[1:]:
+                own = _merge_entries(own, cover)
+            entries.set(key, own)
+            targets.append(key)
     for k in targets:
         entry = entries.by_key[k]
         meta = replace(

@@ -192,7 +192,10 @@ def parse_json_feed(payload: bytes | str | Any, now: datetime) -> ParseResult:
     else:
         raise FormatError("json feed: top level must be an object or a list of indicators")
     for index, ind in enumerate(indicators):
-        _json_indicator(out, index, ind)
+        try:
+            _json_indicator(out, index, ind)
+        except RecursionError:
+            out.error(f"indicators[{index}]", "indicator nested too deeply to read")
     return out.result()
 
 

@@ -70,8 +70,11 @@ def parse_misp(doc: Any, now: datetime) -> ParseResult:
                 attributes.extend(_list(out, f"event {number}", obj.get("Attribute")))
             else:
                 out.error(f"event {number}", "Object entry is not an object")
-        for attr in attributes:
-            _attribute(out, attr, reason, severity)
+        for index, attr in enumerate(attributes):
+            try:
+                _attribute(out, attr, reason, severity)
+            except RecursionError:
+                out.error(f"event {number} attribute {index}", "attribute nested too deeply to read")
     return out.result()
 
 

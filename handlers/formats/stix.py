@@ -20,8 +20,10 @@ block): other pattern types, patterns without an address comparison, any
 not after ``now`` (unless revoked). Comparisons on other object types in an
 OR-only pattern are ignored (an OR means the address alone indicates).
 
-ItemErrors: a missing or malformed pattern, a bad ``valid_until`` or
-``confidence``, an address value that is not a string or not address-shaped.
+ItemErrors: a missing or malformed pattern (also one nested or chained
+too deeply to read, such as 1,000 OR-joined comparisons), a bad
+``valid_until`` or ``confidence``, an address value that is not a string or
+not address-shaped.
 ``revoked: true`` gives sightings with ``revoked=True``. Non-indicator
 objects are ignored. The reason is the indicator ``name`` (else its id).
 """
@@ -135,14 +137,15 @@ def pattern_addresses(pattern: str) -> tuple[list[str] | None, str]:
     literal contents (not yet shape-checked); a non-string literal is
     returned as its token text so the caller can report it.
     """
+    inspector = _Inspector()
     try:
-        tree = Pattern(pattern)
+        Pattern(pattern).walk(inspector)
     except ParseException as exc:
         raise ValueError(f"malformed STIX pattern: {exc}") from None
     except RecursionError:
-        raise ValueError("malformed STIX pattern: nested too deeply") from None
-    inspector = _Inspector()
-    tree.walk(inspector)
+        # Both the parser and the tree walk recurse once per nesting level,
+        # and an OR chain nests one level per term.
+        raise ValueError("malformed STIX pattern: nested or chained too deeply to read") from None
     if inspector.non_or:
         return None, "uses " + "/".join(sorted(inspector.non_or))
     values: list[str] = []
@@ -175,7 +178,10 @@ def parse_stix(doc: Any, now: datetime) -> ParseResult:
     out = Collector(now)
     for index, obj in enumerate(objects):
         if isinstance(obj, dict) and obj.get("type") == "indicator":
-            _indicator(out, index, obj)
+            try:
+                _indicator(out, index, obj)
+            except RecursionError:
+                out.error(f"objects[{index}]", "indicator nested too deeply to read")
     return out.result()
 
 

@@ -56,6 +56,11 @@ def test_environment_overrides_deployment_values() -> None:
         ("policy", "request_timeout", "soon", "policy.request_timeout: expected a duration"),
         ("guards", "allowlist", ["35.191.0.0/16", "nonsense"], "guards.allowlist[1]: not an IP address or CIDR"),
         ("lease", "label", "Lease!", "lease.label: not a valid label key"),
+        # '$' also matches before a final newline: every name is matched whole
+        ("band", "owner_tag", "car1\n", "band.owner_tag:"),
+        ("policy", "api_endpoint", "http://127.0.0.1:8080\n", "policy.api_endpoint: expected http(s)://host[:port]"),
+        ("lease", "label", "car-lease\n", "lease.label: not a valid label key"),
+        ("lease", "mode_label", "car-mode\n", "lease.mode_label: not a valid label key"),
     ],
 )
 def test_invalid_value_fails_with_a_message_naming_the_field(table: str, key: str, value: object, message: str) -> None:
@@ -151,3 +156,22 @@ def test_pull_settings_without_a_url_are_refused() -> None:
     doc["feeds"]["example-intel"]["every"] = "1h"
     with pytest.raises(config.ConfigError, match=r"^feeds\.example-intel\.every: only for a feed with a url"):
         config.from_dict(doc)
+
+
+def test_feed_name_with_a_trailing_newline_is_refused() -> None:
+    doc = _doc()
+    doc["feeds"]["intel\n"] = {"ttl": "1h"}
+    with pytest.raises(config.ConfigError, match=r"^feeds\.intel\n: feed names are 1 to 16"):
+        config.from_dict(doc)
+
+
+def test_detector_source_id_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    from config import detectors
+
+    shipped = (DEFAULT.parent / "detectors.toml").read_text()
+    (tmp_path / "detectors.toml").write_text(shipped.replace("[source_ids]\n", '[source_ids]\ncloud-armor-waf = "waf\\n"\n'))
+    doc = _doc()
+    doc["detectors"]["file"] = str(tmp_path / "detectors.toml")
+    doc["detectors"]["lists_dir"] = str(DEFAULT.parent)
+    with pytest.raises(config.ConfigError, match=r"source_ids\.cloud-armor-waf: 'waf\\n' is not a source id"):
+        detectors.load(config.from_dict(doc).detectors)

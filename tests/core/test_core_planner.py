@@ -14,11 +14,13 @@ from bandkit import (
     block,
     blocked,
     by_priority,
+    covered,
     extend,
     foreign_rule,
     meta,
     net,
     our_rule,
+    rule_pairs,
     unblock,
 )
 
@@ -549,3 +551,33 @@ def test_plan_entries_read_as_the_dict_of_the_same_entries():
         assert None is plan.entries.get(net("2001:db8::/64"))
         with pytest.raises(KeyError):
             plan.entries[net("192.0.2.0/25")]
+
+
+def test_extend_reaches_every_blocked_address_also_through_a_supernet():
+    """A feed rule holds 198.51.100.0/23 and 198.51.101.0/26 (2 h); extending
+    198.51.101.0/25 to 7 days extends all of the /25 (the /23's part of it
+    too), not only the /26, and leaves the rest of the /23 at 2 h."""
+    rules = by_priority([our_rule(1002, ["198.51.100.0/23", "198.51.101.0/26"], at(120), sources=("feed",))])
+    week = at(7 * 24 * 60)
+
+    for planner in (plan_append, plan_reconcile):
+        plan = planner(read_band(rules.values(), BAND), [extend("198.51.101.0/25", "manual", week)], NOW, BAND)
+        after = rule_pairs(apply(rules, plan), NOW)
+
+        assert covered(after, net("198.51.101.0/25"), week), planner.__name__
+        assert not covered(after, net("198.51.101.128/25"), at(121)), planner.__name__
+        assert not covered(after, net("198.51.100.0/24"), at(121)), planner.__name__
+        assert covered(after, net("198.51.100.0/23"), at(120)), planner.__name__
+
+
+def test_a_permanent_extend_beside_an_unblock_reconciles_once():
+    """The minimal falsifying example of test_reconcile_is_idempotent: an
+    extend whose range a supernet entry also covers, and an unblock that
+    splits that supernet."""
+    rules = [our_rule(1000, ["198.51.101.128/25"], None, sources=("manual",)),
+             our_rule(1002, ["198.51.100.0/23", "198.51.101.0/26"], None, sources=("feed",))]
+
+    again = _reconcile_twice(rules, [extend("198.51.101.0/25", "manual", permanent=True),
+                                     unblock("198.51.101.128/25", "manual")])
+
+    assert () == again.ops

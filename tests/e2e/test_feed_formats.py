@@ -127,6 +127,40 @@ def test_stix_valid_until_revoked_and_non_ip_indicators(feeds: Harness) -> None:
     assert [] == refused  # domain, file hash and expired indicators are skipped, not errors
 
 
+def test_stix_indicator_with_a_long_or_chain_is_refused_and_the_valid_one_applied(feeds: Harness) -> None:
+    """A pattern of 1,000 OR-joined comparisons (34 KB) is too deep to walk:
+    that indicator is refused with a record, not redelivered forever."""
+    chain = " OR ".join(f"[ipv4-addr:value = '91.92.{i // 256}.{i % 256}']" for i in range(1000))
+    bundle = {"type": "bundle", "id": "bundle--chain", "objects": [
+        {"type": "indicator", "id": "indicator--long-chain", "pattern_type": "stix", "pattern": chain},
+        {"type": "indicator", "id": "indicator--valid", "pattern_type": "stix",
+         "pattern": "[ipv4-addr:value = '193.142.146.7']"},
+    ]}
+
+    assert 200 == publish_feed(feeds, json.dumps(bundle).encode(), "stix-intel", "stix")
+
+    assert ["193.142.146.7/32"] == list(feeds.blocked())
+    refused = [r for r in records(feeds, "refused") if r.get("error_count")]
+    assert [["indicator--long-chain"]] == [[e["item"] for e in r["errors"]] for r in refused]
+
+
+@pytest.mark.parametrize("name", ["manual\n", "spamhaus\n", "stix-intel\n"])
+def test_feed_name_with_a_trailing_newline_is_rejected_and_changes_nothing(feeds: Harness, name: str) -> None:
+    assert 200 == publish_feed(feeds, b"193.142.146.7\n", name, "plain")
+
+    assert {} == feeds.blocked()
+    assert 1 == len(records(feeds, "rejected"))
+
+
+def test_feed_name_with_a_trailing_newline_in_a_json_feed_is_rejected(feeds: Harness) -> None:
+    doc = {"feed": "intel\n", "indicators": [{"range": "193.142.146.7"}]}
+
+    assert 200 == feeds.publish("on_threat_feed", doc)
+
+    assert {} == feeds.blocked()
+    assert 1 == len(records(feeds, "rejected"))
+
+
 def test_real_stix_samples_name_a_private_address_that_is_refused(feeds: Harness) -> None:
     for name in ("stix21_bundle_indicator_c2_ipv4_oasis.json", "stix21_bundle_indicator_ipv4_spaced_pattern_campaign_oasis.json",
                  "stix21_bundle_indicators_c2_with_coa_oasis.json"):
