@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from config import settings as config
+from handlers.runtime import load_settings
 from responder import planner
 from responder.audit import LOGGER_NAME, Audit
 from responder.errors import (
@@ -844,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = "the Compute API"
     try:
         with _audit_not_echoed():
-            settings = config.load(args.config)
+            settings = load_settings(args.config)
             if args.endpoint:
                 settings = settings.with_policy(api_endpoint=args.endpoint.rstrip("/"))
             where = settings.policy.api_endpoint or where

@@ -11,10 +11,9 @@ the environment. Any invalid value raises ``ConfigError`` naming the field,
 e.g. ``band.end: must be greater than band.start (20000)``.
 
 This module uses the standard library only and imports nothing of the
-product at import time: it is the bottom layer. The one exception is the
-``[detectors]`` reader, which loads and validates the detector file through
-``config/detectors.py`` (the pure parser ``handlers.formats.logs``) when the
-settings are validated, so that a bad detector fails at start.
+product: it is the bottom layer. The detector file that ``[detectors]`` names
+is read and validated by ``handlers.detectors`` (it needs the log formats),
+called at the edge right after ``load`` (``handlers.runtime.load_settings``).
 """
 
 from __future__ import annotations
@@ -617,9 +616,6 @@ def _detectors(r: _Reader) -> DetectorSettings:
     if both:
         raise ConfigError(f"detectors.enable: {both[0]!r} is also in detectors.disable")
     r.done()
-    from config import detectors  # loads and validates the file (ConfigError naming the field)
-
-    detectors.load(det)
     return det
 
 

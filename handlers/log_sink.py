@@ -45,8 +45,8 @@ from collections.abc import Hashable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from config import detectors as detector_config
 from handlers import common
+from handlers import detectors as detector_config
 from handlers.envelope import Message
 from handlers.formats import FormatError
 from handlers.formats._common import parse_time

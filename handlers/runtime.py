@@ -75,10 +75,21 @@ def configure(environ: dict[str, str] | None = None) -> Runtime:
     from responder.audit import setup_logging
 
     env = dict(os.environ if environ is None else environ)
-    settings = config.load(environ=env)
+    settings = load_settings(environ=env)
     setup_logging()
     _runtime = Runtime(settings, Audit(file=env.get("RESPONDER_AUDIT_FILE") or None), environ=env)
     return _runtime
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None) -> config.Settings:
+    """The settings, validated whole: ``config.load`` and the detector file
+    it names (``handlers.detectors``), so that either stops the caller at
+    start with a ConfigError naming the field."""
+    from handlers import detectors
+
+    settings = config.load(path, environ=environ)
+    detectors.load(settings.detectors)
+    return settings
 
 
 def current() -> Runtime:

@@ -166,7 +166,7 @@ def test_feed_name_with_a_trailing_newline_is_refused() -> None:
 
 
 def test_detector_source_id_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
-    from config import detectors
+    from handlers import detectors
 
     shipped = (DEFAULT.parent / "detectors.toml").read_text()
     (tmp_path / "detectors.toml").write_text(shipped.replace("[source_ids]\n", '[source_ids]\ncloud-armor-waf = "waf\\n"\n'))

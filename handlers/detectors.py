@@ -4,14 +4,16 @@ The detector file (``config/detectors.toml`` by default) holds
 ``[[detector]]`` tables (schema: ``handlers/formats/logs.py``) and an
 optional ``[source_ids]`` table mapping a detector name to the source id the
 band records for it. The band's source ids are 1 to 16 of a-z, 0-9 and '-',
-starting with a letter (``config.settings`` feed-name rule); a detector whose
+starting with a letter (the feed-name rule of ``config.settings``); a detector whose
 name does not fit needs an entry there. ``@name`` in ``url_paths`` resolves
 to ``<lists_dir>/<name>.txt``.
 
-``load`` is called when the settings are validated (so a bad file stops the
-functions at start, with a ``ConfigError`` naming the file, the detector and
-the field) and again by the log-sink handler, which gets the cached result:
-the file is read once per process.
+``load`` is called at the edge, right after the settings are loaded
+(``handlers.runtime.load_settings``: the entry points and the CLI), so a bad
+file stops the functions at start with a ``ConfigError`` naming the file, the
+detector and the field; the log-sink handler calls it again and gets the
+cached result: the file is read once per process. It lives beside the log
+formats it reads, not in ``config/``, which imports nothing of the product.
 """
 
 from __future__ import annotations
