@@ -228,6 +228,9 @@ def _rpc_error(op: Any) -> ResponderError | None:
 
 # --------------------------------------------------------------------------
 
+DEFAULT_BACKOFF = Backoff()
+DEFAULT_POLL = Backoff(initial=0.1, maximum=2.0, multiplier=1.5)
+
 
 class AddressGroups:
     """Adapter for the project's address groups in ``groups.location``.
@@ -240,8 +243,8 @@ class AddressGroups:
 
     def __init__(self, policy: PolicySettings, groups: GroupSettings, *, credentials: Any = None,
                  retry_deadline: timedelta | None = None,
-                 sleep: Callable[[float], None] = time.sleep, backoff: Backoff = Backoff(),
-                 poll: Backoff = Backoff(initial=0.1, maximum=2.0, multiplier=1.5)) -> None:
+                 sleep: Callable[[float], None] = time.sleep, backoff: Backoff = DEFAULT_BACKOFF,
+                 poll: Backoff = DEFAULT_POLL) -> None:
         self.policy = policy
         self.settings = groups
         self.project = policy.project
