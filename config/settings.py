@@ -235,6 +235,36 @@ class AlertSettings:
     scc: SccAlertSettings = field(default_factory=SccAlertSettings)
 
 
+#: Most items an address group with purpose CLOUD_ARMOR may hold: not
+#: confirmed by Google (a third-party tool reports 150,000).
+GROUPS_MAX_CAPACITY = 150_000
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """Cloud Armor Enterprise address groups (``[groups]``; responder/groups.py).
+
+    Google documents neither the maximum capacity of a CLOUD_ARMOR group nor
+    the most items one addItems/removeItems call may carry: both are
+    settings with conservative defaults."""
+
+    prefix: str = "car-"  # every group the responder owns starts with this
+    location: str = "global"  # Cloud Armor uses only global groups
+    capacity_headroom: float = 0.25  # a new group's capacity: items x (1 + headroom)
+    min_capacity: int = 100
+    max_capacity: int = 100_000  # not documented by Google: conservative default
+    max_items_per_call: int = 500  # not documented by Google: conservative default
+    api_endpoint: str = ""  # empty: policy.api_endpoint if set (a local API), else Google's
+
+    def capacity_for(self, items: int) -> int:
+        """The capacity of a new group meant to hold ``items`` items: the
+        headroom added, at least ``min_capacity``, at most ``max_capacity``."""
+        import math
+
+        wanted = max(self.min_capacity, math.ceil(items * (1 + self.capacity_headroom)))
+        return min(wanted, self.max_capacity)
+
+
 @dataclass(frozen=True)
 class Settings:
     policy: PolicySettings
@@ -250,6 +280,7 @@ class Settings:
     function_timeout: timedelta = timedelta(seconds=540)
     # Deliveries before Pub/Sub dead-letters a message (deploy.max_delivery_attempts).
     max_delivery_attempts: int = 5
+    groups: GroupSettings = field(default_factory=GroupSettings)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def source(self, kind: str) -> SourceSettings:
@@ -387,6 +418,39 @@ def _policy(r: _Reader) -> PolicySettings:
     )
     r.done()
     return policy
+
+
+def _groups(r: _Reader) -> GroupSettings:
+    prefix = r.get("prefix", str, "car-")
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,19}", prefix):
+        raise ConfigError(f"groups.prefix: 1 to 20 lowercase letters, digits or hyphens, "
+                          f"starting with a letter, got {prefix!r}")
+    location = r.get("location", str, "global")
+    if location != "global":
+        raise ConfigError(f"groups.location: Cloud Armor uses only global address groups, "
+                          f"got {location!r}")
+    headroom = r.get("capacity_headroom", (int, float), 0.25)
+    if not 0 <= headroom <= 10:
+        raise ConfigError(f"groups.capacity_headroom: must be between 0 and 10, got {headroom}")
+    max_capacity = r.get("max_capacity", int, 100_000)
+    if not 1 <= max_capacity <= GROUPS_MAX_CAPACITY:
+        raise ConfigError(f"groups.max_capacity: must be between 1 and {GROUPS_MAX_CAPACITY}, "
+                          f"got {max_capacity}")
+    min_capacity = r.get("min_capacity", int, 100)
+    if not 1 <= min_capacity <= max_capacity:
+        raise ConfigError(f"groups.min_capacity: must be between 1 and groups.max_capacity "
+                          f"({max_capacity}), got {min_capacity}")
+    per_call = r.get("max_items_per_call", int, 500)
+    if not 1 <= per_call <= 10_000:
+        raise ConfigError(f"groups.max_items_per_call: must be between 1 and 10000, got {per_call}")
+    endpoint = r.get("api_endpoint", str, "")
+    if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+        raise ConfigError(f"groups.api_endpoint: expected http(s)://host[:port], got {endpoint!r}")
+    groups = GroupSettings(prefix=prefix, location=location, capacity_headroom=float(headroom),
+                           min_capacity=min_capacity, max_capacity=max_capacity,
+                           max_items_per_call=per_call, api_endpoint=endpoint.rstrip("/"))
+    r.done()
+    return groups
 
 
 def _band(r: _Reader) -> BandSettings:
@@ -689,6 +753,7 @@ def from_dict(doc: Mapping[str, Any]) -> Settings:
     guards = _guards(root.sub("guards"))
     detectors = _detectors(root.sub("detectors"))
     alerts = _alerts(root.sub("alerts"))
+    groups = _groups(root.sub("groups"))
     # Sections owned by other parts of the project (deploy, bootstrap) are
     # validated by their own readers.
     for key in ("deploy", "bootstrap"):
@@ -701,7 +766,8 @@ def from_dict(doc: Mapping[str, Any]) -> Settings:
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 5 <= attempts <= 100:
         raise ConfigError(f"deploy.max_delivery_attempts: must be between 5 and 100, got {attempts!r}")
     return Settings(policy, band, lease, sources, feeds, guards, detectors, alerts,
-                    function_timeout=function_timeout, max_delivery_attempts=attempts, raw=dict(doc))
+                    function_timeout=function_timeout, max_delivery_attempts=attempts,
+                    groups=groups, raw=dict(doc))
 
 
 def _function_timeout(deploy: Mapping[str, Any]) -> timedelta:

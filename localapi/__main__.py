@@ -1,5 +1,5 @@
 """``python -m localapi --port 8080 [--state FILE] [--op-delay 0.2|MIN,MAX | --op-latency N]
-[--serialize-operations [--not-ready-mode http|operation]] ...``"""
+[--serialize-operations [--not-ready-mode http|operation]] [--tier standard|enterprise] ...``"""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-timeout", type=float, default=30.0)
     p.add_argument("--faults", help="FaultConfig as inline JSON or a JSON file path")
     p.add_argument("--seed", type=int)
+    groups = p.add_argument_group("address groups (Network Security API)")
+    groups.add_argument("--tier", choices=("standard", "enterprise"), default="standard",
+                        help="the project's Cloud Armor tier: standard refuses CLOUD_ARMOR "
+                             "address groups and rules that reference them")
+    groups.add_argument("--ceval-quota", type=int, default=20,
+                        help="advanced (expression) rules per project")
+    groups.add_argument("--max-items-per-call", type=int, default=1000)
+    groups.add_argument("--duplicate-items", choices=("error", "ignore"), default="error")
+    groups.add_argument("--absent-items", choices=("error", "ignore"), default="error")
+    groups.add_argument("--max-group-capacity", type=int, default=150_000)
+    groups.add_argument("--max-policy-attributes", type=int,
+                        help="limit on a policy's attribute count (group capacities); default off")
     args = p.parse_args(argv)
     server = LocalCloudArmor(
         op_delay=args.op_delay, quota=args.quota, quota_mode=args.quota_mode,
@@ -52,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         state_file=args.state, faults=FaultConfig.from_json(args.faults) if args.faults else None,
         host=args.host, port=args.port, seed=args.seed, project=args.project,
         op_latency=args.op_latency, serialize_operations=args.serialize_operations,
-        not_ready_mode=args.not_ready_mode)
+        not_ready_mode=args.not_ready_mode, tier=args.tier, ceval_quota=args.ceval_quota,
+        max_items_per_call=args.max_items_per_call, duplicate_items=args.duplicate_items,
+        absent_items=args.absent_items, max_group_capacity=args.max_group_capacity,
+        max_policy_attributes=args.max_policy_attributes)
     server.start()
     print(f"localapi listening on {server.endpoint}", flush=True)
     try:

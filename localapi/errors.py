@@ -44,16 +44,55 @@ OPERATION_ERROR_CODES = {
 }
 
 
+#: google.rpc.Code numbers, for the ``error.code`` of a failed long-running
+#: operation of the Network Security API (``google.rpc.Status``).
+RPC_CODES = {
+    "INVALID_ARGUMENT": 3, "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10, "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+}
+
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+NS_DOMAIN = "networksecurity.googleapis.com"
+
+
 class ApiError(Exception):
-    """An error answered synchronously (HTTP status >= 400) or recorded on an Operation."""
+    """An error answered synchronously (HTTP status >= 400) or recorded on an Operation.
+
+    ``status`` overrides the google.rpc status name derived from ``code``
+    (e.g. 400 FAILED_PRECONDITION); ``info`` (a google.rpc.ErrorInfo
+    ``reason`` with optional ``metadata``) goes into ``details`` of the
+    Network Security API's error shape (:meth:`rpc_body`), where
+    ``google.api_core`` exposes it as ``exc.reason``.
+    """
 
     def __init__(self, code: int, message: str, reason: str = "invalid",
-                 op_code: str | None = None) -> None:
+                 op_code: str | None = None, *, status: str | None = None,
+                 info: str | None = None, metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
         self.op_code = op_code or OPERATION_ERROR_CODES.get(code, "INTERNAL_ERROR")
+        self.status = status or STATUS_NAMES.get(code, "UNKNOWN")
+        self.info = info
+        self.metadata = dict(metadata or {})
+
+    def details(self) -> list[dict[str, Any]]:
+        if not self.info:
+            return []
+        return [{"@type": ERROR_INFO, "reason": self.info, "domain": NS_DOMAIN,
+                 "metadata": self.metadata}]
+
+    def rpc_body(self) -> dict[str, Any]:
+        """The HTTP error body of the Network Security API (google.rpc.Status JSON)."""
+        return {"error": {"code": self.code, "message": self.message, "status": self.status,
+                          "details": self.details()}}
+
+    def rpc_status(self) -> dict[str, Any]:
+        """The ``error`` of a failed long-running operation (google.rpc.Status)."""
+        return {"code": RPC_CODES.get(self.status, 2), "message": self.message,
+                "details": self.details()}
 
     def body(self) -> dict[str, Any]:
         """The HTTP error body."""
@@ -61,7 +100,7 @@ class ApiError(Exception):
             "code": self.code,
             "message": self.message,
             "errors": [{"message": self.message, "domain": "global", "reason": self.reason}],
-            "status": STATUS_NAMES.get(self.code, "UNKNOWN"),
+            "status": self.status,
         }}
 
     def operation_fields(self) -> dict[str, Any]:

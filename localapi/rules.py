@@ -40,6 +40,10 @@ NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}\Z")
 LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}\Z")
 MAX_LABELS = 64
+#: ``evaluateAddressGroup('NAME', origin.ip)`` (or ``origin.user_ip``), the
+#: documented way a rule references a project's global address group.
+ADDRESS_GROUP_CALL = re.compile(
+    r"evaluateAddressGroup\(\s*(['\"])([^'\"]*)\1\s*,\s*origin\.(?:ip|user_ip)\s*\)")
 
 
 def parse_priority(value: Any, field: str = "priority") -> int:
@@ -107,12 +111,34 @@ def validate_match(match: Any) -> None:
         if not isinstance(text, str) or not text.strip():
             raise bad_request("Invalid value for field 'resource.match.expr.expression': "
                               "the expression must not be empty.")
+        _validate_group_calls(text)
         return
     if match.get("versionedExpr") != "SRC_IPS_V1":
         raise bad_request(f"Invalid value for field 'resource.match.versionedExpr': "
                           f"'{match.get('versionedExpr')}'. Must be SRC_IPS_V1.")
     config = match.get("config")
     _validate_ranges(config.get("srcIpRanges") if isinstance(config, dict) else None)
+
+
+def group_refs(rule: dict[str, Any]) -> list[str]:
+    """The address-group names a (validated) rule's expression references."""
+    expr = (rule.get("match") or {}).get("expr")
+    text = expr.get("expression", "") if isinstance(expr, dict) else ""
+    return [m.group(2) for m in ADDRESS_GROUP_CALL.finditer(text or "")]
+
+
+def _validate_group_calls(text: str) -> None:
+    if "evaluateOrganizationAddressGroup" in text:
+        raise bad_request("Invalid value for field 'resource.match.expr.expression': "
+                          "organization address groups are not modelled by the local API.")
+    if text.count("evaluateAddressGroup") != len(ADDRESS_GROUP_CALL.findall(text)):
+        raise bad_request("Invalid value for field 'resource.match.expr.expression': "
+                          "evaluateAddressGroup takes a quoted group name and origin.ip "
+                          "(or origin.user_ip).")
+    for m in ADDRESS_GROUP_CALL.finditer(text):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,62}", m.group(2)):
+            raise bad_request(f"Invalid value for field 'resource.match.expr.expression': "
+                              f"'{m.group(2)}' is not an address group name.")
 
 
 def validate_rule(rule: Any) -> dict[str, Any]:

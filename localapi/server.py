@@ -102,19 +102,28 @@ class _Handler(BaseHTTPRequestHandler):
                raw: bytes, entry: dict[str, Any]) -> tuple[int, Any, float]:
         if path == "/healthz":
             return 200, "ok", 0.0
-        if not path.startswith(routes.PREFIX):
+        ns = path.startswith("/v1/")  # the Network Security API (address groups)
+        if ns:
+            route, params, known = routes.match_ns(method, path[len(routes.NS_PREFIX):])
+        elif path.startswith(routes.PREFIX):
+            route, params, known = routes.match(method, path[len(routes.PREFIX):])
+        else:
             return 404, ApiError(404, f"Not Found: {path}", "notFound").body(), 0.0
-        route, params, known = routes.match(method, path[len(routes.PREFIX):])
+
+        def body_of(err: ApiError) -> dict[str, Any]:
+            return err.rpc_body() if ns else err.body()
+
         if route is None:
             if known:
-                return 405, ApiError(405, f"Method {method} not allowed for {path}",
-                                     "methodNotAllowed").body(), 0.0
-            return 404, ApiError(404, f"The requested URL {path} was not found.",
-                                 "notFound").body(), 0.0
+                return 405, body_of(ApiError(405, f"Method {method} not allowed for {path}",
+                                             "methodNotAllowed")), 0.0
+            return 404, body_of(ApiError(404, f"The requested URL {path} was not found.",
+                                         "notFound")), 0.0
         entry["route"] = route.name
-        if app.project and params["project"] != app.project:
-            return 404, ApiError(404, f"The resource 'projects/{params['project']}' was not found",
-                                 "notFound").body(), 0.0
+        project = params.get("project") or params.get("projectsId")
+        if app.project and project != app.project:
+            return 404, body_of(ApiError(404, f"The resource 'projects/{project}' was not found",
+                                         "notFound")), 0.0
         draw = app.injector.draw(route.name, route.mutating)
         if draw.latency:
             app.injector.record("latency")
@@ -122,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         if draw.kind in _FAULT_ERRORS:
             app.injector.record(draw.kind)
             entry["fault"] = draw.kind
-            return _FAULT_ERRORS[draw.kind].code, _FAULT_ERRORS[draw.kind].body(), 0.0
+            return _FAULT_ERRORS[draw.kind].code, body_of(_FAULT_ERRORS[draw.kind]), 0.0
         if draw.kind == "reset":
             app.injector.record("reset")
             entry["fault"] = "reset"
@@ -136,11 +145,15 @@ class _Handler(BaseHTTPRequestHandler):
                 body = json.loads(raw) if raw else None
             except ValueError:
                 raise bad_request("Invalid JSON payload received.") from None
-            payload, op = app.state.dispatch(
-                _HANDLERS.get(route.name, route.method), params, query, body,
-                op_error=draw.kind == "op_error")
+            if ns:
+                payload, op = app.state.dispatch_ns(route.name, params, query, body,
+                                                    op_error=draw.kind == "op_error")
+            else:
+                payload, op = app.state.dispatch(
+                    _HANDLERS.get(route.name, route.method), params, query, body,
+                    op_error=draw.kind == "op_error")
         except ApiError as err:
-            return err.code, err.body(), 0.0
+            return err.code, body_of(err), 0.0
         if op is not None and draw.kind in ("op_error", "commit_then_timeout"):
             app.injector.record(draw.kind)
             entry["fault"] = draw.kind
@@ -178,6 +191,14 @@ class LocalCloudArmor:
     ("http": that synchronous 400; "operation": a DONE operation with
     RESOURCE_NOT_READY). The last three model behaviour that is possible but
     not documented for security policies; see README.md.
+
+    Address groups (Network Security API, same endpoint): ``tier``
+    ("standard", the default, refuses CLOUD_ARMOR groups and rules that
+    reference groups; "enterprise"), ``ceval_quota`` (advanced rules per
+    project, SECURITY_POLICY_CEVAL_RULES), ``max_items_per_call``,
+    ``duplicate_items`` / ``absent_items`` ("error": refused, the default;
+    "ignore"), ``max_group_capacity`` (purpose CLOUD_ARMOR),
+    ``request_id_ttl`` (seconds) and ``max_policy_attributes`` (None: off).
     """
 
     def __init__(self, *, op_delay: float | tuple[float, float] = 0.2, quota: int = 200,
@@ -186,13 +207,23 @@ class LocalCloudArmor:
                  faults: FaultConfig | None = None, host: str = "127.0.0.1", port: int = 0,
                  seed: int | None = None, project: str | None = None,
                  op_latency: int | None = None, serialize_operations: bool = False,
-                 not_ready_mode: str = "http") -> None:
+                 not_ready_mode: str = "http", tier: str = "standard", ceval_quota: int = 20,
+                 max_items_per_call: int = 1000, duplicate_items: str = "error",
+                 absent_items: str = "error", max_group_capacity: int = 150_000,
+                 request_id_ttl: float = 3600.0,
+                 max_policy_attributes: int | None = None) -> None:
         self.project = project
         self.state = CloudArmorState(op_delay=op_delay, quota=quota, quota_mode=quota_mode,
                                      duplicate_mode=duplicate_mode, wait_timeout=wait_timeout,
                                      state_file=state_file, seed=seed, op_latency=op_latency,
                                      serialize_operations=serialize_operations,
-                                     not_ready_mode=not_ready_mode)
+                                     not_ready_mode=not_ready_mode, tier=tier,
+                                     ceval_quota=ceval_quota,
+                                     max_items_per_call=max_items_per_call,
+                                     duplicate_items=duplicate_items, absent_items=absent_items,
+                                     max_group_capacity=max_group_capacity,
+                                     request_id_ttl=request_id_ttl,
+                                     max_policy_attributes=max_policy_attributes)
         self.injector = FaultInjector(faults or FaultConfig())
         self.requests: list[dict[str, Any]] = []
         self._log_lock = threading.Lock()
@@ -251,6 +282,10 @@ class LocalCloudArmor:
     def rule(self, project: str, name: str, priority: int, region: str | None = None) -> dict[str, Any] | None:
         policy = self.policy(project, name, region)
         return next((r for r in policy["rules"] if r["priority"] == priority), None) if policy else None
+
+    def group(self, project: str, name: str, location: str = "global") -> dict[str, Any] | None:
+        """The committed address group (deep copy) or None."""
+        return self.state.group(project, name, location)
 
     def settle(self) -> None:
         """Commit every pending operation now."""

@@ -58,6 +58,7 @@ from typing import Any
 
 from . import rules as R
 from .errors import ApiError, bad_request, not_found
+from .groups import AddressGroupMethods
 
 BASE_URL = "https://www.googleapis.com/compute/v1/"
 
@@ -110,17 +111,47 @@ class Operation:
     error: ApiError | None = None
     reservations: list[Any] = field(default_factory=list)
     done: bool = False
-    target: Key | None = None  # the policy the operation changes
+    target: Key | None = None  # the policy (or ("lro",) + group key) the operation changes
+    api: str = "compute"  # "lro": a Network Security long-running operation
+    response: dict[str, Any] | None = None  # what ``apply`` returned (LRO response)
 
 
-class CloudArmorState:
-    """All state of the local API, guarded by one lock (``self.lock``)."""
+class CloudArmorState(AddressGroupMethods):
+    """All state of the local API, guarded by one lock (``self.lock``).
+
+    Address-group settings (see localapi/groups.py and README.md): ``tier``
+    ("standard" or "enterprise"), ``ceval_quota`` (advanced rules per
+    project), ``max_items_per_call``, ``duplicate_items`` / ``absent_items``
+    ("error" or "ignore"), ``max_group_capacity`` (purpose CLOUD_ARMOR),
+    ``request_id_ttl`` (seconds a requestId is remembered) and
+    ``max_policy_attributes`` (None: not enforced)."""
 
     def __init__(self, *, op_delay: float | tuple[float, float] = 0.2, quota: int = 200,
                  quota_mode: str = "operation", duplicate_mode: str = "http",
                  wait_timeout: float = 30.0, state_file: str | None = None,
                  seed: int | None = None, op_latency: int | None = None,
-                 serialize_operations: bool = False, not_ready_mode: str = "http") -> None:
+                 serialize_operations: bool = False, not_ready_mode: str = "http",
+                 tier: str = "standard", ceval_quota: int = 20, max_items_per_call: int = 1000,
+                 duplicate_items: str = "error", absent_items: str = "error",
+                 max_group_capacity: int = 150_000, request_id_ttl: float = 3600.0,
+                 max_policy_attributes: int | None = None) -> None:
+        if tier not in ("standard", "enterprise"):
+            raise ValueError("tier must be 'standard' or 'enterprise'")
+        if duplicate_items not in ("error", "ignore") or absent_items not in ("error", "ignore"):
+            raise ValueError("duplicate_items and absent_items must be 'error' or 'ignore'")
+        self.tier = tier
+        self.ceval_quota = ceval_quota
+        self.max_items_per_call = max_items_per_call
+        self.duplicate_items = duplicate_items
+        self.absent_items = absent_items
+        self.max_group_capacity = max_group_capacity
+        self.request_id_ttl = request_id_ttl
+        self.max_policy_attributes = max_policy_attributes
+        self.groups: dict[Any, dict[str, Any]] = {}
+        self._pending_group_names: set[Any] = set()
+        self._pending_refs: Counter[Any] = Counter()
+        self._pending_ceval: Counter[str] = Counter()
+        self._ns_request_ids: dict[tuple[str, str], tuple[Any, float]] = {}
         if quota_mode not in ("operation", "http"):
             raise ValueError("quota_mode must be 'operation' or 'http'")
         if duplicate_mode not in ("operation", "http"):
@@ -231,13 +262,18 @@ class CloudArmorState:
     def _new_op(self, key: Key, method: str, *, apply: Callable[[], None] | None = None,
                 error: ApiError | None = None, reservations: list[Any] | None = None,
                 immediate: bool = False, op_error: bool = False) -> Operation:
-        project, region, _ = key
         if op_error:  # injected fault: validated, then fails inside the backend
             apply, reservations = None, []
             error = ApiError(500, "Internal error. Please try again or contact Google Support.",
                              "backendError", "INTERNAL_ERROR")
         mono, wall = time.monotonic(), time.time()
         name = f"operation-{int(wall * 1000)}-{uuid.uuid4().hex[:13]}"
+        if key[0] == "lro":  # a Network Security long-running operation
+            lro = Operation(("lro", key[1], key[2], name), {"verb": method}, mono, wall,
+                            mono if immediate else mono + self._delay(), apply, error,
+                            list(reservations or []), target=key, api="lro")
+            return self._register(lro, immediate)
+        project, region, _ = key
         scope = self._scope_path(project, region)
         policy = self.policies.get(key)
         record = {
@@ -256,6 +292,9 @@ class CloudArmorState:
         op = Operation((project, region, name), record, mono, wall,
                        mono if immediate else mono + self._delay(),
                        apply, error, list(reservations or []), target=key)
+        return self._register(op, immediate)
+
+    def _register(self, op: Operation, immediate: bool) -> Operation:
         for kind, *what in op.reservations:
             if kind == "priority":
                 self._reserved.setdefault(what[0], set()).add(what[1])
@@ -263,6 +302,12 @@ class CloudArmorState:
                 self._pending_names.add(what[0])
             elif kind == "quota":
                 self._pending_rules[what[0]] += what[1]
+            elif kind == "group":
+                self._pending_group_names.add(what[0])
+            elif kind == "ref":
+                self._pending_refs[what[0]] += 1
+            elif kind == "ceval":
+                self._pending_ceval[what[0]] += what[1]
         self.operations[op.key] = op
         self._pending.append(op)
         if immediate:
@@ -277,6 +322,12 @@ class CloudArmorState:
                 self._pending_names.discard(what[0])
             elif kind == "quota":
                 self._pending_rules[what[0]] -= what[1]
+            elif kind == "group":
+                self._pending_group_names.discard(what[0])
+            elif kind == "ref":
+                self._pending_refs[what[0]] -= 1
+            elif kind == "ceval":
+                self._pending_ceval[what[0]] -= what[1]
 
     def tick(self, now: float | None = None) -> None:
         """Commit every pending operation whose end time has come, in end-time order."""
@@ -293,7 +344,9 @@ class CloudArmorState:
                 op.done = True
                 if op.error is None and op.apply is not None:
                     try:
-                        op.apply()
+                        result = op.apply()
+                        if isinstance(result, dict):
+                            op.response = result
                         changed = True
                     except ApiError as err:
                         op.error = err
@@ -310,6 +363,8 @@ class CloudArmorState:
             self.tick(now)
 
     def render_op(self, op: Operation) -> dict[str, Any]:
+        if op.api == "lro":
+            return self.render_lro(op)
         rec = dict(op.record)
         half = op.issued + (op.done_at - op.issued) / 2
 
@@ -356,7 +411,9 @@ class CloudArmorState:
         if not self.state_file:
             return
         data = {"policies": [{"project": k[0], "region": k[1], "policy": p}
-                             for k, p in sorted(self.policies.items(), key=lambda kv: str(kv[0]))]}
+                             for k, p in sorted(self.policies.items(), key=lambda kv: str(kv[0]))],
+                "addressGroups": [{"project": k[0], "location": k[1], "group": g}
+                                  for k, g in sorted(self.groups.items())]}
         directory = os.path.dirname(os.path.abspath(self.state_file))
         fd, tmp = tempfile.mkstemp(prefix=".localapi-", suffix=".json", dir=directory)
         try:
@@ -374,6 +431,10 @@ class CloudArmorState:
         for item in data.get("policies", []):
             policy = item["policy"]
             self.policies[(item["project"], item.get("region"), policy["name"])] = policy
+        for item in data.get("addressGroups", []):
+            group = item["group"]
+            self.groups[(item["project"], item["location"],
+                         group["name"].rsplit("/", 1)[-1])] = group
 
     # ------------------------------------------------------- public view
     def policy(self, project: str, name: str, region: str | None = None) -> dict[str, Any] | None:
@@ -429,10 +490,16 @@ class CloudArmorState:
             raise ApiError(409, f"The resource '{self._policy_path(key)}' already exists",
                            "alreadyExists")
         rules: list[dict[str, Any]] = []
+        ref_reservations: list[Any] = []
+        ref_error: ApiError | None = None
         for rule in body.get("rules") or []:
             rule = R.validate_rule(rule)
             if self._rule_at({"rules": rules}, rule["priority"]):
                 raise self._duplicate(rule["priority"])
+            if "expr" in rule["match"]:
+                held, err = self.check_rule_refs(key, rule)
+                ref_reservations += held
+                ref_error = ref_error or err
             rules.append(rule)
         if not self._rule_at({"rules": rules}, R.DEFAULT_PRIORITY):
             rules.append(R.default_rule())
@@ -452,7 +519,7 @@ class CloudArmorState:
             fingerprint=self._fingerprint(), labelFingerprint=self._fingerprint())
         if region:
             policy["region"] = f"{BASE_URL}projects/{project}/regions/{region}"
-        quota_error = self._quota_check(project, len(rules))
+        quota_error = self._quota_check(project, len(rules)) or ref_error
         if parse_bool(q.get("validateOnly"), "validateOnly"):
             return self._new_op(key, "insert", error=quota_error, immediate=True)
 
@@ -465,7 +532,7 @@ class CloudArmorState:
 
         op = self._new_op(key, "insert", apply=apply, error=quota_error, op_error=op_error,
                           reservations=[] if quota_error else
-                          [("name", key), ("quota", project, len(rules))])
+                          [("name", key), ("quota", project, len(rules))] + ref_reservations)
         if request_id:
             self._request_ids[(project, request_id)] = op.key
         return op
@@ -606,6 +673,8 @@ class CloudArmorState:
                 raise self._duplicate(priority)
             error = self._duplicate(priority)
         error = error or self._quota_check(key[0], 1)
+        held, ceval_error = self.check_rule_refs(key, rule)
+        error = error or ceval_error
         if parse_bool(q.get("validateOnly"), "validateOnly"):
             return self._new_op(key, "addRule", error=error, immediate=True)
 
@@ -616,7 +685,7 @@ class CloudArmorState:
             current["rules"].append(rule)
             self._bump(current)
 
-        reservations = [] if error else [("priority", key, priority), ("quota", key[0], 1)]
+        reservations = [] if error else [("priority", key, priority), ("quota", key[0], 1)] + held
         return self._new_op(key, "addRule", apply=apply, error=error, op_error=op_error,
                             reservations=reservations)
 
@@ -649,9 +718,11 @@ class CloudArmorState:
         old = self._rule_at(policy, priority)
         if old is None:
             raise self._no_rule(priority)
-        patched(old)
+        held, ceval_error = self.check_rule_refs(key, patched(old), old)
         if parse_bool(q.get("validateOnly"), "validateOnly"):
-            return self._new_op(key, "patchRule", immediate=True)
+            return self._new_op(key, "patchRule", error=ceval_error, immediate=True)
+        if ceval_error is not None:
+            return self._new_op(key, "patchRule", error=ceval_error, op_error=op_error)
 
         def apply() -> None:
             current = self._policy(key)
@@ -663,7 +734,7 @@ class CloudArmorState:
             rule.update(new)
             self._bump(current)
 
-        return self._new_op(key, "patchRule", apply=apply, op_error=op_error)
+        return self._new_op(key, "patchRule", apply=apply, op_error=op_error, reservations=held)
 
     def _m_removeRule(self, key: Key, q: dict[str, str], body: Any, op_error: bool) -> Any:
         priority = R.parse_priority(q.get("priority", 0))

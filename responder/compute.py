@@ -67,6 +67,7 @@ from responder.errors import (
     QuotaExceeded,
     ResponderError,
     RuleNotFound,
+    TierRequired,
     TransientError,
     Unresolvable,
 )
@@ -151,6 +152,8 @@ def _classify_400(message: str, reasons: list[str]) -> type[ResponderError]:
     low = message.lower()
     if _NOT_READY_REASON in reasons or _NOT_READY_MARKER in low:
         return TransientError  # refused before anything was done: back off and retry
+    if "cloud armor enterprise" in low:
+        return TierRequired  # e.g. a rule referencing an address group on Standard
     if _NO_RULE_MARKER in low:
         return RuleNotFound
     if any(m in low for m in _PRIORITY_TAKEN_MARKERS):

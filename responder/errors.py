@@ -64,3 +64,28 @@ class Unresolvable(TransientError):
     """The API endpoint's host name does not resolve (a wrong endpoint, or
     DNS down). Transient, so Pub/Sub redelivers, but not retried in process:
     waiting out the retry deadline would only delay a clear answer."""
+
+
+class TierRequired(PermanentError):
+    """The project is on the Cloud Armor Standard tier: address groups (and
+    rules that reference them) need Cloud Armor Enterprise."""
+
+
+class GroupNotFound(PermanentError):
+    """The address group does not exist."""
+
+
+class GroupFull(PermanentError):
+    """The items would exceed the address group's capacity (fixed at creation):
+    create a larger group instead."""
+
+
+class GroupInUse(PermanentError):
+    """The address group is referenced by a security-policy rule, so it cannot
+    be deleted: remove the rule first."""
+
+
+class ItemConflict(PermanentError):
+    """addItems of an item already in the group, or removeItems of one that is
+    not: the caller's diff was not exact (the local API refuses both; Google
+    does not document what it does)."""
