@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import rules as R
 from .errors import ApiError, bad_request
+from .wire import _now_rfc3339, camel
 
 if TYPE_CHECKING:
     from .state import Operation
@@ -254,13 +255,11 @@ class AddressGroupMethods:
                             reservations=reservations)
 
     def _touch(self, group: dict[str, Any]) -> None:
-        from .state import _now_rfc3339
         group["updateTime"] = _now_rfc3339(time.time())
 
     # -------------------------------------------------------------- methods
     def _ag_create(self, key: GroupKey, q: dict[str, str], body: dict[str, Any],
                    op_error: bool) -> Operation:
-        from .state import _now_rfc3339
 
         project, location, _ = key
         name = q.get("addressGroupId")
@@ -339,7 +338,6 @@ class AddressGroupMethods:
 
     def _ag_patch(self, key: GroupKey, q: dict[str, str], body: dict[str, Any],
                   op_error: bool) -> Operation:
-        from .state import camel
 
         group = self._group(key)
         mask = R.parse_mask(q.get("updateMask"))
@@ -527,7 +525,6 @@ class AddressGroupMethods:
 
     # ------------------------------------------------------ rendering (LRO)
     def render_lro(self, op: Operation) -> dict[str, Any]:
-        from .state import _now_rfc3339
 
         _, project, location, name = op.key
         meta: dict[str, Any] = {

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime as dt
 import hashlib
 import itertools
 import json
@@ -59,6 +58,7 @@ from typing import Any
 from . import rules as R
 from .errors import ApiError, bad_request, not_found
 from .groups import AddressGroupMethods
+from .wire import _now_rfc3339, camel
 
 BASE_URL = "https://www.googleapis.com/compute/v1/"
 
@@ -80,21 +80,12 @@ POLICY_READ_ONLY = frozenset({"kind", "id", "creationTimestamp", "selfLink", "re
                               "fingerprint", "labelFingerprint", "name"})
 
 
-def _now_rfc3339(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
-
-
 def parse_bool(value: str | None, name: str) -> bool:
     if value is None:
         return False
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise bad_request(f"Invalid value for field '{name}': '{value}'. Must be a boolean.")
-
-
-def camel(path: str) -> str:
-    """FieldMask paths arrive camelCased from the client; accept snake_case too."""
-    return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), path)
 
 
 @dataclass
