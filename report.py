@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any
 
 from config import settings as config
 from responder import planner
+from responder.model import Network
 from responder.policy import PolicySnapshot
 
 #: Records that put a range in the band: the latest one names who and why.
@@ -92,7 +94,7 @@ def _claims(trail: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     return latest
 
 
-def _claim_for(network: planner.Network, claims: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def _claim_for(network: Network, claims: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The record for ``network``: its own, else that of the nearest range
     around it (a range split by an unblock keeps its first request). One
     lookup per prefix length, so the page costs the same with any trail."""
@@ -110,7 +112,7 @@ def _text(value: Any) -> str:
 def _band_rows(snap: PolicySnapshot, settings: config.Settings, now: datetime,
                claims: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     band = planner.read_band(snap.rules, settings.band)
-    holders: dict[planner.Network, list[int]] = {}
+    holders: dict[Network, list[int]] = {}
     for rule in band.rules:
         if not rule.meta.expired(now):
             for net in rule.networks:
@@ -420,6 +422,14 @@ def _cards(data: Mapping[str, Any]) -> str:
     return f'<div class="cards">{out}</div>{note}'
 
 
+def _nice_step(rough: float) -> float:
+    """A round axis step (1, 2 or 5 times a power of ten, at least 1) near ``rough``."""
+    if rough <= 1:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(rough))
+    return next(m * power for m in (1, 2, 5, 10) if rough <= m * power)
+
+
 def _chart(points: Sequence[Mapping[str, Any]], width: int = 960, height: int = 250) -> str:
     if not points:
         return '<p class="empty">No usage records yet: the scheduled cleanup writes one each run.</p>'
@@ -428,7 +438,9 @@ def _chart(points: Sequence[Mapping[str, Any]], width: int = 960, height: int = 
     stamps = [t.timestamp() if t else 0.0 for t in times]
     t0, t1 = min(stamps), max(stamps)
     span = (t1 - t0) or 1.0
-    ymax = max(max(p["max_rules"] for p in points), max(p["band_rules"] for p in points), 1) * 1.08
+    highest = float(max(max(p["max_rules"] for p in points), max(p["band_rules"] for p in points), 1))
+    step = _nice_step(highest / 4)
+    ymax = step * math.ceil(highest / step)
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def x(stamp: float) -> float:
@@ -438,15 +450,15 @@ def _chart(points: Sequence[Mapping[str, Any]], width: int = 960, height: int = 
         return top + plot_h - value / ymax * plot_h
 
     grid = []
-    for i in range(5):
-        value = ymax / 1.08 * i / 4
+    for i in range(round(ymax / step) + 1):
+        value = step * i
         gy = y(value)
         grid.append(f'<line x1="{left}" x2="{width - right}" y1="{gy:.1f}" y2="{gy:.1f}" stroke="#e5e9f0"/>'
                     f'<text x="{left - 8}" y="{gy + 4:.1f}" text-anchor="end">{value:.0f}</text>')
     ticks = 1 if t1 == t0 else 5
     for i in range(ticks):
         stamp = t0 + span * i / max(1, ticks - 1) if ticks > 1 else t0
-        label = datetime.fromtimestamp(stamp, tz=UTC).strftime("%m-%d %H:%M")
+        label = datetime.fromtimestamp(stamp, tz=UTC).strftime("%H:%M:%S" if 0 < span < 900 else "%m-%d %H:%M")
         anchor = "start" if ticks > 1 and i == 0 else ("end" if ticks > 1 and i == ticks - 1 else "middle")
         grid.append(f'<text x="{x(stamp):.1f}" y="{height - 10}" text-anchor="{anchor}">{label}</text>')
     used = " ".join(f"{x(s):.1f},{y(p['band_rules']):.1f}" for s, p in zip(stamps, points, strict=True))
