@@ -329,7 +329,8 @@ td.eg{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size
 """.strip()
 
 # Filters the band table (every word must appear in the row), prefilled from
-# '#q=...' or '?q=...'; sorts by a column on a click. The row texts are read
+# '#q=...' or '?q=...'; sorts by a column on a click (or '#sort=expiry',
+# '#sort=severity'). The row texts are read
 # once; the filter runs at most once per frame.
 _JS = """
 (function () {
@@ -381,6 +382,8 @@ _JS = """
       body.appendChild(frag);
     });
   });
+  var by = /[#&]sort=(\\w+)/.exec(location.hash);
+  if (by && keys.hasOwnProperty(by[1])) { document.querySelector('th[data-sort="' + by[1] + '"]').click(); }
   apply();
 })();
 """.strip()

@@ -241,3 +241,12 @@ def test_screenshot_is_saved_as_an_artefact(page: Page, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, ARTIFACTS / "band-report.png")
     shutil.copy(page.path, ARTIFACTS / "band-report.html")
+
+
+def test_the_table_sorts_by_expiry_from_the_address(page: Page, tmp_path: Path) -> None:
+    dom, console = _browse(page.path, tmp_path, "--dump-dom", fragment="#sort=expiry")
+
+    assert [] == console
+    expiries = [int(x) for x in re.findall(r'<tr data-x="(\d+)" data-s="\d">', dom)]
+    assert len(page.band_ranges) == len(expiries)
+    assert sorted(expiries) == expiries and expiries[0] < expiries[-1]
