@@ -9,6 +9,7 @@ Works against Google (Application Default Credentials) or, with
   block|unblock|extend ...  a manual command, applied directly or published to the manual topic (--publish)
   preview-all|enforce-all   the break-glass switch
   cleanup                   expire, compact, lint and report now
+  report --html FILE        the band page: band, utilisation, changes and refusals in one HTML file
   validate-config           load and check the configuration file
   bootstrap-policy          create the cluster's base policy when it does not exist
 
@@ -634,20 +635,44 @@ def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
         raise Failure(EXIT_USAGE, f"explain: not an IP address or CIDR: {args.address!r}") from None
     now = datetime.now(tz=UTC)
     snap = _api(settings).get_policy()
-    audit_file = os.environ.get("RESPONDER_AUDIT_FILE")
-    trail: list[dict[str, Any]] = []
-    trail_source, trail_error = "none", None
-    if audit_file:
-        trail, trail_source = trail_from_file(audit_file), "file"
-    elif not settings.policy.api_endpoint:
-        trail_source = "cloud-logging"
-        try:
-            trail = cloud_trail(settings, args.days)
-        except Exception as exc:  # the band part still answers; say why the trail is missing
-            trail_error = _one_line(f"{type(exc).__name__}: {exc}")
-            print(f"explain: the audit trail could not be read from Cloud Logging: {trail_error}", file=sys.stderr)
+    trail, trail_source, trail_error = read_trail(settings, args.days, "explain")
     data = {**explain_data(snap, settings, args.address, now, trail), "trail_source": trail_source, "trail_error": trail_error}
     emit(args, "explain", data, lambda d: explain_text(d, now))
+    return EXIT_OK
+
+
+def read_trail(settings: config.Settings, days: int, command: str) -> tuple[list[dict[str, Any]], str, str | None]:
+    """The audit trail, where it is (oldest first), with where it came from
+    ('file', 'cloud-logging' or 'none') and why it could not be read. The
+    local file (``RESPONDER_AUDIT_FILE``) wins; against a local endpoint
+    without one there is no trail. A Cloud Logging failure is said on stderr
+    and returned: the band part of a command still answers."""
+    audit_file = os.environ.get("RESPONDER_AUDIT_FILE")
+    if audit_file:
+        return trail_from_file(audit_file), "file", None
+    if settings.policy.api_endpoint:
+        return [], "none", None
+    try:
+        return cloud_trail(settings, days), "cloud-logging", None
+    except Exception as exc:
+        error = _one_line(f"{type(exc).__name__}: {exc}")
+        print(f"{command}: the audit trail could not be read from Cloud Logging: {error}", file=sys.stderr)
+        return [], "cloud-logging", error
+
+
+def cmd_report(args: argparse.Namespace, settings: config.Settings) -> int:
+    import report
+
+    now = datetime.now(tz=UTC)
+    snap = _api(settings).get_policy()
+    trail, trail_source, trail_error = read_trail(settings, args.days, "report")
+    data = report.page_data(snap, settings, trail, now, trail_source=trail_source, trail_error=trail_error)
+    try:
+        path = report.write(args.html, data)
+    except OSError as exc:
+        raise Failure(EXIT_ERROR, f"report: cannot write {args.html}: {exc.strerror or exc}") from None
+    print(f"wrote {path}: {data['band']['ranges']} range(s) in {data['band']['rules']} rule(s), "
+          f"{data['trail']['records']} audit record(s) ({trail_source})")
     return EXIT_OK
 
 
@@ -729,6 +754,11 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=int, default=30, help="how far back to read the audit trail (Cloud Logging)")
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
+    p.add_argument("--days", type=int, default=30, help="how far back to read the audit trail (Cloud Logging)")
+
+
 def _requester(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", default=os.environ.get("USER", ""), help="who asks (required; default: $USER)")
     p.add_argument("--reason", default="", help="recorded in the audit trail")
@@ -760,6 +790,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("preview-all", "break-glass: every band rule to preview", cmd_mode, changes=True, arguments=_requester),
     Command("enforce-all", "enforce the band again", cmd_mode, changes=True, arguments=_requester),
     Command("cleanup", "expire, compact, lint and report now", cmd_cleanup, changes=True),
+    Command("report", "write the band page: one self-contained HTML file", cmd_report, arguments=_report_args),
     Command("validate-config", "check the configuration file", cmd_validate_config),
     Command("bootstrap-policy", "create the base policy if it does not exist", cmd_bootstrap, changes=True),
 )}

@@ -152,6 +152,17 @@ def print_band(endpoint: str, settings: config.Settings, title: str) -> None:
     print(band_table(api.get_policy(), settings, datetime.now(tz=UTC)))
 
 
+def write_report(endpoint: str, settings: config.Settings, audit_file: Path, path: Path) -> Path:
+    """The band page (``cli.py report``) from the local API and the run's audit file."""
+    import report
+    from cli import trail_from_file
+    from responder.compute import CloudArmor
+
+    api = CloudArmor(settings.with_policy(api_endpoint=endpoint).policy)
+    data = report.page_data(api.get_policy(), settings, trail_from_file(audit_file), datetime.now(tz=UTC))
+    return report.write(path, data)
+
+
 def scheduled_pull(url: str, feeds: FeedServer, endpoint: str, settings: config.Settings) -> None:
     """Publishes the pull message as Cloud Scheduler would, twice: the first
     downloads the list and lands it, the next finds it unchanged (304)."""
@@ -206,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"-> {target:15} {example:22} HTTP {status}  {what}")
         scheduled_pull(urls["on_threat_feed"], feeds, endpoint, settings)
         print_band(endpoint, settings, "band after")
-        print("\naudit records: var/audit.jsonl; function logs: var/*.log")
+        page = write_report(endpoint, settings, var / "audit.jsonl", var / "band-report.html")
+        print(f"\nband page: {page.relative_to(ROOT)} (open it in a browser; 'python cli.py report --html FILE' writes one)")
+        print("audit records: var/audit.jsonl; function logs: var/*.log")
         if args.keep:
             print("\nThe stack stays up. Publish by hand, e.g.:")
             print(f"  .venv/bin/python scripts/publish.py {urls['on_manual']} examples/manual-block.json")
