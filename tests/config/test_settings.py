@@ -175,3 +175,29 @@ def test_detector_source_id_with_a_trailing_newline_is_refused(tmp_path: Path) -
     doc["detectors"]["lists_dir"] = str(DEFAULT.parent)
     with pytest.raises(config.ConfigError, match=r"source_ids\.cloud-armor-waf: 'waf\\n' is not a source id"):
         detectors.load(config.from_dict(doc).detectors)
+
+
+def test_a_lease_or_a_function_timeout_shorter_than_twice_the_timing_bound_is_refused() -> None:
+    """One mutation attempt may take request_timeout + operation_timeout,
+    plus lease.margin: 20 + 60 + 10 = 90 s by default (README, "Concurrency")."""
+    doc = _doc()
+    doc["lease"]["duration"] = "179s"
+    with pytest.raises(config.ConfigError, match=r"^lease.duration: must be at least 2 x .* = 180s"):
+        config.from_dict(doc)
+    doc["lease"]["duration"] = "180s"
+    assert timedelta(seconds=180) == config.from_dict(doc).lease.duration
+    doc["deploy"]["timeout"] = "120s"
+    with pytest.raises(config.ConfigError, match=r"^deploy.timeout: must be at least 2 x .* = 180s"):
+        config.from_dict(doc)
+    doc["deploy"]["timeout"] = "541s"
+    with pytest.raises(config.ConfigError, match=r"^deploy.timeout: expected 1s..540s"):
+        config.from_dict(doc)
+    doc["deploy"]["timeout"] = "540s"
+    doc["policy"]["operation_timeout"] = "3m"
+    with pytest.raises(config.ConfigError, match=r"^lease.duration: must be at least 2 x .* = 420s"):
+        config.from_dict(doc)
+
+
+def test_the_function_timeout_comes_from_the_file_or_the_environment() -> None:
+    assert timedelta(seconds=540) == config.load(environ={}).function_timeout
+    assert timedelta(seconds=300) == config.load(environ={"RESPONDER_FUNCTION_TIMEOUT": "300s"}).function_timeout

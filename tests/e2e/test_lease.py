@@ -187,3 +187,57 @@ def test_concurrent_unblocks_through_two_threaded_function_instances(server: Loc
             proc.wait(timeout=10)
     assert _blocked_addresses(server) == _expected(*addresses)
     assert _outside(server) == outside
+
+
+class _Clock:
+    def __init__(self) -> None:
+        from datetime import UTC, datetime
+
+        self.now = datetime.now(tz=UTC).replace(microsecond=0)
+
+    def __call__(self) -> Any:
+        return self.now
+
+
+def _label(server: LocalCloudArmor) -> str:
+    return ((server.policy(PROJECT, POLICY) or {}).get("labels") or {}).get("car-lease", "")
+
+
+def test_the_lease_renews_itself_refuses_to_start_too_late_and_waits_out_a_taken_over_lease(
+    server: LocalCloudArmor, tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    from responder.errors import OutOfTime
+    from responder.service import Lease
+
+    settings = config.load(_config(server, tmp_path / "responder.toml", lease="20s"))  # bound 4 s
+    api = CloudArmor(settings.policy, retry_deadline=settings.policy.retry_deadline)
+    clock, slept = _Clock(), []
+    first = Lease(api, settings, "wa", clock, slept.append)
+    first.acquire()
+    taken = _label(server)
+    assert taken.startswith(first.holder + "-")
+    clock.now += timedelta(seconds=9)
+    first.keep()  # more than half left: nothing to do
+    assert _label(server) == taken
+    clock.now += timedelta(seconds=2)
+    first.keep()  # less than half left: renewed by compare-and-set
+    assert _label(server) != taken and first.left() >= timedelta(seconds=19)
+    clock.now += timedelta(seconds=17)
+    with pytest.raises(OutOfTime):  # 3 s left, the bound is 4 s: no operation may start
+        first.require()
+
+    # The holder dies here. Another instance, same process prefix, takes the
+    # expired lease over: it must not read the band before the bound has
+    # passed since that expiry.
+    clock.now = first.expiry + timedelta(seconds=1)
+    second = Lease(api, settings, "wa", clock, slept.append)
+    assert second.holder != first.holder  # one id per acquisition
+    second.acquire()
+    assert slept == [3.0]  # expiry + 4 s bound - (expiry + 1 s)
+    assert _label(server).startswith(second.holder + "-")
+    first.release()  # a stale holder's release leaves the new lease alone
+    assert _label(server).startswith(second.holder + "-")
+    second.release()
+    assert _label(server) == ""
