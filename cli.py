@@ -753,6 +753,8 @@ def read_feeds(settings: config.Settings, files: Mapping[str, Path]) -> tuple[li
             body = feed_pull.unpack(feed, got)
         except feed_pull.PullRefused as exc:
             raise Failure(EXIT_REFUSED, f"capacity: {exc}") from None
+        except feed_pull.PullFailed as exc:
+            raise Failure(EXIT_TRANSIENT, f"capacity: {exc} (try again)") from None
         lists.append(FeedList(name, "url", feed.url, body))
     return lists, unchecked
 
