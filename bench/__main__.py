@@ -88,7 +88,7 @@ def write(report: Report, path: str, sections: list[str], took: float) -> None:
         "",
         f"Run: {datetime.now(tz=UTC).strftime('%Y-%m-%d %H:%M UTC')}, sections {', '.join(sections)}, "
         f"{took:.0f} s; Python {platform.python_version()}, {os.cpu_count()} CPU(s) ({cpu}), "
-        f"{platform.system()} {platform.release()}.",
+        f"{platform.system()} {platform.release()}; load average at the end {os.getloadavg()[0]:.1f}.",
         "",
         "## Budgets",
         "",

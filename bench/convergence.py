@@ -226,7 +226,7 @@ def first_load(report: Report, folder: Path, feeds_url: str, feeds: dict[str, An
     return {"rt": ref_rt, "api": ref_api}
 
 
-def pulls(report: Report, warm: dict[str, Any], when: datetime) -> None:
+def pulls(report: Report, warm: dict[str, Any], when: datetime, feed_server: Any) -> None:
     rt, api = warm["rt"], warm["api"]
     table = report.table(Table("Pulls of a list already applied (warm instance, local API request log)",
                                ["pull", "HTTP", "policy reads", "band ops", "setLabels", "budget"]))
@@ -238,7 +238,7 @@ def pulls(report: Report, warm: dict[str, Any], when: datetime) -> None:
         ops = sum(c[m] for m in MUTATIONS)
         met = ops == 0 and c["setLabels"] == 0 and c["get"] <= budget_reads
         label = f"{case}: 0 mutations, at most {budget_reads} read(s)" if budget_reads else f"{case}: 0 policy reads"
-        status = "304" if budget_reads == 0 else "200"
+        status = ",".join(str(g["status"]) for g in feed_server.gets(f"{name}.txt")[-1:])
         table.add(f"{name}: {case}", status, c["get"], ops, c["setLabels"], f"{'met' if met else 'MISSED'} ({label})")
         report.budget(f"pull, {label}", met, f"{c['get']} read(s), {ops} band ops, {c['setLabels']} setLabels")
     table.notes.append("Half an hour after the first load (not yet half the feed's TTL, so the pull is conditional). "
@@ -324,7 +324,7 @@ def run(report: Report) -> None:
         server = FeedServer(served).start()
         try:
             warm = first_load(report, folder, server.endpoint, feeds, when)
-            pulls(report, warm, when)
+            pulls(report, warm, when, server)
             big_list(report, folder, server)
         finally:
             server.stop()
