@@ -12,6 +12,7 @@ Works against Google (Application Default Credentials) or, with
   report --html FILE        the band page: band, utilisation, changes and refusals in one HTML file
   validate-config           load and check the configuration file
   bootstrap-policy          create the cluster's base policy when it does not exist
+  capacity                  the configured feeds' rules against band.max_rules and the rule quota
 
 Global options (before or after the command): --config FILE, --endpoint URL,
 --json (read commands: a stable JSON document, see README "The command
@@ -21,8 +22,9 @@ the API validated with validateOnly, and change nothing), --debug.
 Exit codes: 0 done; 1 unexpected error; 2 usage (bad arguments or command);
 3 invalid configuration; 4 policy not found, permission denied or no
 credentials; 5 unreachable or transient (try again); 6 nothing done because
-every range was refused, or cleanup found problems in the policy. Errors are
-one line on stderr.
+every range was refused, cleanup found problems in the policy, or capacity
+could not read a feed; 7 capacity: the feeds do not fit. Errors are one line
+on stderr.
 
 Like ``main.py`` this is an entry point: it sits above ``handlers/`` and
 reuses the manual handler, so a command typed here is validated and guarded
@@ -36,6 +38,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import sys
 import uuid
@@ -65,7 +68,8 @@ EXIT_USAGE = 2  # bad arguments, or a manual command the handler rejects
 EXIT_CONFIG = 3  # the configuration file or an override is invalid
 EXIT_ACCESS = 4  # the policy (or topic) does not exist, permission denied, no credentials
 EXIT_TRANSIENT = 5  # unreachable, timed out, the lease held: try again
-EXIT_REFUSED = 6  # nothing done: every range refused; or cleanup found lint problems
+EXIT_REFUSED = 6  # nothing done: every range refused; cleanup found lint problems; capacity could not read a feed
+EXIT_OVER = 7  # capacity: the configured feeds (with the band's other entries) do not fit
 
 #: Version of the ``--json`` documents; bumped only on an incompatible change.
 JSON_VERSION = 1
@@ -722,6 +726,212 @@ def cmd_bootstrap(args: argparse.Namespace, settings: config.Settings) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------
+# capacity
+
+#: SECURITY_POLICY_RULES as commonly seen; not confirmed (README, "Capacity").
+DEFAULT_QUOTA = 200
+#: Priorities for planning without a band limit ("rules needed").
+_UNBOUNDED = 10_000_000
+
+
+@dataclass(frozen=True)
+class FeedList:
+    """One feed's list as ``capacity`` read it."""
+
+    name: str
+    source: str  # "url" or "file"
+    location: str
+    body: bytes
+
+
+def _feed_files(values: Sequence[str]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise Failure(EXIT_USAGE, f"capacity: --file takes NAME=PATH, got {value!r}")
+        files[name] = Path(path)
+    return files
+
+
+def read_feeds(settings: config.Settings, files: Mapping[str, Path]) -> tuple[list[FeedList], list[dict[str, str]]]:
+    """The lists to check: each file given, and each configured feed with a
+    url (downloaded as a pull does: handlers/feed_pull.py), plus the
+    configured feeds that could not be checked and why."""
+    from handlers import feed_pull
+
+    lists: list[FeedList] = []
+    for name, path in files.items():
+        try:
+            lists.append(FeedList(name, "file", str(path), path.read_bytes()))
+        except OSError as exc:
+            raise Failure(EXIT_USAGE, f"capacity: cannot read {path} for feed {name}: {exc.strerror or exc}") from None
+    unchecked = []
+    for name, feed in sorted(settings.feeds.items()):
+        if name in files:
+            continue
+        if not feed.url:
+            unchecked.append({"name": name, "why": "no url (a published feed): give --file NAME=PATH"})
+            continue
+        try:
+            got = feed_pull.download(feed, os.environ, None)
+            body = feed_pull.unpack(feed, got)
+        except feed_pull.PullRefused as exc:
+            raise Failure(EXIT_REFUSED, f"capacity: {exc}") from None
+        except feed_pull.PullFailed as exc:
+            raise Failure(EXIT_TRANSIENT, f"capacity: {exc} (try again)") from None
+        lists.append(FeedList(name, "url", feed.url, body))
+    return lists, unchecked
+
+
+def _rules_for(entries: Iterable[planner.Entry]) -> tuple[int, int]:
+    """(ranges, rules) of entries as the planner packs them: grouped by
+    metadata, aggregated, at most 10 ranges to a rule."""
+    groups = planner.pack(entries)
+    return (sum(len(nets) for nets in groups.values()),
+            sum(math.ceil(len(nets) / planner.MAX_RANGES_PER_RULE) for nets in groups.values()))
+
+
+def capacity_data(snap: PolicySnapshot, settings: config.Settings, lists: Sequence[FeedList], quota: int,
+                  now: datetime, unchecked: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """The ``capacity`` document: per feed its entries, ranges after
+    aggregation and rules; the band as it would be with every list loaded
+    (the band's other entries kept, each checked feed's old claims replaced
+    by its list) against band.max_rules, the free band priorities and the
+    rule quota; and what the planner's capacity policy would evict."""
+    from handlers.formats import FormatError, parse_feed
+    from handlers.threat_feed import feed_intents
+    from responder import guards
+    from responder.model import Intent, Verb
+
+    band_settings = settings.band
+    band = planner.read_band(snap.rules, band_settings)
+    feeds: list[dict[str, Any]] = []
+    blocks: list[Intent] = []
+    for item in lists:
+        feed = settings.feed(item.name)
+        fmt = feed.format if feed.format != "auto" else None
+        try:
+            parsed = parse_feed(item.body, fmt, now)
+        except FormatError as exc:
+            raise Failure(EXIT_REFUSED, f"capacity: feed {item.name} ({item.location}): {exc}") from None
+        intents, errors, skipped = feed_intents(parsed.sightings, feed, settings, now)
+        wanted = [i for i in intents if i.verb is Verb.BLOCK]
+        accepted, refused = guards.screen(wanted, "feed", settings)
+        if not accepted:
+            raise Failure(EXIT_REFUSED, f"capacity: feed {item.name} ({item.location}) holds no valid indicator "
+                          f"({len(parsed.errors) + len(errors)} bad item(s), {len(refused)} refused by the guards)")
+        own, _, _ = planner.apply_intents({}, accepted, now, band_settings.expiry_granularity)
+        ranges, rules = _rules_for(own.values())
+        expiries = sorted({e.meta.expiry for e in own.values() if e.meta.expiry is not None})
+        feeds.append({
+            "name": item.name, "format": parsed.notes[0].split("=", 1)[1], "source": item.source,
+            "location": item.location, "entries": len(wanted), "bad_items": len(parsed.errors) + len(errors) + skipped,
+            "refused": len(refused), "ranges": ranges, "rules": rules,
+            "expiry": _iso(expiries[0]) if len(expiries) == 1 else None,
+        })
+        blocks += accepted
+    checked = {f["name"] for f in feeds}
+    live = band.entries(now)
+    # Each checked feed's list replaces its claims in the band.
+    withdraw = [Intent(Verb.UNBLOCK, net, name) for net, e in live.items() for name in sorted(e.meta.sources & checked)]
+    unbounded = replace(band_settings, end=band_settings.start + _UNBOUNDED - 1)
+    others = planner.plan_reconcile(band, withdraw, now, unbounded)
+    other_ranges, other_rules = _rules_for(others.entries.values())
+    whole = planner.plan_reconcile(band, [*withdraw, *blocks], now, unbounded)
+    total_ranges, needed = _rules_for(whole.entries.values())
+    outside = len(snap.rules) - len(band.rules)  # operator rules, the default rule, foreign rules in the band
+    max_rules = band_settings.max_rules or band_settings.size
+    free = band_settings.size - len(band.foreign)
+    room = quota - outside
+    limit = max(0, min(max_rules, free, room))
+    capped = planner.plan_reconcile(band, [*withdraw, *blocks], now, band_settings, capacity=limit)
+    evicted: dict[str, int] = {}
+    for entry in capped.evicted:
+        for source in entry.meta.sources:
+            evicted[source] = evicted.get(source, 0) + 1
+    kept: dict[str, int] = {}
+    for entry in capped.entries.values():
+        for source in entry.meta.sources & checked:
+            kept[source] = kept.get(source, 0) + 1
+    kept_ranges, kept_rules = _rules_for(capped.entries.values())
+    groups: dict[tuple[str, str, str | None], int] = {}
+    for entry in capped.evicted:
+        key = ("+".join(sorted(entry.meta.sources)), entry.meta.severity.name.lower(), _iso(entry.meta.expiry))
+        groups[key] = groups.get(key, 0) + 1
+    return {
+        "policy": _policy_doc(settings),
+        "feeds": feeds,
+        "unchecked": list(unchecked),
+        "others": {"ranges": other_ranges, "rules": other_rules},
+        "total": {"ranges": total_ranges, "rules": needed},
+        "limits": {
+            "max_rules": max_rules, "band_free": free, "quota": quota, "rules_outside_band": outside,
+            "quota_room": room, "capacity": limit,
+        },
+        "fits": needed <= limit and not capped.evicted,
+        "over": max(0, needed - limit),
+        "evicted": {
+            "ranges": len(capped.evicted), "by_source": dict(sorted(evicted.items())),
+            "order": [{"sources": s, "severity": v, "expiry": x, "ranges": n} for (s, v, x), n in groups.items()],
+        },
+        "kept": {"ranges": kept_ranges, "rules": kept_rules,
+                 "by_feed": {f["name"]: kept.get(f["name"], 0) for f in feeds}},
+    }
+
+
+def capacity_text(data: Mapping[str, Any]) -> str:
+    lim = data["limits"]
+    rows = [("feed", "format", "entries", "bad", "refused", "ranges", "rules", "from")]
+    for f in data["feeds"]:
+        rows.append((f["name"], f["format"], f"{f['entries']:,}", f"{f['bad_items']:,}", f"{f['refused']:,}",
+                     f"{f['ranges']:,}", f"{f['rules']:,}", f"{f['source']} {f['location']}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r[:-1], widths, strict=True))]
+        lines.append("  ".join(cells) + "  " + r[-1])
+    for u in data["unchecked"]:
+        lines.append(f"{u['name']}: not checked: {u['why']}")
+    o, t = data["others"], data["total"]
+    lines += [
+        "ranges: after aggregation (collapse_addresses per expiry and severity); rules: at most 10 ranges each",
+        f"the band's other entries (sources not checked here): {o['ranges']:,} ranges, {o['rules']:,} rules",
+        f"total: {t['ranges']:,} ranges in {t['rules']:,} rules; the band may hold {lim['capacity']:,} "
+        f"(band.max_rules {lim['max_rules']:,}; free band priorities {lim['band_free']:,}; "
+        f"rule quota {lim['quota']:,} - {lim['rules_outside_band']:,} rules outside the band = {lim['quota_room']:,})",
+    ]
+    if data["fits"]:
+        lines.append(f"fits: {lim['capacity'] - t['rules']:,} rules to spare")
+        return "\n".join(lines)
+    ev = data["evicted"]
+    lines.append(f"DOES NOT FIT: {data['over']:,} rules over. The capacity policy (lowest severity first, then "
+                 f"soonest expiry; never manual) would evict {ev['ranges']:,} ranges:")
+    for g in ev["order"]:
+        lines.append(f"  {g['ranges']:>7,}  {g['sources']} ({g['severity']}, until {g['expiry'] or 'permanent'})")
+    kept = data["kept"]
+    lines.append(f"what stays: {kept['ranges']:,} ranges in {kept['rules']:,} rules; per feed: " +
+                 ", ".join(f"{name} {n:,} of {next(f['ranges'] for f in data['feeds'] if f['name'] == name):,}"
+                           for name, n in kept["by_feed"].items()))
+    return "\n".join(lines)
+
+
+def cmd_capacity(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.quota < 1:
+        raise Failure(EXIT_USAGE, f"capacity: --quota must be positive, got {args.quota}")
+    files = _feed_files(args.file or [])
+    lists, unchecked = read_feeds(settings, files)
+    if not lists:
+        raise Failure(EXIT_USAGE, "capacity: no feed to check: configure [feeds.NAME] with a url, or give --file NAME=PATH")
+    snap = _api(settings).get_policy()
+    data = capacity_data(snap, settings, lists, args.quota, datetime.now(tz=UTC), unchecked)
+    emit(args, "capacity", data, capacity_text)
+    if not data["fits"]:
+        return EXIT_OVER
+    return EXIT_OK
+
+
 def emit(args: argparse.Namespace, kind: str, data: Mapping[str, Any], text: Callable[[Mapping[str, Any]], str]) -> None:
     """Prints a read command's answer: with ``--json`` the document itself
     (``kind`` and ``version`` first), else the text made from it, so that
@@ -780,6 +990,13 @@ def _manual_args(verb: str) -> Callable[[argparse.ArgumentParser], None]:
     return add
 
 
+def _capacity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--file", action="append", metavar="NAME=PATH",
+                   help="read feed NAME's list from PATH instead of its url (repeatable; NAME need not be configured)")
+    p.add_argument("--quota", type=int, default=DEFAULT_QUOTA,
+                   help=f"the project's SECURITY_POLICY_RULES quota (default {DEFAULT_QUOTA}, as commonly seen; check yours)")
+
+
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("status", "show the band and its utilisation", cmd_status, json=True),
     Command("list", "the band's entries, one per range", cmd_list, json=True),
@@ -793,6 +1010,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("report", "write the band page: one self-contained HTML file", cmd_report, arguments=_report_args),
     Command("validate-config", "check the configuration file", cmd_validate_config),
     Command("bootstrap-policy", "create the base policy if it does not exist", cmd_bootstrap, changes=True),
+    Command("capacity", "the feeds' rules against band.max_rules and the quota", cmd_capacity, json=True,
+            arguments=_capacity_args),
 )}
 
 

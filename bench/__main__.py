@@ -1,6 +1,9 @@
 """Runs the benchmark suite, prints every table and writes BENCHMARKS.md.
 
-    ./bench.sh [--only calls,planner,logsink,coldstart] [--output FILE]
+    ./bench.sh [--only calls,planner,logsink,coldstart,convergence] [--output FILE]
+
+A run of some sections only (``--only``) rewrites their budgets and tables
+in BENCHMARKS.md and keeps the other sections' from the file as it was.
 """
 
 from __future__ import annotations
@@ -13,7 +16,17 @@ from datetime import UTC, datetime
 
 from bench.common import ROOT, Report
 
-SECTIONS = ("calls", "planner", "logsink", "coldstart")
+SECTIONS = ("calls", "planner", "logsink", "coldstart", "convergence")
+#: How each section's budgets and table titles begin in BENCHMARKS.md, so
+#: that a partial run replaces its own and keeps the others'.
+OWNS = {
+    "calls": ("calls per event", "cleanup:", "API calls per event", "Rules used for real-sized feeds", "Cleanup of"),
+    "planner": ("planner", "Planner CPU", "Planner profile"),
+    "logsink": ("hot stream", "Log-sink", "Hot stream"),
+    "coldstart": ("cold start", "every path fits", "Cold start"),
+    "convergence": ("four-feed first load", "1,500-range first load", "pull", "First load of the four-feed set",
+                    "Pulls of a list", "A pull of a"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "logsink":
             from bench import logsink
             logsink.run(report)
-        else:
+        elif name == "coldstart":
             from bench import coldstart
             coldstart.run(report)
+        else:
+            from bench import convergence
+            convergence.run(report)
         print(f"({name}: {time.perf_counter() - t:.0f} s)", flush=True)
     took = time.perf_counter() - started
     missed = [b for b in report.budgets if not b.met]
@@ -72,23 +88,71 @@ def write(report: Report, path: str, sections: list[str], took: float) -> None:
         "",
         f"Run: {datetime.now(tz=UTC).strftime('%Y-%m-%d %H:%M UTC')}, sections {', '.join(sections)}, "
         f"{took:.0f} s; Python {platform.python_version()}, {os.cpu_count()} CPU(s) ({cpu}), "
-        f"{platform.system()} {platform.release()}.",
+        f"{platform.system()} {platform.release()}; load average at the end {os.getloadavg()[0]:.1f}.",
         "",
         "## Budgets",
         "",
         "| budget | verdict | measured |",
         "|---|---|---|",
     ]
-    out += [f"| {b.name} | {'met' if b.met else '**MISSED**'} | {b.detail} |" for b in report.budgets]
+    kept_rows, kept_tables, kept_notes, kept_run = _kept(path, sections)
+    if kept_run:
+        at = next(i for i, ln in enumerate(out) if ln.startswith("Run: "))
+        out[at] += f" Other sections' figures are kept from the previous run ({kept_run})."
+    out += [f"| {b.name} | {'met' if b.met else '**MISSED**'} | {b.detail} |" for b in report.budgets] + kept_rows
     out += ["", "## Tables", ""]
     for table in report.tables:
         out += [table.markdown(), ""]
-    if report.extra:
+    out += kept_tables
+    if report.extra or kept_notes:
         out += ["## Notes", ""]
         for text in report.extra:
             out += [text, ""]
+        out += kept_notes
     with open(path, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")
+
+
+def _owner(text: str) -> str | None:
+    text = text.lstrip("|# ").strip()
+    return next((name for name, heads in OWNS.items() if any(text.startswith(h) for h in heads)), None)
+
+
+def _kept(path: str, sections: list[str]) -> tuple[list[str], list[str], list[str], str]:
+    """The budget rows, table blocks and notes of the existing file that
+    belong to sections not run now, and when that file was written."""
+    if set(sections) >= set(SECTIONS):
+        return [], [], [], ""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return [], [], [], ""
+    run = next((ln.split(",", 1)[0].removeprefix("Run: ") for ln in lines if ln.startswith("Run: ")), "")
+    part, rows, tables, notes = "", [], [], []
+    block: list[str] = []
+    paragraph: list[str] = []
+    for line in [*lines, "### end"]:
+        if line.startswith("## "):
+            part = line
+        if part == "## Budgets" and line.startswith("| ") and not line.startswith("| budget |"):
+            owner = _owner(line)
+            if owner is not None and owner not in sections:
+                rows.append(line)
+        elif part == "## Tables" and (line.startswith("### ") or line.startswith("## ")):
+            if block and (owner := _owner(block[0])) is not None and owner not in sections:
+                tables += block
+            block = [line] if line.startswith("### ") else []
+        elif part == "## Tables" and block:
+            block.append(line)
+        elif part == "## Notes" and not line.startswith("## "):
+            paragraph.append(line)
+    for text in "\n".join(paragraph).split("\n\n"):
+        if text.strip() and (owner := _owner(text.strip())) is not None and owner not in sections:
+            notes += [text.strip(), ""]
+    if block and block[0] != "### end" and (owner := _owner(block[0])) is not None and owner not in sections:
+        tables += block
+    return rows, tables, notes, run
 
 
 if __name__ == "__main__":

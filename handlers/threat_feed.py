@@ -31,8 +31,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
-from config.settings import FeedSettings
+from config.settings import FeedSettings, Settings
 from handlers import common, feed_pull
 from handlers.envelope import Message
 from handlers.formats import FormatError, parse_feed
@@ -104,7 +105,16 @@ def ingest(message: Message, rt: Runtime, *, pulled: bool = False) -> Outcome:
 def _intents(
     sightings: Sequence, feed: FeedSettings, message: Message, rt: Runtime
 ) -> tuple[list[Intent], list[ItemError], int]:
-    source = rt.settings.source(KIND)
+    return feed_intents(sightings, feed, rt.settings, message.publish_time)
+
+
+def feed_intents(
+    sightings: Sequence, feed: FeedSettings, settings: Settings, published: datetime
+) -> tuple[list[Intent], list[ItemError], int]:
+    """A parsed list's sightings as the feed's intents (before the guards),
+    its bad items, and how many were skipped below ``min_confidence``.
+    ``cli.py capacity`` reads lists through this too."""
+    source = settings.source(KIND)
     severity = Severity.parse(feed.severity or source.severity)
     action = feed.action or source.action
     intents: list[Intent] = []
@@ -125,11 +135,11 @@ def _intents(
         if len(intents) >= feed.max_entries:
             errors.append(ItemError(s.value, f"over the feed's max_entries ({feed.max_entries})"))
             continue
-        expiry = common.expiry_for(message.publish_time, source, ttl=s.ttl or feed.ttl, expiry=s.expiry)
+        expiry = common.expiry_for(published, source, ttl=s.ttl or feed.ttl, expiry=s.expiry)
         intents.append(Intent(
             Verb.BLOCK, network, feed.name, expiry=expiry,
             severity=s.severity or severity, action=action, reason=s.reason,
-            escalation=common.escalation_for(message.publish_time, source, expiry),
+            escalation=common.escalation_for(published, source, expiry),
         ))
     return intents, errors, skipped
 
