@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,14 +74,21 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-class Audit:
-    """Writes audit records; keeps the ones of this process for callers that
-    want to report on them (the run script, tests)."""
+#: How many of its latest records a process keeps in memory: enough for the
+#: CLI and the run script to report on what they just did; bounded, so a warm
+#: function instance never grows with the records it has written.
+KEEP_RECORDS = 10_000
 
-    def __init__(self, logger: logging.Logger | None = None, file: str | Path | None = None) -> None:
+
+class Audit:
+    """Writes audit records; keeps the latest ``keep`` of this process for
+    callers that want to report on them (the CLI, the run script, tests)."""
+
+    def __init__(self, logger: logging.Logger | None = None, file: str | Path | None = None,
+                 keep: int = KEEP_RECORDS) -> None:
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self.file = Path(file) if file else None
-        self.records: list[dict[str, Any]] = []
+        self.records: deque[dict[str, Any]] = deque(maxlen=keep)
         self._lock = threading.Lock()
 
     def record(self, change: str, message: str, *, level: int = logging.INFO, **fields: Any) -> dict[str, Any]:

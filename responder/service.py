@@ -400,6 +400,11 @@ class Responder:
                 snap = self._read()  # another writer got there first
             except QuotaExceeded:
                 return self._reconcile(todo, event, now, outcome, compact=True, quota_full=True)
+            except Exception:
+                # Some adds may have landed (a delivery out of time, a transient
+                # failure): the cached view lacks them, so the redelivery reads afresh.
+                self._cache = None
+                raise
         raise TransientError(f"no free band priority after {ADD_ATTEMPTS} attempts")
 
     def _breaker(

@@ -20,9 +20,13 @@ from tests.e2e.conftest import PROJECT, Harness, _harness
 from tests.e2e.support import BASE_CONFIG, records
 
 FEED = "\n".join(f"45.{9 + i // 100}.{i % 100}.7" for i in range(300)) + "\n"  # 300 ranges, none adjacent: 30 rules
+# A read cache longer than a delivery: each redelivery lands on the same warm
+# instance while its cached view of the band is still fresh, so that view must
+# not miss the adds of the delivery that ran out of time.
 TIMING = """[policy]
 request_timeout = "2s"
 operation_timeout = "6s"
+read_cache = "60s"
 """
 EXTRA = """
 [lease]
@@ -91,6 +95,10 @@ def test_a_snapshot_too_large_for_one_delivery_lands_across_redeliveries(
         priorities = [r["priority"] for r in h.policy()["rules"]]
         assert len(priorities) == len(set(priorities))
         assert set(_added_ranges(h).values()) == {1}, "a range was added twice"
+        # Every addRule sent landed: no redelivery planned from a stale cached view
+        # (which would collide with its own earlier adds at the same seeded priorities).
+        sent = [r for r in h.server.requests if r["path"].endswith("/addRule")]
+        assert len(sent) == len(h.band_rules()) == 30
     finally:
         slow.stop()
 

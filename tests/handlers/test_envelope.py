@@ -51,3 +51,16 @@ def test_falls_back_to_the_cloudevent_id_and_time() -> None:
 def test_malformed_envelope_is_a_bad_event(message: object, complaint: str) -> None:
     with pytest.raises(BadEvent, match=complaint):
         from_cloud_event(_event(message))
+
+
+def test_the_audit_keeps_a_bounded_number_of_records_in_memory() -> None:
+    """A warm instance writes records for days: memory must not grow with them."""
+    import logging
+
+    from responder.audit import Audit
+
+    audit = Audit(logger=logging.getLogger("test.audit.bounded"), keep=100)
+    for i in range(1_000):
+        audit.record("unchanged", "nothing to apply", message_id=f"m-{i}")
+    assert len(audit.records) == 100
+    assert audit.records[-1]["message_id"] == "m-999" and audit.records[0]["message_id"] == "m-900"
