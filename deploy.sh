@@ -418,12 +418,12 @@ if [[ -n $POLICY_REGION ]]; then
   POLICY_LOC=(--region="$POLICY_REGION")
   RULE_LOC=(--region="$POLICY_REGION")
   LB_RESOURCE="http_external_regional_lb_rule"
-  ROLE_PERMISSIONS="compute.regionSecurityPolicies.get,compute.regionSecurityPolicies.update,compute.regionOperations.get,logging.logEntries.create"
+  ROLE_PERMISSIONS="compute.regionSecurityPolicies.get,compute.regionSecurityPolicies.update,compute.regionOperations.get"
 else
   POLICY_LOC=(--global)
   RULE_LOC=()
   LB_RESOURCE="http_load_balancer"
-  ROLE_PERMISSIONS="compute.securityPolicies.get,compute.securityPolicies.update,compute.securityPolicies.setLabels,compute.globalOperations.get,logging.logEntries.create"
+  ROLE_PERMISSIONS="compute.securityPolicies.get,compute.securityPolicies.update,compute.securityPolicies.setLabels,compute.globalOperations.get"
 fi
 
 SERVICES=(
@@ -572,7 +572,7 @@ fi
 if [[ -z $role_state ]]; then
   run gcloud iam roles create "$ROLE_ID" --project="$PROJECT" \
     --title="Cloud Armor responder" \
-    --description="Read and update one Cloud Armor policy's rules and labels; wait on operations; write logs." \
+    --description="Read and update one Cloud Armor policy's rules and labels; wait on operations." \
     --permissions="$ROLE_PERMISSIONS" --stage=GA
 else
   deleted=$(cut -f1 <<<"$role_state")
