@@ -29,6 +29,11 @@ FUNCTIONS = {
     "car-cleanup": "on_cleanup",
 }
 TRUSTED = [f"10.{i}.0.0/16" for i in range(12)]
+HEALTH_METRICS = ["blocks-added", "blocks-extended", "blocks-expired", "blocks-refused", "blocks-evicted",
+                  "breaker-trips", "lint-findings", "deferred", "dead-lettered", "feed-download-failures",
+                  "band-rules"]
+HEALTH_ALERTS = ["car: flood breaker tripped", "car: band nearly full", "car: dead-lettered messages waiting",
+                 "car: function error rate"]
 
 # Commands that a second run against the same state may issue again: each is
 # idempotent by its documentation (add-iam-policy-binding adds a binding that
@@ -44,6 +49,9 @@ REPEATABLE = (
     ("pubsub", "subscriptions", "update"),
     ("scheduler", "jobs", "update", "pubsub"),
     ("logging", "sinks", "update"),
+    ("logging", "metrics", "update"),
+    ("monitoring", "dashboards", "update"),
+    ("alpha", "monitoring", "policies", "update"),
 )
 READ_ONLY_VERBS = {"describe", "list"}
 
@@ -248,8 +256,9 @@ def test_first_run_creates_everything_in_order(first_run) -> None:
     assert set(state["sinks"]) == {"car-lb-armor", "car-ids-threats", "car-firewall-denies"}
     assert state["scheduler_jobs"]["car-cleanup"]["body"] == '{"action":"cleanup"}'
     assert state["scheduler_jobs"]["car-cleanup"]["schedule"] == "*/10 * * * *"
-    assert len(state["channels"]) == 1 and len(state["alert_policies"]) == 1
-    assert "car-ml-probes" in state["metrics"]
+    assert len(state["channels"]) == 1 and len(state["alert_policies"]) == 1 + len(HEALTH_ALERTS)
+    assert {"car-ml-probes", *(f"car-{m}" for m in HEALTH_METRICS)} == set(state["metrics"])
+    assert ["car: Cloud Armor responder"] == [d["displayName"] for d in state["dashboards"].values()]
 
 
 def test_functions_are_configured(first_run) -> None:

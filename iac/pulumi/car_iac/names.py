@@ -34,8 +34,9 @@ REGIONAL_ROLE_PERMISSIONS = (
 ROLE_TITLE = "Cloud Armor responder"
 ROLE_DESCRIPTION = "Read and update one Cloud Armor policy's rules and labels; wait on operations."
 
-# The APIs deploy.sh enables (monitoring only with --with-monitoring, which
-# the component does not cover).
+# The APIs deploy.sh enables. Monitoring is enabled for deploy.sh's health
+# metrics, dashboard and alert policies, which the component does not
+# create (README, "Observability"); enabling it costs nothing.
 SERVICES = (
     "iam.googleapis.com",
     "cloudfunctions.googleapis.com",
@@ -47,6 +48,7 @@ SERVICES = (
     "cloudscheduler.googleapis.com",
     "compute.googleapis.com",
     "logging.googleapis.com",
+    "monitoring.googleapis.com",
 )
 
 LABELS = {"app": "cloud-armor-responder"}
