@@ -362,7 +362,8 @@ def test_dry_run_prints_the_plan_and_calls_nothing(env: Env, cfg_dir: Path) -> N
         "+ gcloud iam roles create", "+ gcloud pubsub topics create car-threat-feed",
         "+ gcloud compute security-policies create", "+ gcloud functions deploy car-threat-feed",
         "+ gcloud scheduler jobs create pubsub", "+ gcloud logging sinks create",
-        "+ gcloud beta monitoring channels create", "+ gcloud alpha monitoring policies create")}
+        "+ gcloud logging metrics create car-blocks-added", "+ gcloud monitoring dashboards create",
+        "+ gcloud alpha monitoring policies create", "+ gcloud beta monitoring channels create")}
     assert list(first.values()) == sorted(first.values()), first
     assert text.count("+ gcloud functions deploy ") == 5
     assert text.count("+ gcloud pubsub topics create ") == 6
