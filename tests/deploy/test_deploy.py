@@ -566,7 +566,7 @@ def test_health_metrics_dashboard_and_alerts_are_created(first_run) -> None:
 def test_second_run_updates_metrics_dashboard_and_alerts(first_run) -> None:
     env, cfg, _ = first_run
     before = env.read_state()
-    cfg.write_text(cfg.read_text().replace("[deploy]", "[deploy]\nalert_band_share = 0.5", 1))
+    cfg.write_text(cfg.read_text().replace("alert_band_share = 0.8", "alert_band_share = 0.5", 1))
     env.clear_log()
     result = env.run("--region", REGION, "--with-monitoring", config=cfg)
     assert result.returncode == 0, result.stdout + result.stderr
