@@ -932,6 +932,127 @@ def cmd_capacity(args: argparse.Namespace, settings: config.Settings) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------
+# dead letters
+
+
+DEAD_LETTER_ATTRIBUTE_PREFIX = "CloudPubSubDeadLetter"  # what Pub/Sub adds when it dead-letters a message
+
+
+def _dead_letter_subscription(settings: config.Settings, config_path: str | None) -> str:
+    """The hold subscription deploy.sh creates: ``<[deploy].topic_prefix>-dead-letter-hold``."""
+    import tomllib
+
+    path = config_path or os.environ.get("RESPONDER_CONFIG") or str(Path(__file__).resolve().parent / "config" / "responder.toml")
+    with open(path, "rb") as fh:
+        deploy = tomllib.load(fh).get("deploy") or {}
+    prefix = deploy.get("topic_prefix", "car") if isinstance(deploy, dict) else "car"
+    return f"projects/{settings.policy.project}/subscriptions/{prefix}-dead-letter-hold"
+
+
+def _pubsub_session(endpoint: str) -> Any:
+    """A requests session for Pub/Sub: with Google credentials, or plain for
+    a loopback endpoint (the emulator, or the test's fake of the REST API)."""
+    import requests
+
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    if host in ("127.0.0.1", "localhost", "[::1]"):
+        return requests.Session()
+    import google.auth
+    import google.auth.exceptions
+    from google.auth.transport.requests import AuthorizedSession
+
+    try:
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/pubsub"])
+    except google.auth.exceptions.DefaultCredentialsError as exc:
+        raise Failure(EXIT_ACCESS, f"no Google credentials for Pub/Sub: run 'gcloud auth application-default login' ({exc})") from None
+    return AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
+
+
+def cmd_replay_dead_letters(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Pulls dead-lettered messages and republishes each, with its own
+    attributes (not the ones Pub/Sub added when it dead-lettered it), to the
+    topic of the subscription it was dead-lettered from; acks each after its
+    publish succeeded. --dry-run lists them and hands them back (nack)."""
+    import requests
+
+    if args.limit is not None and args.limit < 1:
+        raise Failure(EXIT_USAGE, f"replay-dead-letters: --limit must be at least 1, got {args.limit}")
+    endpoint = (args.pubsub_endpoint or os.environ.get("RESPONDER_PUBSUB_ENDPOINT") or "https://pubsub.googleapis.com").rstrip("/")
+    subscription = args.subscription or _dead_letter_subscription(settings, args.config)
+    if "/" not in subscription:
+        subscription = f"projects/{settings.policy.project}/subscriptions/{subscription}"
+    session = _pubsub_session(endpoint)
+    timeout = settings.policy.request_timeout.total_seconds()
+    dry = args.dry_run
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            response = session.request(method, f"{endpoint}/v1/{path}", json=body, timeout=timeout)
+        except requests.RequestException as exc:
+            raise Failure(EXIT_TRANSIENT, f"cannot reach Pub/Sub at {endpoint}: {exc}") from None
+        if response.status_code != 200:
+            code = EXIT_ACCESS if response.status_code in (401, 403, 404) else (
+                EXIT_TRANSIENT if response.status_code == 429 or response.status_code >= 500 else EXIT_ERROR)
+            raise Failure(code, f"Pub/Sub {method} {path}: HTTP {response.status_code} {response.text[:300]}")
+        return response.json() if response.content else {}
+
+    topics: dict[str, str] = {}
+    done = held = 0
+    limit = args.limit
+    while limit is None or done + held < limit:
+        batch = 100 if limit is None else min(100, limit - done - held)
+        received = call("POST", f"{subscription}:pull", {"maxMessages": batch}).get("receivedMessages", [])
+        if not received:
+            break
+        for item in received:
+            message, ack_id = item["message"], item["ackId"]
+            attributes = dict(message.get("attributes") or {})
+            source = attributes.get("CloudPubSubDeadLetterSourceSubscription", "")
+            project = attributes.get("CloudPubSubDeadLetterSourceSubscriptionProject", settings.policy.project)
+            original = {k: v for k, v in attributes.items() if not k.startswith(DEAD_LETTER_ATTRIBUTE_PREFIX)}
+            topic = ""
+            if source:
+                path = source if "/" in source else f"projects/{project}/subscriptions/{source}"
+                if path not in topics:
+                    topics[path] = call("GET", path).get("topic", "")
+                topic = topics[path]
+            line = (f"message {message.get('messageId')} (published {message.get('publishTime')}, "
+                    f"{attributes.get('CloudPubSubDeadLetterSourceDeliveryCount', '?')} deliveries) "
+                    f"from {source or 'an unknown subscription'}")
+            if not topic:
+                print(f"kept {line}: its original topic is unknown (no CloudPubSubDeadLetterSourceSubscription)")
+                call("POST", f"{subscription}:modifyAckDeadline", {"ackIds": [ack_id], "ackDeadlineSeconds": 0})
+                held += 1
+                continue
+            if dry:
+                print(f"would republish {line} to {topic}, attributes {json.dumps(original, sort_keys=True)}")
+                call("POST", f"{subscription}:modifyAckDeadline", {"ackIds": [ack_id], "ackDeadlineSeconds": 0})
+                held += 1
+                continue
+            published = {"data": message.get("data", "")}
+            if original:
+                published["attributes"] = original
+            ids = call("POST", f"{topic}:publish", {"messages": [published]}).get("messageIds", [])
+            call("POST", f"{subscription}:acknowledge", {"ackIds": [ack_id]})
+            print(f"republished {line} to {topic} as {ids[0] if ids else '?'}")
+            done += 1
+        if dry:
+            break  # handed back: a second pull would return the same messages
+    if dry:
+        print(f"dry run (--dry-run): {held} message(s) listed and handed back; nothing was republished")
+    else:
+        print(f"{done} message(s) republished and acknowledged" + (f", {held} kept" if held else ""))
+    return EXIT_OK
+
+
+def _replay_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N messages")
+    p.add_argument("--subscription", help="default: <[deploy].topic_prefix>-dead-letter-hold in policy.project")
+    p.add_argument("--pubsub-endpoint", metavar="URL",
+                   help="Pub/Sub REST endpoint (default RESPONDER_PUBSUB_ENDPOINT, else Google's)")
+
+
 def emit(args: argparse.Namespace, kind: str, data: Mapping[str, Any], text: Callable[[Mapping[str, Any]], str]) -> None:
     """Prints a read command's answer: with ``--json`` the document itself
     (``kind`` and ``version`` first), else the text made from it, so that
@@ -1012,6 +1133,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("bootstrap-policy", "create the base policy if it does not exist", cmd_bootstrap, changes=True),
     Command("capacity", "the feeds' rules against band.max_rules and the quota", cmd_capacity, json=True,
             arguments=_capacity_args),
+    Command("replay-dead-letters", "republish dead-lettered messages to their original topics", cmd_replay_dead_letters,
+            changes=True, arguments=_replay_args),
 )}
 
 

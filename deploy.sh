@@ -3,10 +3,13 @@
 # role, Pub/Sub topics, the base security policy (bootstrap only when it does
 # not exist), the five Cloud Run functions (gen2), dead-lettering on their
 # Eventarc subscriptions, the cleanup schedule, the log sinks and, with
-# --with-monitoring, an example probe metric and alert policy.
+# --with-monitoring, an example probe metric and alert policy; and its own
+# health as code: log-based metrics, a dashboard and alert policies from the
+# files in deploy/ (created, then updated on every run).
 #
 # Idempotent: everything is checked before it is created; a second run
-# creates nothing. An existing security policy is never modified.
+# creates nothing and updates what may have changed. An existing security
+# policy is never modified. --destroy removes what it created.
 # See docs/DEPLOY.md for every command, permission and step.
 set -euo pipefail
 
@@ -44,7 +47,15 @@ Options (override the config file):
   --with-monitoring   also create the Pub/Sub notification channel, the
                       example probe metric and its alert policy
   --dry-run           print every gcloud command in order, run none
-                      (assumes nothing exists yet)
+                      (assumes nothing exists yet; with --destroy, that
+                      everything exists)
+  --destroy           remove what deploy.sh created (functions, triggers,
+                      topics, subscriptions, scheduler jobs, sinks, metrics,
+                      dashboard, alert policies, channel, bindings, role and
+                      service accounts); the policy and its rules stay
+  --purge-band        with --destroy: also delete the band's own rules
+                      (priorities in the band whose description starts with
+                      the owner tag); never a rule outside the band
   -h, --help          show this help
 
 Exit status: 0 done, 1 a command failed, 2 usage error, 3 invalid config.
@@ -68,7 +79,7 @@ warn() {
 
 # ---------------------------------------------------------------- arguments
 OPT_PROJECT="" OPT_REGION="" OPT_POLICY="" OPT_BAND_START="" OPT_BAND_END=""
-CONFIG="$DEFAULT_CONFIG" DRY_RUN=0 WITH_MONITORING=0
+CONFIG="$DEFAULT_CONFIG" DRY_RUN=0 WITH_MONITORING=0 DESTROY=0 PURGE_BAND=0
 
 need_value() {
   # $1 = flag, $2 = number of remaining arguments (including the flag)
@@ -91,10 +102,16 @@ while [[ $# -gt 0 ]]; do
     --config=*) CONFIG=${1#*=}; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --with-monitoring) WITH_MONITORING=1; shift ;;
+    --destroy) DESTROY=1; shift ;;
+    --purge-band) PURGE_BAND=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage_error "unrecognized argument: $1" ;;
   esac
 done
+
+if [[ $PURGE_BAND -eq 1 && $DESTROY -eq 0 ]]; then
+  usage_error "--purge-band goes with --destroy"
+fi
 
 for pair in "--band-start:$OPT_BAND_START" "--band-end:$OPT_BAND_END"; do
   value=${pair#*:}
@@ -194,7 +211,7 @@ DEPLOY_KEYS = {
     "region", "runtime", "memory", "cpu", "max_instances", "concurrency", "timeout",
     "cleanup_schedule", "topic_prefix", "max_delivery_attempts", "min_retry_delay",
     "max_retry_delay", "probe_path_regex", "firewall_ports", "probe_alert_threshold",
-    "secrets",
+    "secrets", "alert_band_share", "alert_channels",
 }
 for key in dep:
     if key not in DEPLOY_KEYS:
@@ -256,6 +273,17 @@ if not ports or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p
                         for p in ports):
     fail(f"deploy.firewall_ports: expected a non-empty list of ports, got {ports!r}")
 threshold = get(dep, "deploy", "probe_alert_threshold", int, 20)
+share = dep.get("alert_band_share", 0.8)
+if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+    fail(f"deploy.alert_band_share: a share of band.max_rules between 0 and 1, got {share!r}")
+channels = get(dep, "deploy", "alert_channels", list, [])
+for i, channel in enumerate(channels):
+    if not isinstance(channel, str) or not re.fullmatch(r"projects/[^/]+/notificationChannels/[0-9]+", channel):
+        fail(f"deploy.alert_channels[{i}]: expected projects/PROJECT/notificationChannels/ID, got {channel!r}")
+max_rules = band.get("max_rules", 0)
+if isinstance(max_rules, bool) or not isinstance(max_rules, int) or max_rules < 0:
+    fail(f"band.max_rules: expected a non-negative integer, got {max_rules!r}")
+max_rules = max_rules or (end - start + 1)
 
 ranges = get(boot, "bootstrap", "trusted_ranges", list, [])
 for i, text in enumerate(ranges):
@@ -334,6 +362,8 @@ out = {
     "config_env": config_env,
     "pulls": " ".join(p.replace(" ", "_") for p in pulls),
     "secrets": ",".join(secret_specs),
+    "max_rules": max_rules, "band_alert_rules": round(share * max_rules, 2),
+    "band_alert_percent": round(share * 100), "alert_channels": ",".join(channels),
 }
 for key, value in out.items():
     value = str(value)
@@ -350,6 +380,7 @@ REGION="" RUNTIME="" MEMORY="" CPU="" MAX_INSTANCES="" CONCURRENCY="" TIMEOUT=""
 SCHEDULE="" PREFIX="" MAX_DELIVERY_ATTEMPTS="" MIN_RETRY_DELAY="" MAX_RETRY_DELAY=""
 PROBE_REGEX="" FIREWALL_PORTS="" PROBE_THRESHOLD="" TRUSTED_RANGES="" TRUSTED_PRIORITY=""
 DEFAULT_ACTION="" BACKEND_SERVICES="" CONFIG_ENV="" PULLS="" SECRETS=""
+MAX_RULES="" BAND_ALERT_RULES="" BAND_ALERT_PERCENT="" ALERT_CHANNELS=""
 while IFS='=' read -r key value; do
   case $key in
     project) PROJECT=$value ;;
@@ -380,6 +411,10 @@ while IFS='=' read -r key value; do
     config_env) CONFIG_ENV=$value ;;
     pulls) PULLS=$value ;;
     secrets) SECRETS=$value ;;
+    max_rules) MAX_RULES=$value ;;
+    band_alert_rules) BAND_ALERT_RULES=$value ;;
+    band_alert_percent) BAND_ALERT_PERCENT=$value ;;
+    alert_channels) ALERT_CHANNELS=$value ;;
     *) die "internal: unexpected config key '$key'" ;;
   esac
 done <<<"$cfg_out"
@@ -403,6 +438,8 @@ SINK_LB="$PREFIX-lb-armor"
 SINK_IDS="$PREFIX-ids-threats"
 SINK_FW="$PREFIX-firewall-denies"
 METRIC="$PREFIX-ml-probes"
+DASHBOARD_NAME="$PREFIX: Cloud Armor responder"
+ALERT_FILES=(breaker band-share dead-letter function-errors)
 CHANNEL_NAME="$PREFIX-alerts"
 ALERT_POLICY_NAME="$PREFIX: ML control-plane probes per client"
 # function name | entry point | topic
@@ -418,23 +455,20 @@ if [[ -n $POLICY_REGION ]]; then
   POLICY_LOC=(--region="$POLICY_REGION")
   RULE_LOC=(--region="$POLICY_REGION")
   LB_RESOURCE="http_external_regional_lb_rule"
-  ROLE_PERMISSIONS="compute.regionSecurityPolicies.get,compute.regionSecurityPolicies.update,compute.regionOperations.get,logging.logEntries.create"
+  ROLE_PERMISSIONS="compute.regionSecurityPolicies.get,compute.regionSecurityPolicies.update,compute.regionOperations.get"
 else
   POLICY_LOC=(--global)
   RULE_LOC=()
   LB_RESOURCE="http_load_balancer"
-  ROLE_PERMISSIONS="compute.securityPolicies.get,compute.securityPolicies.update,compute.securityPolicies.setLabels,compute.globalOperations.get,logging.logEntries.create"
+  ROLE_PERMISSIONS="compute.securityPolicies.get,compute.securityPolicies.update,compute.securityPolicies.setLabels,compute.globalOperations.get"
 fi
 
 SERVICES=(
   iam.googleapis.com cloudfunctions.googleapis.com run.googleapis.com
   cloudbuild.googleapis.com artifactregistry.googleapis.com eventarc.googleapis.com
   pubsub.googleapis.com cloudscheduler.googleapis.com compute.googleapis.com
-  logging.googleapis.com
+  logging.googleapis.com monitoring.googleapis.com
 )
-if [[ $WITH_MONITORING -eq 1 ]]; then
-  SERVICES+=(monitoring.googleapis.com)
-fi
 if [[ -n $SECRETS ]]; then
   SERVICES+=(secretmanager.googleapis.com)
 fi
@@ -526,6 +560,175 @@ query() {
   "$@"
 }
 
+# ------------------------------------------------------------------ destroy
+# run_gone CMD...: a delete that may find its target already gone (a
+# re-run, or a resource removed by an earlier delete): NOT_FOUND is fine.
+run_gone() {
+  show "$@"
+  [[ $DRY_RUN -eq 1 ]] && return 0
+  local err
+  if err=$("$@" 2>&1 >/dev/null); then
+    return 0
+  fi
+  if grep -qiE 'NOT_FOUND|not found|does not exist|notFound' <<<"$err"; then
+    note "already gone"
+    return 0
+  fi
+  die "failed: $*"$'\n'"$err"
+}
+
+# lookup PLACEHOLDER CMD...: a list query in --destroy: in --dry-run it is
+# shown and PLACEHOLDER answers (everything is assumed to exist).
+lookup() {
+  query "$@"
+}
+
+destroy() {
+  printf 'Removing the Cloud Armor responder\n' >&3
+  printf '  project %s, functions region %s, policy %s (%s), band %s..%s%s\n' \
+    "$PROJECT" "$REGION" "$POLICY" "${POLICY_REGION:-global}" "$BAND_START" "$BAND_END" \
+    "$([[ $DRY_RUN -eq 1 ]] && echo ', DRY RUN: nothing is run')" >&3
+
+  step "1. Cloud Scheduler jobs: $SCHEDULER_JOB and the feed pulls $PREFIX-pull-*"
+  local jobs job
+  if [[ $DRY_RUN -eq 1 ]]; then
+    show gcloud scheduler jobs list --location="$REGION" --project="$PROJECT" --format='value(name)'
+    jobs="$SCHEDULER_JOB"
+    for pull in $PULLS; do
+      jobs+=$'\n'"$PREFIX-pull-${pull%%=*}"
+    done
+  else
+    jobs=$(gcloud scheduler jobs list --location="$REGION" --project="$PROJECT" --format='value(name)' |
+      sed 's|.*/||' | grep -E "^($SCHEDULER_JOB|$PREFIX-pull-[a-z0-9-]+)\$" || true)
+  fi
+  for job in $jobs; do
+    run_gone gcloud scheduler jobs delete "$job" --location="$REGION" --project="$PROJECT" --quiet
+  done
+
+  step "2. Functions and their Eventarc triggers (a trigger's subscription goes with it)"
+  local spec fn entry topic trigger
+  for spec in "${FUNCTIONS[@]}"; do
+    IFS='|' read -r fn entry topic <<<"$spec"
+    if ! exists gcloud functions describe "$fn" --region="$REGION" --project="$PROJECT" --v2 && [[ $DRY_RUN -eq 0 ]]; then
+      note "function $fn: already gone"
+      continue
+    fi
+    trigger=$(query "TRIGGER_OF_$fn" gcloud functions describe "$fn" --region="$REGION" --project="$PROJECT" \
+      --v2 --format='value(eventTrigger.trigger)')
+    run_gone gcloud functions delete "$fn" --region="$REGION" --project="$PROJECT" --quiet
+    # Deleting a gen2 function deletes its trigger; one left behind is deleted here.
+    if [[ -n $trigger ]] && { [[ $DRY_RUN -eq 1 ]] || exists gcloud eventarc triggers describe "${trigger##*/}" \
+        --location="$REGION" --project="$PROJECT"; }; then
+      run_gone gcloud eventarc triggers delete "${trigger##*/}" --location="$REGION" --project="$PROJECT" --quiet
+    fi
+  done
+
+  if [[ $PURGE_BAND -eq 1 ]]; then
+    step "2b. --purge-band: the band's own rules (priorities $BAND_START..$BAND_END, description starting '$OWNER_TAG'); no other rule"
+    local policy_json priorities prio
+    if [[ $DRY_RUN -eq 1 ]]; then
+      show gcloud compute security-policies describe "$POLICY" "${POLICY_LOC[@]}" --project="$PROJECT" --format=json
+      show gcloud compute security-policies rules delete "PRIORITY_OF_EACH_BAND_RULE" --security-policy="$POLICY" \
+        ${RULE_LOC[@]+"${RULE_LOC[@]}"} --project="$PROJECT" --quiet
+    elif exists gcloud compute security-policies describe "$POLICY" "${POLICY_LOC[@]}" --project="$PROJECT"; then
+      policy_json=$(gcloud compute security-policies describe "$POLICY" "${POLICY_LOC[@]}" --project="$PROJECT" --format=json)
+      priorities=$("$PYTHON" -c '
+import json, sys
+start, end, tag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for rule in json.load(sys.stdin).get("rules", []):
+    prio = int(rule.get("priority", -1))
+    words = (rule.get("description") or "").split()
+    if start <= prio <= end and words and words[0] == tag:
+        print(prio)
+' "$BAND_START" "$BAND_END" "$OWNER_TAG" <<<"$policy_json")
+      [[ -n $priorities ]] || note "the band holds no rule of the responder"
+      for prio in $priorities; do
+        run_gone gcloud compute security-policies rules delete "$prio" --security-policy="$POLICY" \
+          ${RULE_LOC[@]+"${RULE_LOC[@]}"} --project="$PROJECT" --quiet
+      done
+    else
+      note "policy $POLICY does not exist: no band to purge"
+    fi
+  else
+    note "the band's rules stay (they expire with their TTL only while the responder runs): --purge-band deletes them"
+  fi
+
+  step "3. Log sinks"
+  local sink
+  for sink in "$SINK_LB" "$SINK_IDS" "$SINK_FW"; do
+    if exists gcloud logging sinks describe "$sink" --project="$PROJECT" || [[ $DRY_RUN -eq 1 ]]; then
+      run_gone gcloud logging sinks delete "$sink" --project="$PROJECT" --quiet
+    fi
+  done
+
+  step "4. Alert policies, dashboard, log-based metrics, notification channel"
+  local display name names metric_id
+  for display in "$PREFIX: flood breaker tripped" "$PREFIX: band nearly full" \
+      "$PREFIX: dead-lettered messages waiting" "$PREFIX: function error rate" "$ALERT_POLICY_NAME"; do
+    if [[ $DRY_RUN -eq 1 ]]; then
+      names="POLICY_NAMED_${display//[^A-Za-z0-9]/_}"
+      show gcloud alpha monitoring policies list --project="$PROJECT" --filter="displayName=\"$display\"" --format='value(name)'
+    elif ! names=$(gcloud alpha monitoring policies list --project="$PROJECT" --filter="displayName=\"$display\"" \
+        --format='value(name)' 2>/dev/null); then
+      warn "cannot list alert policies (is the gcloud alpha component installed?): delete '$display' in the console"
+      continue
+    fi
+    for name in $names; do
+      run_gone gcloud alpha monitoring policies delete "$name" --project="$PROJECT" --quiet
+    done
+  done
+  names=$(lookup "DASHBOARD_ID" gcloud monitoring dashboards list --project="$PROJECT" \
+    --filter="displayName=\"$DASHBOARD_NAME\"" --format='value(name)')
+  for name in $names; do
+    run_gone gcloud monitoring dashboards delete "${name##*/}" --project="$PROJECT" --quiet
+  done
+  for metric_id in $("$PYTHON" "$ROOT/deploy/render.py" metric-ids) ml-probes; do
+    if exists gcloud logging metrics describe "$PREFIX-$metric_id" --project="$PROJECT" || [[ $DRY_RUN -eq 1 ]]; then
+      run_gone gcloud logging metrics delete "$PREFIX-$metric_id" --project="$PROJECT" --quiet
+    fi
+  done
+  names=$(lookup "CHANNEL_NAME" gcloud beta monitoring channels list --project="$PROJECT" \
+    --filter="displayName=\"$CHANNEL_NAME\" AND type=\"pubsub\"" --format='value(name)')
+  for name in $names; do
+    run_gone gcloud beta monitoring channels delete "$name" --project="$PROJECT" --quiet
+  done
+
+  step "5. Pub/Sub: the dead-letter hold subscription and the topics (their IAM bindings go with them)"
+  run_gone gcloud pubsub subscriptions delete "$DEAD_SUB" --project="$PROJECT" --quiet
+  for topic in "$TOPIC_FEED" "$TOPIC_LOG" "$TOPIC_ALERTS" "$TOPIC_MANUAL" "$TOPIC_CLEANUP" "$TOPIC_DEAD"; do
+    run_gone gcloud pubsub topics delete "$topic" --project="$PROJECT" --quiet
+  done
+
+  step "6. Bindings, the custom role $ROLE_ID and the service accounts"
+  if [[ -n $SECRETS ]]; then
+    local secret_refs ref secret
+    IFS=',' read -r -a secret_refs <<<"$SECRETS"
+    for ref in "${secret_refs[@]}"; do
+      secret=${ref#*=}
+      run_gone gcloud secrets remove-iam-policy-binding "${secret%%:*}" --project="$PROJECT" \
+        --member="serviceAccount:$RUNTIME_SA" --role=roles/secretmanager.secretAccessor --format=none
+    done
+  fi
+  run_gone gcloud projects remove-iam-policy-binding "$PROJECT" \
+    --member="serviceAccount:$RUNTIME_SA" --role="$ROLE_NAME" --condition=None --format=none
+  run_gone gcloud projects remove-iam-policy-binding "$PROJECT" \
+    --member="serviceAccount:$TRIGGER_SA" --role=roles/eventarc.eventReceiver --condition=None --format=none
+  if exists gcloud iam roles describe "$ROLE_ID" --project="$PROJECT" || [[ $DRY_RUN -eq 1 ]]; then
+    run_gone gcloud iam roles delete "$ROLE_ID" --project="$PROJECT" --quiet
+  fi
+  local sa
+  for sa in "$RUNTIME_SA" "$TRIGGER_SA"; do
+    run_gone gcloud iam service-accounts delete "$sa" --project="$PROJECT" --quiet
+  done
+  note "kept: the security policy $POLICY and every rule outside the band, backend attachments, the enabled APIs"
+  printf '\n%s\n' "$([[ $DRY_RUN -eq 1 ]] && echo 'Dry run: nothing was run.' || echo 'Removed.')" >&3
+}
+
+if [[ $DESTROY -eq 1 ]]; then
+  destroy
+  exit 0
+fi
+
 # ----------------------------------------------------------------- the plan
 printf 'Deploying the Cloud Armor responder\n' >&3
 printf '  project %s, functions region %s, policy %s (%s), band %s..%s%s\n' \
@@ -572,7 +775,7 @@ fi
 if [[ -z $role_state ]]; then
   run gcloud iam roles create "$ROLE_ID" --project="$PROJECT" \
     --title="Cloud Armor responder" \
-    --description="Read and update one Cloud Armor policy's rules and labels; wait on operations; write logs." \
+    --description="Read and update one Cloud Armor policy's rules and labels; wait on operations." \
     --permissions="$ROLE_PERMISSIONS" --stage=GA
 else
   deleted=$(cut -f1 <<<"$role_state")
@@ -776,10 +979,94 @@ for i in 0 1 2; do
     --member="$writer" --role=roles/pubsub.publisher --format=none
 done
 
+step "10. Health as code: log-based metrics, dashboard and alert policies (deploy/), created or updated"
+health_dir=$(mktemp -d)
+trap 'rm -rf "$health_dir"' EXIT
+fn_names=()
+for spec in "${FUNCTIONS[@]}"; do
+  fn_names+=("${spec%%|*}")
+done
+render_vars=$("$PYTHON" -c '
+import json, sys
+prefix, max_rules, alert_rules, percent, dead_sub, channels = sys.argv[1:7]
+print(json.dumps({
+    "PREFIX": prefix, "FUNCTIONS": sys.argv[7:], "MAX_RULES": int(max_rules),
+    "BAND_ALERT_RULES": float(alert_rules), "BAND_ALERT_PERCENT": int(percent),
+    "DEAD_SUB": dead_sub, "CHANNELS": [c for c in channels.split(",") if c],
+}))' "$PREFIX" "$MAX_RULES" "$BAND_ALERT_RULES" "$BAND_ALERT_PERCENT" "$DEAD_SUB" "$ALERT_CHANNELS" "${fn_names[@]}")
+render() {
+  "$PYTHON" "$ROOT/deploy/render.py" "$@" "$render_vars"
+}
+# Log-based metrics: one per audit record kind (deploy/metrics.json).
+# "logging metrics update --config-from-file" replaces the definition.
+while read -r metric_id; do
+  metric_name="$PREFIX-$metric_id"
+  render metric "$metric_id" >"$health_dir/metric-$metric_id.json"
+  if exists gcloud logging metrics describe "$metric_name" --project="$PROJECT"; then
+    run gcloud logging metrics update "$metric_name" --project="$PROJECT" \
+      --config-from-file="$health_dir/metric-$metric_id.json"
+  else
+    run gcloud logging metrics create "$metric_name" --project="$PROJECT" \
+      --config-from-file="$health_dir/metric-$metric_id.json"
+  fi
+done < <("$PYTHON" "$ROOT/deploy/render.py" metric-ids)
+
+# The dashboard (deploy/dashboard.json), found by its display name; an
+# update carries the etag just read (the API refuses a stale one).
+render template "$ROOT/deploy/dashboard.json" >"$health_dir/dashboard.json"
+dashboard=""
+if [[ $DRY_RUN -eq 0 ]]; then
+  dashboard=$(gcloud monitoring dashboards list --project="$PROJECT" \
+    --filter="displayName=\"$DASHBOARD_NAME\"" --format='value(name,etag)' | head -n1)
+fi
+if [[ -n $dashboard ]]; then
+  IFS=$'\t' read -r dashboard_name dashboard_etag <<<"$dashboard"
+  "$PYTHON" -c '
+import json, sys
+doc = json.load(open(sys.argv[1]))
+doc["etag"] = sys.argv[2]
+json.dump(doc, open(sys.argv[1], "w"), indent=2)' "$health_dir/dashboard.json" "$dashboard_etag"
+  run gcloud monitoring dashboards update "${dashboard_name##*/}" --project="$PROJECT" \
+    --config-from-file="$health_dir/dashboard.json"
+else
+  run gcloud monitoring dashboards create --project="$PROJECT" --config-from-file="$health_dir/dashboard.json"
+fi
+
+# Alert policies (deploy/alerts/*.json), found by display name. The policies
+# commands exist only in gcloud's alpha track: without the alpha component
+# they are skipped with a warning (README, "Observability": install it and
+# re-run, or create them from the files).
+alpha_ok=1
+for alert in "${ALERT_FILES[@]}"; do
+  render template "$ROOT/deploy/alerts/$alert.json" >"$health_dir/alert-$alert.json"
+  show_file "$health_dir/alert-$alert.json"
+  [[ $alpha_ok -eq 1 ]] || continue
+  display=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["displayName"])' "$health_dir/alert-$alert.json")
+  existing=""
+  if [[ $DRY_RUN -eq 0 ]]; then
+    if ! existing=$(gcloud alpha monitoring policies list --project="$PROJECT" \
+        --filter="displayName=\"$display\"" --format='value(name)' 2>"$health_dir/err"); then
+      if grep -qiE 'command group installed|requires the installation of components|Invalid choice' "$health_dir/err"; then
+        warn "the gcloud alpha component is not installed: alert policies skipped (gcloud components install alpha, then re-run; README, 'Observability')"
+        alpha_ok=0
+        continue
+      fi
+      die "alpha monitoring policies list failed: $(cat "$health_dir/err")"
+    fi
+    existing=$(head -n1 <<<"$existing")
+  fi
+  if [[ -n $existing ]]; then
+    run gcloud alpha monitoring policies update "$existing" --project="$PROJECT" \
+      --policy-from-file="$health_dir/alert-$alert.json" --quiet
+  else
+    run gcloud alpha monitoring policies create --project="$PROJECT" \
+      --policy-from-file="$health_dir/alert-$alert.json"
+  fi
+done
+
 if [[ $WITH_MONITORING -eq 1 ]]; then
-  step "10. Monitoring: Pub/Sub notification channel, probe metric, alert policy"
-  tmpdir=$(mktemp -d)
-  trap 'rm -rf "$tmpdir"' EXIT
+  step "11. Monitoring: Pub/Sub notification channel, probe metric, alert policy"
+  tmpdir=$health_dir
   channel=""
   if [[ $DRY_RUN -eq 0 ]]; then
     channel=$(gcloud beta monitoring channels list --project="$PROJECT" \
@@ -810,7 +1097,7 @@ print(json.dumps({
     "labelExtractors": {"client_ip": "EXTRACT(httpRequest.remoteIp)"},
 }, indent=2))' "$METRIC" "$PROBE_FILTER" >"$tmpdir/metric.json"
   if exists gcloud logging metrics describe "$METRIC" --project="$PROJECT"; then
-    note "log-based metric $METRIC exists"
+    run gcloud logging metrics update "$METRIC" --project="$PROJECT" --config-from-file="$tmpdir/metric.json"
   else
     run gcloud logging metrics create "$METRIC" --project="$PROJECT" --config-from-file="$tmpdir/metric.json"
   fi
@@ -846,7 +1133,8 @@ print(json.dumps({
       --filter="displayName=\"$ALERT_POLICY_NAME\"" --format='value(name)')
   fi
   if [[ -n $existing_policy ]]; then
-    note "alert policy '$ALERT_POLICY_NAME' exists"
+    run gcloud alpha monitoring policies update "$(head -n1 <<<"$existing_policy")" --project="$PROJECT" \
+      --policy-from-file="$tmpdir/policy.json" --quiet
   else
     run gcloud alpha monitoring policies create --project="$PROJECT" --policy-from-file="$tmpdir/policy.json"
   fi

@@ -55,7 +55,28 @@ logging metrics create
 beta monitoring channels create
 beta monitoring channels list
 alpha monitoring policies create
-alpha monitoring policies list""".splitlines()
+alpha monitoring policies list
+logging metrics update
+logging metrics delete
+logging sinks delete
+monitoring dashboards create
+monitoring dashboards update
+monitoring dashboards list
+monitoring dashboards describe
+monitoring dashboards delete
+alpha monitoring policies update
+alpha monitoring policies delete
+beta monitoring channels delete
+functions delete
+eventarc triggers delete
+pubsub topics delete
+pubsub subscriptions delete
+scheduler jobs list
+scheduler jobs delete
+iam roles delete
+iam service-accounts delete
+projects remove-iam-policy-binding
+secrets remove-iam-policy-binding""".splitlines()
 out = {}
 for cmd in CMDS:
     txt = subprocess.run(["gcloud", *cmd.split(), "--help"], env=env, capture_output=True, text=True).stdout

@@ -29,6 +29,11 @@ FUNCTIONS = {
     "car-cleanup": "on_cleanup",
 }
 TRUSTED = [f"10.{i}.0.0/16" for i in range(12)]
+HEALTH_METRICS = ["blocks-added", "blocks-extended", "blocks-expired", "blocks-refused", "blocks-evicted",
+                  "breaker-trips", "lint-findings", "deferred", "dead-lettered", "feed-download-failures",
+                  "band-rules"]
+HEALTH_ALERTS = ["car: flood breaker tripped", "car: band nearly full", "car: dead-lettered messages waiting",
+                 "car: function error rate"]
 
 # Commands that a second run against the same state may issue again: each is
 # idempotent by its documentation (add-iam-policy-binding adds a binding that
@@ -44,6 +49,9 @@ REPEATABLE = (
     ("pubsub", "subscriptions", "update"),
     ("scheduler", "jobs", "update", "pubsub"),
     ("logging", "sinks", "update"),
+    ("logging", "metrics", "update"),
+    ("monitoring", "dashboards", "update"),
+    ("alpha", "monitoring", "policies", "update"),
 )
 READ_ONLY_VERBS = {"describe", "list"}
 
@@ -76,8 +84,8 @@ class Env:
     def clear_log(self) -> None:
         self.log.unlink(missing_ok=True)
 
-    def start(self, *args: str, config: Path | None = None) -> subprocess.Popen[str]:
-        env = dict(os.environ)
+    def start(self, *args: str, config: Path | None = None, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        env = dict(os.environ, **(extra_env or {}))
         env.update({
             "PATH": f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
             "FAKE_GCLOUD_LOG": str(self.log),
@@ -93,8 +101,9 @@ class Env:
         return subprocess.Popen(argv, cwd=self.tmp, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
-    def run(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return finish(self.start(*args, config=config))
+    def run(self, *args: str, config: Path | None = None,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return finish(self.start(*args, config=config, extra_env=extra_env))
 
 
 def finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
@@ -244,12 +253,13 @@ def test_first_run_creates_everything_in_order(first_run) -> None:
         f"car-responder@{PROJECT}.iam.gserviceaccount.com", f"car-trigger@{PROJECT}.iam.gserviceaccount.com"}
     assert state["roles"]["car_responder"]["includedPermissions"] == sorted([
         "compute.securityPolicies.get", "compute.securityPolicies.update",
-        "compute.securityPolicies.setLabels", "compute.globalOperations.get", "logging.logEntries.create"])
+        "compute.securityPolicies.setLabels", "compute.globalOperations.get"])
     assert set(state["sinks"]) == {"car-lb-armor", "car-ids-threats", "car-firewall-denies"}
     assert state["scheduler_jobs"]["car-cleanup"]["body"] == '{"action":"cleanup"}'
     assert state["scheduler_jobs"]["car-cleanup"]["schedule"] == "*/10 * * * *"
-    assert len(state["channels"]) == 1 and len(state["alert_policies"]) == 1
-    assert "car-ml-probes" in state["metrics"]
+    assert len(state["channels"]) == 1 and len(state["alert_policies"]) == 1 + len(HEALTH_ALERTS)
+    assert {"car-ml-probes", *(f"car-{m}" for m in HEALTH_METRICS)} == set(state["metrics"])
+    assert ["car: Cloud Armor responder"] == [d["displayName"] for d in state["dashboards"].values()]
 
 
 def test_functions_are_configured(first_run) -> None:
@@ -353,7 +363,8 @@ def test_dry_run_prints_the_plan_and_calls_nothing(env: Env, cfg_dir: Path) -> N
         "+ gcloud iam roles create", "+ gcloud pubsub topics create car-threat-feed",
         "+ gcloud compute security-policies create", "+ gcloud functions deploy car-threat-feed",
         "+ gcloud scheduler jobs create pubsub", "+ gcloud logging sinks create",
-        "+ gcloud beta monitoring channels create", "+ gcloud alpha monitoring policies create")}
+        "+ gcloud logging metrics create car-blocks-added", "+ gcloud monitoring dashboards create",
+        "+ gcloud alpha monitoring policies create", "+ gcloud beta monitoring channels create")}
     assert list(first.values()) == sorted(first.values()), first
     assert text.count("+ gcloud functions deploy ") == 5
     assert text.count("+ gcloud pubsub topics create ") == 6
@@ -524,3 +535,176 @@ def test_a_header_secret_without_a_mapping_stops_the_deploy(env: Env, cfg_dir: P
     assert 3 == result.returncode
     assert "feeds.drop.headers.Authorization: env:FEED_TOKEN is not mapped" in result.stderr
     assert [] == [c for c in env.calls() if is_mutating(c)]
+
+
+# ------------------------------------------------------- health as code
+
+def test_health_metrics_dashboard_and_alerts_are_created(first_run) -> None:
+    env, _, _ = first_run
+    state = env.read_state()
+    added = state["metrics"]["car-blocks-added"]
+    assert 'jsonPayload.responder.change="added"' in added["filter"]
+    assert 'resource.labels.service_name=("car-threat-feed" OR "car-log-sink"' in added["filter"]
+    assert {"source": "EXTRACT(jsonPayload.responder.source)"} == added["labelExtractors"]
+    band = state["metrics"]["car-band-rules"]
+    assert ("DISTRIBUTION", "EXTRACT(jsonPayload.responder.band_rules)") == (
+        band["metricDescriptor"]["valueType"], band["valueExtractor"])
+    assert 'jsonPayload.responder.change="usage"' in band["filter"]
+    policies = {p["displayName"]: p for p in state["alert_policies"]}
+    assert set(HEALTH_ALERTS) < set(policies)
+    share = policies["car: band nearly full"]["conditions"][0]["conditionThreshold"]
+    assert 120 == share["thresholdValue"]          # 0.8 (the default share) of band.max_rules 150
+    assert 'metric.type="logging.googleapis.com/user/car-band-rules"' in share["filter"]
+    dead = policies["car: dead-lettered messages waiting"]["conditions"][0]["conditionThreshold"]
+    assert 'resource.labels.subscription_id="car-dead-letter-hold"' in dead["filter"]
+    assert (0, "COMPARISON_GT") == (dead["thresholdValue"], dead["comparison"])
+    errors = policies["car: function error rate"]["conditions"][0]["conditionThreshold"]
+    assert 'response_code_class="5xx"' in errors["filter"] and "denominatorFilter" in errors
+    assert all(p["notificationChannels"] == [] for name, p in policies.items() if name in HEALTH_ALERTS)
+
+
+def test_second_run_updates_metrics_dashboard_and_alerts(first_run) -> None:
+    env, cfg, _ = first_run
+    before = env.read_state()
+    cfg.write_text(cfg.read_text().replace("alert_band_share = 0.8", "alert_band_share = 0.5", 1))
+    env.clear_log()
+    result = env.run("--region", REGION, "--with-monitoring", config=cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = env.calls()
+    updated = {c[3] for c in calls if c[:3] == ["logging", "metrics", "update"]}
+    assert {f"car-{m}" for m in HEALTH_METRICS} | {"car-ml-probes"} == updated
+    (dash_update,) = [c for c in calls if c[:3] == ["monitoring", "dashboards", "update"]]
+    assert [] == [c for c in calls if c[:3] == ["monitoring", "dashboards", "create"]]
+    policy_updates = [c for c in calls if c[:4] == ["alpha", "monitoring", "policies", "update"]]
+    assert 1 + len(HEALTH_ALERTS) == len(policy_updates)
+    after = env.read_state()
+    assert len(before["alert_policies"]) == len(after["alert_policies"])
+    assert [d["etag"] for d in before["dashboards"].values()] != [d["etag"] for d in after["dashboards"].values()]
+    assert dash_update[3] in after["dashboards"]
+    share = [p for p in after["alert_policies"] if p["displayName"] == "car: band nearly full"][0]
+    assert 75 == share["conditions"][0]["conditionThreshold"]["thresholdValue"]   # 0.5 of 150, updated
+
+
+def test_the_dry_run_lists_every_health_resource(env: Env) -> None:
+    result = env.run("--region", REGION, "--dry-run")
+    assert 0 == result.returncode, result.stderr
+    out = result.stdout
+    for metric in HEALTH_METRICS:
+        assert f"+ gcloud logging metrics create car-{metric} --project=my-ml-project --config-from-file=" in out
+    assert 1 == out.count("+ gcloud monitoring dashboards create --project=my-ml-project --config-from-file=")
+    assert len(HEALTH_ALERTS) == out.count("+ gcloud alpha monitoring policies create")
+    assert '"displayName": "car: band nearly full"' in out       # the rendered policies are shown
+    assert [] == env.calls()
+
+
+def test_without_the_alpha_component_alert_policies_are_skipped_with_a_warning(env: Env) -> None:
+    result = env.run("--region", REGION, extra_env={"FAKE_GCLOUD_NO_ALPHA": "1"})
+    assert 0 == result.returncode, result.stderr
+    assert "gcloud alpha component is not installed" in result.stderr
+    state = env.read_state()
+    assert [] == state["alert_policies"]
+    assert 11 == len(state["metrics"]) and 1 == len(state["dashboards"])
+
+
+# ------------------------------------------------------------ ways back
+
+OURS = [{"priority": 20001, "action": "deny-403", "description": "car1 x=202611291830 v=h s=manual"},
+        {"priority": 20777, "action": "deny-403", "description": "car1 x=never v=c s=manual"}]
+FOREIGN_IN_BAND = {"priority": 20500, "action": "deny-404", "description": "someone else's rule"}
+OPERATOR = [{"priority": 2147483647, "action": "allow", "description": "default"},
+            {"priority": 500, "action": "allow", "description": "car1 looks like ours but is outside the band"},
+            {"priority": 21000, "action": "deny-403", "description": "car1 just past the band"}]
+
+
+def _deployed(env: Env, cfg_dir: Path) -> Path:
+    cfg = write_config(cfg_dir / "ways-back.toml", extra=PULLED)
+    env.seed({"policies": {"ml-cluster-edge": {"name": "ml-cluster-edge", "region": None,
+                                               "rules": OPERATOR + OURS + [FOREIGN_IN_BAND]}}})
+    result = env.run("--region", REGION, "--with-monitoring", config=cfg)
+    assert 0 == result.returncode, result.stderr
+    return cfg
+
+
+def _ours_left(state: dict) -> dict:
+    return {
+        "functions": state["functions"], "triggers": state["triggers"], "subscriptions": state["subscriptions"],
+        "topics": state["topics"], "scheduler_jobs": state["scheduler_jobs"], "sinks": state["sinks"],
+        "metrics": state["metrics"], "dashboards": state["dashboards"], "alert_policies": state["alert_policies"],
+        "channels": state["channels"], "service_accounts": state["service_accounts"],
+        "roles": {k: v for k, v in state["roles"].items() if not v.get("deleted")},
+        "iam": [b for b in state["iam"] if "car-" in " ".join(b)],
+    }
+
+
+def test_destroy_after_deploy_removes_everything_and_keeps_the_band(env: Env, cfg_dir: Path) -> None:
+    cfg = _deployed(env, cfg_dir)
+    result = env.run("--region", REGION, "--destroy", config=cfg)
+    assert 0 == result.returncode, result.stdout + result.stderr
+    state = env.read_state()
+    empty = {"functions": {}, "triggers": {}, "subscriptions": {}, "topics": [], "scheduler_jobs": {}, "sinks": {},
+             "metrics": {}, "dashboards": {}, "alert_policies": [], "channels": [], "service_accounts": [],
+             "roles": {}, "iam": []}
+    assert empty == _ours_left(state)
+    assert OPERATOR + OURS + [FOREIGN_IN_BAND] == state["policies"]["ml-cluster-edge"]["rules"]
+    assert [] == [c for c in env.calls() if c[:3] == ["compute", "security-policies", "rules"]]
+    again = env.run("--region", REGION, "--destroy", config=cfg)      # a re-run finds nothing to do
+    assert 0 == again.returncode, again.stderr
+
+
+def test_destroy_purge_band_deletes_only_the_responders_band_rules(env: Env, cfg_dir: Path) -> None:
+    cfg = _deployed(env, cfg_dir)
+    env.clear_log()
+    result = env.run("--region", REGION, "--destroy", "--purge-band", config=cfg)
+    assert 0 == result.returncode, result.stdout + result.stderr
+    rules = env.read_state()["policies"]["ml-cluster-edge"]["rules"]
+    assert OPERATOR + [FOREIGN_IN_BAND] == rules
+    deleted = [c[4] for c in env.calls() if c[:4] == ["compute", "security-policies", "rules", "delete"]]
+    assert ["20001", "20777"] == deleted
+    calls = env.calls()
+    assert index_of(calls, "functions", "delete") < index_of(calls, "compute", "security-policies", "rules", "delete")
+
+
+def test_destroy_dry_run_lists_the_teardown(env: Env, cfg_dir: Path) -> None:
+    cfg = write_config(cfg_dir / "pulled.toml", extra=PULLED)
+    result = env.run("--region", REGION, "--destroy", "--dry-run", config=cfg)
+    assert 0 == result.returncode, result.stderr
+    out = result.stdout
+    expected = ["+ gcloud scheduler jobs delete car-cleanup ", "+ gcloud scheduler jobs delete car-pull-drop ",
+                *(f"+ gcloud functions delete {fn} " for fn in FUNCTIONS),
+                "+ gcloud eventarc triggers delete ",
+                *(f"+ gcloud logging sinks delete {s} " for s in ("car-lb-armor", "car-ids-threats", "car-firewall-denies")),
+                "+ gcloud alpha monitoring policies delete ", "+ gcloud monitoring dashboards delete ",
+                *(f"+ gcloud logging metrics delete car-{m} " for m in HEALTH_METRICS),
+                "+ gcloud beta monitoring channels delete ",
+                "+ gcloud pubsub subscriptions delete car-dead-letter-hold ",
+                *(f"+ gcloud pubsub topics delete {t} " for t in TOPICS),
+                "+ gcloud secrets remove-iam-policy-binding feed-token ",
+                "+ gcloud projects remove-iam-policy-binding my-ml-project ",
+                "+ gcloud iam roles delete car_responder ",
+                f"+ gcloud iam service-accounts delete car-responder@{PROJECT}.iam.gserviceaccount.com "]
+    assert [] == [e for e in expected if e not in out]
+    assert "rules delete" not in out            # the band stays without --purge-band
+    assert "--purge-band deletes them" in out
+    assert [] == env.calls()
+    flags = json.loads((FAKE.parent / "gcloud_flags.json").read_text())
+    for line in [line for line in out.splitlines() if line.startswith("+ gcloud ")]:
+        words = [w for w in line[len("+ gcloud "):].split(" ") if not w.startswith(("-", "'"))]
+        assert any(" ".join(words).startswith(k) for k in flags["commands"]), line
+
+
+def test_destroy_purge_band_dry_run_shows_the_band_deletes(env: Env) -> None:
+    result = env.run("--region", REGION, "--destroy", "--purge-band", "--dry-run")
+    assert 0 == result.returncode, result.stderr
+    out = result.stdout
+    assert "+ gcloud compute security-policies describe ml-cluster-edge --global" in out
+    assert "+ gcloud compute security-policies rules delete PRIORITY_OF_EACH_BAND_RULE --security-policy=ml-cluster-edge" in out
+    assert "priorities 20000..20999, description starting 'car1'" in out
+    assert out.index("+ gcloud functions delete") < out.index("rules delete")
+    assert [] == env.calls()
+
+
+def test_purge_band_needs_destroy(env: Env) -> None:
+    result = env.run("--region", REGION, "--purge-band")
+    assert 2 == result.returncode
+    assert "--purge-band goes with --destroy" in result.stderr
+    assert [] == env.calls()

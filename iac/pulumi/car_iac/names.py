@@ -20,21 +20,23 @@ GLOBAL_ROLE_PERMISSIONS = (
     "compute.securityPolicies.update",
     "compute.securityPolicies.setLabels",
     "compute.globalOperations.get",
-    "logging.logEntries.create",
 )
-# Regional policies: there is no compute.regionSecurityPolicies.setLabels;
-# update covers setLabels there.
+# Regional policies: Google's permissions reference lists no
+# compute.regionSecurityPolicies.setLabels (iam roles create would refuse it);
+# regionSecurityPolicies.setLabels is authorised by ...update. No
+# logging.logEntries.create: the functions log to stdout, which Cloud Run
+# ingests without any permission of theirs.
 REGIONAL_ROLE_PERMISSIONS = (
     "compute.regionSecurityPolicies.get",
     "compute.regionSecurityPolicies.update",
     "compute.regionOperations.get",
-    "logging.logEntries.create",
 )
 ROLE_TITLE = "Cloud Armor responder"
-ROLE_DESCRIPTION = "Read and update one Cloud Armor policy's rules and labels; wait on operations; write logs."
+ROLE_DESCRIPTION = "Read and update one Cloud Armor policy's rules and labels; wait on operations."
 
-# The APIs deploy.sh enables (monitoring only with --with-monitoring, which
-# the component does not cover).
+# The APIs deploy.sh enables. Monitoring is enabled for deploy.sh's health
+# metrics, dashboard and alert policies, which the component does not
+# create (README, "Observability"); enabling it costs nothing.
 SERVICES = (
     "iam.googleapis.com",
     "cloudfunctions.googleapis.com",
@@ -46,6 +48,7 @@ SERVICES = (
     "cloudscheduler.googleapis.com",
     "compute.googleapis.com",
     "logging.googleapis.com",
+    "monitoring.googleapis.com",
 )
 
 LABELS = {"app": "cloud-armor-responder"}
