@@ -3,7 +3,8 @@ by integer arithmetic, without building (and hashing) network objects.
 
 Invariant: an ``EntryIndex`` is the one owner of its entries and of what
 finding supernets needs; it changes only through ``put`` and ``drop``, which
-keep both in step. Every key it holds whose prefix is shorter than a single
+keep both in step (``put_address``, for single addresses, which no look-up
+of supernets needs, is ``put`` without a Python call). Every key it holds whose prefix is shorter than a single
 address's is registered in its spans (once they are built), so
 ``covering(k)`` finds every held strict supernet of ``k``. The spans may
 still name keys dropped since (a look-up there finds nothing), never miss a
@@ -14,6 +15,7 @@ held one. What others get to read is read-only: ``by_key`` (by key) and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from operator import attrgetter
 from types import MappingProxyType
 
@@ -46,7 +48,7 @@ class EntryIndex:
     first look-up for supernets; a single address is no one's supernet, so
     only its entry is kept."""
 
-    __slots__ = ("_entries", "_spans", "_starts", "by_key", "get", "holds")
+    __slots__ = ("_entries", "_spans", "_starts", "by_key", "get", "holds", "put_address")
 
     by_key: Mapping[Key, Entry]
     """The entries by key, read-only, in the order they were first put."""
@@ -54,6 +56,10 @@ class EntryIndex:
     """The entry of a key, or None (the mapping's own ``get``: a C call)."""
     holds: Callable[[Key], bool]
     """True when the index holds an entry of exactly that key."""
+    put_address: Callable[[Key, Entry], None]
+    """``put`` for the key of a single address only: no one's supernet, so
+    nothing to register (the mapping's own item assignment: the planner's
+    most frequent write, without a Python call)."""
 
     def __init__(self, entries: dict[Key, Entry] | None = None) -> None:
         """An index of ``entries``, which it takes over: the caller must
@@ -64,16 +70,17 @@ class EntryIndex:
         self.by_key = MappingProxyType(self._entries)
         self.get = self._entries.get
         self.holds = self._entries.__contains__
+        self.put_address = self._entries.__setitem__
 
     @classmethod
-    def copy_of(cls, entries: Mapping[Network, Entry] | EntryIndex, keep: Callable[[Entry], bool]) -> EntryIndex:
-        """A new index of the entries ``keep`` accepts, in their order
+    def live_copy(cls, entries: Mapping[Network, Entry] | EntryIndex, now: datetime) -> EntryIndex:
+        """A new index of the entries not expired at ``now``, in their order
         (``entries`` is left as it is)."""
         if isinstance(entries, EntryView):
             entries = entries._index
         if isinstance(entries, EntryIndex):
-            return cls({k: e for k, e in entries._entries.items() if keep(e)})
-        return cls({key_of(n): e for n, e in entries.items() if keep(e)})
+            return cls({k: e for k, e in entries._entries.items() if not e.meta.expired(now)})
+        return cls({key_of(n): e for n, e in entries.items() if not e.meta.expired(now)})
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -27,7 +27,7 @@ from responder.codec import RuleMeta
 from responder.model import Escalation, Intent, Network, Severity, Verb
 from responder.planner.entry import MANUAL, Entry, later, latest, merge
 from responder.planner.index import EntryIndex
-from responder.planner.keys import Key, key_of
+from responder.planner.keys import BITS, Key, key_of
 
 
 def round_up(moment: datetime, granularity: timedelta) -> datetime:
@@ -79,14 +79,15 @@ def apply(
     granularity: timedelta,
 ) -> tuple[EntryIndex, list[tuple[Intent, str]], int]:
     """``apply_intents``, into a new index (``current`` is left as it is)."""
-    entries = EntryIndex.copy_of(current, lambda e: not e.meta.expired(now))
+    entries = EntryIndex.live_copy(current, now)
     # Most intents of an event share an expiry (None: in the past once rounded) and metadata.
     rounded: dict[datetime, datetime | None] = {}
     metas: dict[_MetaKey, RuleMeta] = {}
     refused: list[tuple[Intent, str]] = []
     satisfied = 0
     unblock, block = Verb.UNBLOCK, Verb.BLOCK
-    get, held, covering, put = entries.get, entries.holds, entries.covering, entries.put
+    get, held, covering, put, put_address, host_bits = (
+        entries.get, entries.holds, entries.covering, entries.put, entries.put_address, BITS)
     last: tuple[Any, Any, Any, Any] = (object(), None, None, None)  # expiry, severity, source, meta
     for intent in intents:
         verb, k = intent.verb, key_of(intent.network)
@@ -118,7 +119,11 @@ def apply(
                 # metadata is most often the previous intent's.
                 if expiry is not last[0] or intent.severity is not last[1] or intent.source != last[2]:
                     last = (expiry, intent.severity, intent.source, _meta(metas, expiry, intent))
-                put(k, Entry(intent.network, last[3], intent.action, intent.preview))
+                entry = Entry(intent.network, last[3], intent.action, intent.preview)
+                if k[2] == host_bits[k[0]]:
+                    put_address(k, entry)  # a single address is no one's supernet
+                else:
+                    put(k, entry)
             else:
                 satisfied += not _block(entries, k, intent, expiry, granularity, metas)
         else:
