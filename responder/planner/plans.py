@@ -114,7 +114,7 @@ def plan_reconcile(
         limit = min(limit, capacity)
     network = networks_by_key(index.by_key)
     evicted = evict(groups, limit, network)
-    packed: dict[Key, Entry] = {}  # no key is in two groups (_pack_merged)
+    packed: dict[Key, Entry] = {}  # no key is in two groups (pack_merged)
     known = index.by_key.get
     for g, keys in groups.items():
         meta, action, preview = g
