@@ -8,8 +8,8 @@ of supernets needs, is ``put`` without a Python call). Every key it holds whose 
 address's is registered in its spans (once they are built), so
 ``covering(k)`` finds every held strict supernet of ``k``. The spans may
 still name keys dropped since (a look-up there finds nothing), never miss a
-held one. What others get to read is read-only: ``by_key`` (by key) and
-``EntryView`` (by network).
+held one. What others get to read is read-only: ``by_key`` (by key, read-only by
+its type) and ``EntryView`` (by network).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from operator import attrgetter
-from types import MappingProxyType
 
 from responder.model import Network
 from responder.planner.entry import Entry
@@ -51,7 +50,10 @@ class EntryIndex:
     __slots__ = ("_entries", "_spans", "_starts", "by_key", "get", "holds", "put_address")
 
     by_key: Mapping[Key, Entry]
-    """The entries by key, read-only, in the order they were first put."""
+    """The entries by key, in the order they were first put: read-only by
+    its type (mypy, strict on this package, refuses a write through it). It
+    is the dict itself, not a ``MappingProxyType``, whose ``get`` looks the
+    method up on every call: the plans read it in their hottest loops."""
     get: Callable[[Key], Entry | None]
     """The entry of a key, or None (the mapping's own ``get``: a C call)."""
     holds: Callable[[Key], bool]
@@ -67,7 +69,7 @@ class EntryIndex:
         self._entries: dict[Key, Entry] = {} if entries is None else entries
         self._spans: dict[int, list[_Spans]] | None = None  # by version, longest first; made on first use
         self._starts: dict[tuple[int, int], tuple[set[int], _Spans]] = {}  # by (version, length)
-        self.by_key = MappingProxyType(self._entries)
+        self.by_key = self._entries
         self.get = self._entries.get
         self.holds = self._entries.__contains__
         self.put_address = self._entries.__setitem__
