@@ -317,7 +317,7 @@ def test_function_source_carries_the_runtime_files_and_the_chosen_configuration(
     archive = source_archive(ROOT, config)
 
     assets = archive.assets
-    assert {"main.py", "requirements.txt", "handlers/manual.py", "responder/planner.py",
+    assert {"main.py", "requirements.txt", "handlers/manual.py", "responder/planner/plans.py",
             "config/settings.py", "config/detectors.toml"} <= set(assets)
     assert str(config) == assets["config/responder.toml"].path
     assert [] == [name for name in assets if name.startswith(("tests/", ".venv/")) or "__pycache__" in name]

@@ -1,0 +1,335 @@
+"""What each intent does to the entries: block (with escalation strikes),
+extend, unblock; expiries rounded to the band's granularity.
+
+Invariant: the entries after some intents are what the intents mean, and
+applying the same intents again changes nothing. A block adds its source's
+claim to the entries of its network, or is satisfied by an entry (its own
+or a supernet's) that already holds as much; only a manual block may be
+permanent, and automation never changes a manual block's rule fields. An
+extend moves the expiry of every address it names later, never earlier. An
+unblock withdraws its source's claim (a manual one, every claim) from every
+address it names, splitting a broader entry around the network, and an
+entry with no claim left goes. A sighting strikes only from a publish-time
+bucket later than the one its entry records. Expired entries are dropped
+first. The planner's own record of the escalation rules is in the package
+docstring (``responder.planner``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from responder.codec import RuleMeta
+from responder.model import Escalation, Intent, Network, Severity, Verb
+from responder.planner.entry import MANUAL, Entry, later, latest, merge
+from responder.planner.index import EntryIndex
+from responder.planner.keys import BITS, Key, key_of
+
+
+def round_up(moment: datetime, granularity: timedelta) -> datetime:
+    """The next multiple of ``granularity`` since the epoch, at or after
+    ``moment`` (so expiries land on whole minutes and sightings share)."""
+    step = int(granularity.total_seconds())
+    seconds = math.ceil(moment.timestamp() / step) * step
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def round_down(moment: datetime, granularity: timedelta) -> datetime:
+    """The multiple of ``granularity`` since the epoch at or before ``moment``:
+    the publish-time bucket of a sighting."""
+    step = int(granularity.total_seconds())
+    return datetime.fromtimestamp(math.floor(moment.timestamp() / step) * step, tz=UTC)
+
+
+def escalated_ttl(escalation: Escalation, strikes: int) -> timedelta:
+    """``ttl * factor ** strikes``, at most ``cap`` (never less than ``ttl``)."""
+    base = escalation.ttl.total_seconds()
+    cap = max(escalation.cap.total_seconds(), base)
+    try:
+        scaled = base * escalation.factor ** strikes
+    except OverflowError:
+        scaled = math.inf
+    return timedelta(seconds=min(max(scaled, base), cap))
+
+
+def apply_intents(
+    current: Mapping[Network, Entry],
+    intents: Sequence[Intent],
+    now: datetime,
+    granularity: timedelta,
+) -> tuple[dict[Network, Entry], list[tuple[Intent, str]], int]:
+    """The live entries after the intents, in order (a new dict, the
+    caller's own); plus the intents refused (with why) and the number
+    already in effect."""
+    entries, refused, satisfied = apply(current, intents, now, granularity)
+    return dict(entries.view().items()), refused, satisfied
+
+
+_MetaKey = tuple[datetime | None, Severity, str, int, datetime | None]
+
+
+def apply(
+    current: Mapping[Network, Entry] | EntryIndex,
+    intents: Sequence[Intent],
+    now: datetime,
+    granularity: timedelta,
+) -> tuple[EntryIndex, list[tuple[Intent, str]], int]:
+    """``apply_intents``, into a new index (``current`` is left as it is)."""
+    entries = EntryIndex.live_copy(current, now)
+    # Most intents of an event share an expiry (None: in the past once rounded) and metadata.
+    rounded: dict[datetime, datetime | None] = {}
+    metas: dict[_MetaKey, RuleMeta] = {}
+    refused: list[tuple[Intent, str]] = []
+    satisfied = 0
+    unblock, block = Verb.UNBLOCK, Verb.BLOCK
+    get, held, covering, put, put_address, host_bits = (
+        entries.get, entries.holds, entries.covering, entries.put, entries.put_address, BITS)
+    last: tuple[Any, Any, Any, Any] = (object(), None, None, None)  # expiry, severity, source, meta
+    for intent in intents:
+        verb, k = intent.verb, key_of(intent.network)
+        if verb is unblock:
+            before = len(entries), get(k)
+            _unblock(entries, k, intent)
+            satisfied += before == (len(entries), get(k))
+            continue
+        expiry: datetime | None
+        if intent.permanent:
+            if intent.source != MANUAL:
+                refused.append((intent, "only manual blocks can be permanent"))
+                continue
+            expiry = None
+        elif intent.expiry is None:
+            refused.append((intent, "no expiry"))
+            continue
+        else:
+            expiry = rounded.get(intent.expiry, now)  # now: not seen yet (a rounded expiry is never now)
+            if expiry is now:
+                up = round_up(intent.expiry, granularity)
+                expiry = rounded[intent.expiry] = up if up > now else None
+            if expiry is None:
+                refused.append((intent, "expiry is in the past"))
+                continue
+        if verb is block:
+            if intent.escalation is None and not held(k) and not covering(k):
+                # The usual block, in line: a network nothing blocks yet. Its
+                # metadata is most often the previous intent's.
+                if expiry is not last[0] or intent.severity is not last[1] or intent.source != last[2]:
+                    last = (expiry, intent.severity, intent.source, _meta(metas, expiry, intent))
+                entry = Entry(intent.network, last[3], intent.action, intent.preview)
+                if k[2] == host_bits[k[0]]:
+                    put_address(k, entry)  # a single address is no one's supernet
+                else:
+                    put(k, entry)
+            else:
+                satisfied += not _block(entries, k, intent, expiry, granularity, metas)
+        else:
+            why = _extend(entries, k, intent, expiry)
+            if why:
+                refused.append((intent, why))
+    return entries, refused, satisfied
+
+
+# --------------------------------------------------------------------------
+# Block
+
+
+def _block(
+    entries: EntryIndex,
+    k: Key,
+    intent: Intent,
+    expiry: datetime | None,
+    granularity: timedelta,
+    metas: dict[_MetaKey, RuleMeta],
+) -> bool:
+    """Applies a block (to ``k``, ``intent.network``'s); returns False
+    when it was already in effect."""
+    net = intent.network
+    existing = entries.get(k)
+    covers = entries.covering(k) if existing is None else []
+    strikes: int = 0
+    struck: datetime | None = None
+    if intent.escalation is not None and expiry is not None:
+        base = existing
+        for cover in reversed(covers):  # what the supernets record, folded
+            base = cover._replace(network=intent.network) if base is None else merge(base, cover)
+        strikes, struck, expiry = _strike(base, intent.escalation, expiry, granularity)
+    wanted = Entry(net, _meta(metas, expiry, intent, strikes, struck), intent.action, intent.preview)
+    if existing is None:
+        # any supernet may satisfy it, not only the nearest
+        if covers and any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in covers):
+            return False
+        # The new entry also records the claims its supernets already make on
+        # it, so that replaying the same intents finds them satisfied.
+        for cover in covers:
+            folded = merge(cover._replace(network=net), wanted)
+            if cover.manual and intent.source != MANUAL:
+                folded = folded._replace(action=cover.action, preview=cover.preview)
+            wanted = folded
+        entries.put(k, wanted)
+        return True
+    merged = merge(existing, wanted)
+    if existing.manual and intent.source != MANUAL:
+        # Automation adds its claim but never changes a manual block's rule fields.
+        merged = merged._replace(action=existing.action, preview=existing.preview)
+    if merged == existing or _hidden_sources_only(existing, merged):
+        return False
+    entries.put(k, merged)
+    return True
+
+
+def _strike(
+    base: Entry | None, escalation: Escalation, expiry: datetime, granularity: timedelta
+) -> tuple[int, datetime, datetime]:
+    """(strikes, bucket, expiry) a sighting asks for, given the entry the
+    band holds for its network (``base``; None: not blocked) and the
+    sighting's own rounded expiry."""
+    bucket = round_down(escalation.seen, granularity)
+    if base is None or base.meta.expiry is None or base.meta.struck is None:
+        # The first sighting an escalating source records (the entry may
+        # hold other sources' claims, or predate escalation); permanent
+        # entries never strike.
+        return 0, bucket, expiry
+    if bucket <= base.meta.struck:
+        return 0, bucket, expiry  # the same message again, or an older one: no strike
+    strikes = base.meta.strikes + 1
+    longer = round_up(escalation.seen + escalated_ttl(escalation, strikes), granularity)
+    return strikes, bucket, max(longer, expiry)
+
+
+def _meta(
+    metas: dict[_MetaKey, RuleMeta], expiry: datetime | None, intent: Intent, strikes: int = 0, struck: datetime | None = None
+) -> RuleMeta:
+    """The metadata a block asks for; ``metas`` caches them (immutable):
+    most intents of an event ask for the same."""
+    asked = (expiry, intent.severity, intent.source, strikes, struck)
+    meta = metas.get(asked)
+    if meta is None:
+        meta = metas[asked] = RuleMeta(expiry, intent.severity, frozenset({intent.source}), strikes=strikes, struck=struck)
+    return meta
+
+
+def _may_hold(meta: RuleMeta, sources: frozenset[str]) -> bool:
+    """True when a rule with ``meta`` holds, or may hold, every one of
+    ``sources``: a truncated record cannot show more, and the codec never
+    drops manual, so only a missing manual claim is certain."""
+    return sources <= meta.sources or (meta.truncated and MANUAL not in sources - meta.sources)
+
+
+def _hidden_sources_only(before: Entry, after: Entry) -> bool:
+    """True when ``after`` differs from ``before`` only by sources that
+    ``before`` may hold already."""
+    return _may_hold(before.meta, after.meta.sources) and after == before._replace(
+        meta=replace(before.meta, sources=after.meta.sources)
+    )
+
+
+def _as_claim_on(have: Entry, want: Entry) -> Entry:
+    """``want`` as it would merge into ``have``: automation adds its claim to
+    a manual block but never changes its rule fields (see ``_block``)."""
+    if have.manual and MANUAL not in want.meta.sources:
+        return want._replace(action=have.action, preview=have.preview)
+    return want
+
+
+def _satisfies(have: Entry, want: Entry) -> bool:
+    return (
+        later(have.meta.expiry, want.meta.expiry) == have.meta.expiry
+        and have.meta.severity >= want.meta.severity
+        and _may_hold(have.meta, want.meta.sources)
+        # a permanent entry keeps no repeat-offender record (see RuleMeta)
+        and (have.meta.expiry is None or (
+            want.meta.strikes <= have.meta.strikes
+            and latest(have.meta.struck, want.meta.struck) == have.meta.struck))
+        # no action check: as in merge, the entry that lasts at
+        # least as long keeps its action
+        and (want.preview or not have.preview)
+    )
+
+
+# --------------------------------------------------------------------------
+# Extend
+
+
+def _extend(entries: EntryIndex, k: Key, intent: Intent, expiry: datetime | None) -> str | None:
+    """Moves the expiry of every address ``intent.network`` (``k``) blocks
+    later; never earlier. Returns why it could not, or None.
+
+    The blocked addresses are those of the entries inside the network, and
+    all of it when a supernet's entry covers it: then the network gets an
+    entry of its own (the claims its supernets make on it, extended), and
+    the rest of each supernet keeps its expiry."""
+    targets = entries.inside(k)
+    if not entries.holds(k):
+        covers = entries.covering(k)
+        if not covers and not targets:
+            return "not blocked"
+        # in effect through a supernet already: no entry of its own
+        if covers and not any(
+            later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources for c in covers
+        ):
+            own = covers[0]._replace(network=intent.network)
+            for cover in covers[1:]:
+                own = merge(own, cover)
+            entries.put(k, own)
+            targets.append(k)
+    for t in targets:
+        entry = entries.by_key[t]
+        meta = replace(
+            entry.meta,
+            expiry=later(entry.meta.expiry, expiry),
+            sources=entry.meta.sources | {intent.source},
+        )
+        entries.put(t, entry._replace(meta=meta))
+    return None
+
+
+# --------------------------------------------------------------------------
+# Unblock
+
+
+def _withdraw(entry: Entry, source: str) -> Entry | None:
+    """``entry`` without ``source``'s claim (a manual unblock withdraws every
+    claim); None when no claim is left."""
+    if source == MANUAL:
+        return None
+    if source not in entry.meta.sources:
+        return entry
+    left = entry.meta.sources - {source}
+    if not left and not entry.meta.truncated:
+        return None
+    return entry._replace(meta=replace(entry.meta, sources=left))
+
+
+def _unblock(entries: EntryIndex, k: Key, intent: Intent) -> None:
+    """Withdraws a claim on a network: a manual unblock lifts every block on
+    it, another source only its own claim. Entries inside the network lose
+    the claim; a broader entry holding the claim is split around the network
+    (``address_exclude``), so the outcome is the same whether or not the band
+    had aggregated the network with its neighbours. An entry goes when no
+    claim is left."""
+    net, source = intent.network, intent.source
+    for sub in entries.inside(k):
+        kept = _withdraw(entries.by_key[sub], source)
+        if kept is None:
+            entries.drop(sub)
+        else:
+            entries.put(sub, kept)
+    for cover in entries.covering(k):
+        cover_key = key_of(cover.network)
+        if entries.get(cover_key) is not cover:
+            continue  # already split
+        kept = _withdraw(cover, source)
+        if kept is cover:
+            continue
+        entries.drop(cover_key)
+        parts = [cover._replace(network=p) for p in cover.network.address_exclude(net)]  # type: ignore[arg-type]
+        if kept is not None:
+            parts.append(kept._replace(network=net))
+        for part in parts:
+            part_key = key_of(part.network)
+            seen = entries.get(part_key)  # a piece of a narrower cover split before
+            entries.put(part_key, part if seen is None else merge(seen, part))
