@@ -427,36 +427,34 @@ def _within(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
     return any(net.version == n.version and net.subnet_of(n) for n in nets)  # type: ignore[arg-type]
 
 
-def report_changes(records: Sequence[Mapping[str, Any]], unblocked: Sequence[str] = ()) -> list[str]:
-    """The lines to print for the records of one command. For an unblock
-    (``unblocked``: the ranges asked for), a broader block split around them
-    is told as such: the pieces left around the hole are rewritten, which the
-    records name as added or extended, but nothing was added or extended."""
-    asked = _networks(list(unblocked))
-    split: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    if asked:
-        for r in records:
-            if r.get("change") == "removed":
-                split += [n for n in _networks(r.get("ranges")) if not _within(n, asked)]
+def report_changes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The lines to print for the records of one command. A ``removed``
+    record that names the broader ranges it split (``split``: an unblock
+    inside a broader block) is told as such: the hole is unblocked, the
+    pieces around it stay blocked as before."""
     lines = []
     for r in records:
-        change = r.get("change")
-        dry = r.get("outcome") == "validate_only"
-        if split and change in ("added", "extended", "removed"):
-            nets = _networks(r.get("ranges"))
-            keep = [n for n in nets if not _within(n, split)]
-            if change == "removed":
-                for broad in [n for n in nets if n in split]:
-                    holes = [str(a) for a in asked if _within(a, [broad])]
-                    pieces = {str(n) for x in records if x.get("change") in ("added", "extended")
-                              for n in _networks(x.get("ranges")) if _within(n, [broad]) and n != broad}
-                    lines.append(
-                        f"{'would unblock' if dry else 'unblocked'} {', '.join(holes)} by splitting {broad}: "
-                        f"{len(pieces)} range(s) around it {'would stay' if dry else 'stay'} blocked as before"
-                    )
-            if not keep:
+        if r.get("change") == "removed" and r.get("split"):
+            dry = r.get("outcome") == "validate_only"
+            holes = _networks(r.get("ranges"))
+            broad = _networks(r.get("split"))
+            for cover in broad:
+                inside = [h for h in holes if _within(h, [cover])]
+                pieces = [cover]
+                for hole in inside:
+                    kept: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+                    for q in pieces:
+                        if q != hole:
+                            kept.extend(q.address_exclude(hole) if _within(hole, [q]) else [q])  # type: ignore[arg-type]
+                    pieces = kept
+                lines.append(
+                    f"{'would unblock' if dry else 'unblocked'} {', '.join(map(str, inside))} by splitting {cover}: "
+                    f"{len(pieces)} range(s) around it {'would stay' if dry else 'stay'} blocked as before"
+                )
+            rest = [str(h) for h in holes if not _within(h, broad)]
+            if not rest:
                 continue
-            r = {**r, "ranges": [str(n) for n in keep]}
+            r = {**r, "ranges": rest}
         lines.append(change_line(r))
     return lines
 
@@ -511,7 +509,7 @@ def _manual(args: argparse.Namespace, settings: config.Settings, doc: dict[str, 
     except BadEvent as exc:
         raise Failure(EXIT_USAGE, f"{args.command}: {str(exc).removeprefix('manual command: ')}") from None
     records = rt.audit.records
-    _print_outcome(report_changes(records, doc["ranges"] if args.command == "unblock" else ()), records, args.dry_run)
+    _print_outcome(report_changes(records), records, args.dry_run)
     if outcome.refused and not (outcome.added or outcome.extended or outcome.removed or outcome.ops):
         raise Failure(EXIT_REFUSED, f"{args.command}: nothing changed: every range was refused")
     return EXIT_OK

@@ -686,29 +686,39 @@ class Responder:
         after = plan.entries
         common: dict[str, Any] = {"message_id": event.message_id, "source": event.source, "actor": event.actor or None,
                   "reason": event.reason or None, "outcome": mode}
+        # A range split around a hole (an unblock inside a broader block):
+        # its pieces keep their metadata, so they are no change; the record
+        # is "removed <the hole>" with ``split`` naming the broader range.
+        split = {} if partial else _splits(plan.ops, before, after)
+        pieces = {p for parts in split.values() for p in parts}
         for op in plan.ops:
             if isinstance(op, Remove):
                 continue
             nets = [ipaddress.ip_network(r) for r in op.rule.ranges]
             new = [n for n in nets if n not in before and planner.covering(before, n) is None]
-            grown = [n for n in nets if n not in new and before.get(n) != after.get(n)]
-            meta = planner.read_band([op.rule], self.settings.band).rules[0]
+            grown = [n for n in nets if n not in new and n not in pieces and n not in split and before.get(n) != after.get(n)]
+            meta = planner.read_band([op.rule], self.settings.band).rules[0].meta
             for change, ranges in (("added", new), ("extended", grown)):
                 if not ranges:
                     continue
                 setattr(outcome, change, getattr(outcome, change) + len(ranges))
                 self.audit.record(
-                    change, f"{change} {len(ranges)} range(s) until {_when(meta.meta.expiry)} at priority {op.rule.priority}",
+                    change, f"{change} {len(ranges)} range(s) until {_when(meta.expiry)} at priority {op.rule.priority}",
                     ranges=[str(n) for n in ranges], action=op.rule.action, preview=op.rule.preview,
-                    expiry=_when(meta.meta.expiry), sources=sorted(meta.meta.sources),
-                    severity=meta.meta.severity.name.lower(), priority=op.rule.priority, **common,
+                    expiry=_when(meta.expiry), sources=sorted(meta.sources),
+                    severity=meta.severity.name.lower(), priority=op.rule.priority,
+                    # the repeat-offender record (n=...), so that a restore keeps it
+                    strikes=meta.strikes if meta.struck is not None else None,
+                    struck=_when(meta.struck) if meta.struck is not None else None, **common,
                 )
         if partial:  # what was added so far; removals wait for the redelivery's plan
             return
         evicted = {e.network for e in plan.evicted}
-        gone = [n for n in before if n not in after and n not in evicted and planner.covering(after, n) is None]
+        gone = [n for n in before if n not in after and n not in evicted and planner.covering(after, n) is None
+                and n not in split]
+        holes = sorted({h for broad, parts in split.items() for h in _minus(broad, parts)} - set(gone), key=_order)
         for change, ranges in (
-            ("removed", gone),
+            ("removed", gone + holes),
             ("expired", [e.network for e in plan.expired]),
             ("evicted", sorted(evicted, key=str)),
         ):
@@ -719,13 +729,57 @@ class Responder:
                     extra["sources"] = sorted({s for e in plan.evicted for s in e.meta.sources})
                     extra["severity"] = sorted({e.meta.severity.name.lower() for e in plan.evicted})
                     extra["capacity"] = capacity or None
+                if change == "removed" and split:
+                    extra["split"] = [str(n) for n in sorted(split, key=_order)]
                 self.audit.record(
-                    change, f"{change} {len(ranges)} range(s)",
+                    change, f"{change} {len(ranges)} range(s)"
+                    + (f" (splitting {', '.join(extra['split'])} around them)" if extra.get("split") else ""),
                     level=logging.WARNING if change == "evicted" else logging.INFO,
                     ranges=[str(n) for n in ranges], **common, **extra,
                 )
         if not plan.ops and not plan.refused:
             self.audit.record("unchanged", "no change needed", **common)
+
+
+def _splits(
+    ops: Sequence[planner.Op], before: Mapping[Network, planner.Entry], after: Mapping[Network, planner.Entry]
+) -> dict[Network, list[Network]]:
+    """The ranges of ``before`` that were split around a hole, each with its
+    pieces: new ranges inside it with exactly its metadata (``address_exclude``
+    pieces, as the planner's unblock leaves them), the range itself gone."""
+    out: dict[Network, list[Network]] = {}
+    for op in ops:
+        if isinstance(op, Remove):
+            continue
+        for text in op.rule.ranges:
+            net = ipaddress.ip_network(text)
+            if net in before or (cover := planner.covering(before, net)) is None:
+                continue
+            if cover.network in after or planner.covering(after, cover.network) is not None:
+                continue
+            if after.get(net) == cover._replace(network=net) and net not in out.get(cover.network, []):
+                out.setdefault(cover.network, []).append(net)
+    return out
+
+
+def _minus(net: Network, parts: Sequence[Network]) -> list[Network]:
+    """``net`` without the addresses of ``parts`` (subnets of it)."""
+    rest: list[Network] = [net]
+    for part in parts:
+        kept: list[Network] = []
+        for r in rest:
+            if r == part:
+                continue
+            if part.version == r.version and part.subnet_of(r):  # type: ignore[arg-type]
+                kept.extend(r.address_exclude(part))  # type: ignore[arg-type]
+            else:
+                kept.append(r)
+        rest = kept
+    return rest
+
+
+def _order(net: Network) -> tuple[int, int, int]:
+    return (net.version, int(net.network_address), net.prefixlen)
 
 
 def _readback(tag: str, entry: planner.Entry | None) -> planner.Entry | None:

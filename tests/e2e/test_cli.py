@@ -442,6 +442,23 @@ def test_an_unblock_that_splits_a_range_does_not_say_extended(env: LocalCloudArm
     assert 8 == len(blocked) and not any(ipaddress.ip_address("91.92.109.7") in n for n in blocked)
 
 
+def test_an_unblock_that_splits_a_range_records_only_the_hole_as_removed(env: LocalCloudArmor, tmp_path: Path) -> None:
+    """Was: 'extended' for the eight pieces kept around the hole and
+    'removed 91.92.109.0/24', as if the whole /24 had been unblocked."""
+    from responder.audit import read_file
+
+    create_policy(env)
+    cli.main(["block", "91.92.109.0/24", "--ttl", "2h", "--actor", "me"])
+    written = len(list(read_file(tmp_path / "audit.jsonl")))
+
+    assert 0 == cli.main(["unblock", "91.92.109.7", "--actor", "me"])
+
+    records = list(read_file(tmp_path / "audit.jsonl"))[written:]
+    assert [("removed", ["91.92.109.7/32"], ["91.92.109.0/24"])] == [
+        (r["change"], r["ranges"], r.get("split")) for r in records]
+    assert 8 == len(band(env))
+
+
 def _cli(env_vars: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
     import os
     import sys
