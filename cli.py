@@ -9,6 +9,7 @@ Works against Google (Application Default Credentials) or, with
   block|unblock|extend ...  a manual command, applied directly or published to the manual topic (--publish)
   preview-all|enforce-all   the break-glass switch
   cleanup                   expire, compact, lint and report now
+  restore                   rebuild the band from the audit trail after a wipe (--since, --yes)
   validate-config           load and check the configuration file
   bootstrap-policy          create the cluster's base policy when it does not exist
 
@@ -648,6 +649,76 @@ def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
     return EXIT_OK
 
 
+def cmd_restore(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Rebuilds the band from the audit trail: every entry the trail says the
+    band held, unexpired and never unblocked, withdrawn, expired or evicted,
+    is blocked again through the band service (guards, capacity and
+    idempotency as for any block). Prints the plan; changes the band only
+    with --yes (--dry-run: the API validates it, nothing is changed)."""
+    from responder import guards, restore
+    from responder.model import Intent
+    from responder.service import EventRef
+
+    now = datetime.now(tz=UTC)
+    since = _since(args.since, now) if args.since else None
+    audit_file = os.environ.get("RESPONDER_AUDIT_FILE")
+    if audit_file:
+        trail, where = trail_from_file(audit_file), f"the audit file {audit_file}"
+    elif settings.policy.api_endpoint:
+        raise Failure(EXIT_USAGE, "restore: no audit trail: set RESPONDER_AUDIT_FILE (against a local API the trail "
+                      "is that file; Cloud Logging is read against Google)")
+    else:
+        days = max(1, -(-(now - since).total_seconds() // 86400)) if since else args.days
+        try:
+            trail, where = cloud_trail(settings, int(days)), f"Cloud Logging (the last {int(days)} day(s))"
+        except Exception as exc:
+            raise Failure(EXIT_ACCESS, f"restore: the audit trail could not be read from Cloud Logging: "
+                          f"{type(exc).__name__}: {exc} (the caller needs roles/logging.viewer)") from None
+    claims = restore.live(restore.replay(trail, since), now)
+    rt = _runtime(_dry_settings(settings, args.dry_run))
+    snap = rt.api.get_policy()
+    band = planner.read_band(snap.rules, settings.band)
+    before = band.entries(now)
+    todo: list[Intent] = restore.intents(claims, now)
+    accepted, refused = guards.screen(todo, "manual", settings, force=True)  # the guards of today hold
+    plan = planner.plan_append(band, accepted, now, settings.band, seed=0)
+    missing = [c for c in claims if plan.entries.get(c.network) != before.get(c.network)]
+    print(f"the trail ({where}{', since ' + _iso(since) if since else ''}) holds {len(claims)} live entr"
+          f"{'y' if len(claims) == 1 else 'ies'}; the band lacks {len(missing)}:")
+    for c in missing:
+        print(f"  restore {c.network} {c.action}{' preview' if c.preview else ''} until {_when(c.expiry, now)}, "
+              f"severity {c.severity.name.lower()}, sources {'+'.join(c.sources)}"
+              f"{f', strikes {c.strikes}' if c.strikes else ''} (recorded {c.time or '-'})")
+    for intent, why in refused:
+        print(f"  refused {intent.network} ({intent.source}): {why}")
+    if not missing:
+        print("nothing to restore: the band holds every live entry of the trail")
+        return EXIT_OK
+    if not args.yes and not args.dry_run:
+        raise Failure(EXIT_REFUSED, f"restore: nothing changed: run again with --yes to restore {len(missing)} "
+                      f"entr{'y' if len(missing) == 1 else 'ies'} (or --dry-run to have the API validate the plan)")
+    ref = EventRef(f"restore-{uuid.uuid4().hex[:12]}", "restore", actor=args.actor, reason=args.reason or "restore after a wipe")
+    for intent, why in refused:
+        rt.audit.record("refused", f"refused restore of {intent.network}: {why}", level=logging.WARNING,
+                        message_id=ref.message_id, source=intent.source, ranges=[str(intent.network)], reason=why)
+    wanted = {c.network for c in missing}
+    rt.responder.apply([i for i in accepted if i.network in wanted], ref, validate_only=args.dry_run)
+    records = rt.audit.records
+    _print_outcome(report_changes(records), records, args.dry_run)
+    return EXIT_OK
+
+
+def _since(text: str, now: datetime) -> datetime:
+    """--since: an RFC 3339 time, or a duration back from now (6h, 2d)."""
+    moment = _parse_time(text)
+    if moment is not None:
+        return moment
+    try:
+        return now - config.parse_duration(text, "--since")
+    except config.ConfigError:
+        raise Failure(EXIT_USAGE, f"restore: --since takes an RFC 3339 time or a duration (6h, 2d), got {text!r}") from None
+
+
 def cmd_manual(args: argparse.Namespace, settings: config.Settings) -> int:
     doc: dict[str, Any] = {"action": args.command, "ranges": args.ranges, "actor": args.actor, "reason": args.reason}
     for key in ("ttl", "expiry", "severity"):
@@ -726,6 +797,14 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=int, default=30, help="how far back to read the audit trail (Cloud Logging)")
 
 
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="TIME", help="replay the trail from TIME (RFC 3339, or a duration back: 7d)")
+    p.add_argument("--days", type=int, default=30, help="without --since: how far back to read Cloud Logging")
+    p.add_argument("--yes", action="store_true", help="apply the plan (without it, only print it)")
+    p.add_argument("--actor", default=os.environ.get("USER", "") or "restore", help="recorded in the audit trail")
+    p.add_argument("--reason", default="", help="recorded in the audit trail")
+
+
 def _requester(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", default=os.environ.get("USER", ""), help="who asks (required; default: $USER)")
     p.add_argument("--reason", default="", help="recorded in the audit trail")
@@ -757,6 +836,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("preview-all", "break-glass: every band rule to preview", cmd_mode, changes=True, arguments=_requester),
     Command("enforce-all", "enforce the band again", cmd_mode, changes=True, arguments=_requester),
     Command("cleanup", "expire, compact, lint and report now", cmd_cleanup, changes=True),
+    Command("restore", "rebuild the band from the audit trail (after a wipe)", cmd_restore, changes=True,
+            arguments=_restore_args),
     Command("validate-config", "check the configuration file", cmd_validate_config),
     Command("bootstrap-policy", "create the base policy if it does not exist", cmd_bootstrap, changes=True),
 )}
