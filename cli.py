@@ -10,6 +10,7 @@ Works against Google (Application Default Credentials) or, with
   preview-all|enforce-all   the break-glass switch
   cleanup                   expire, compact, lint and report now
   report --html FILE        the band page: band, utilisation, changes and refusals in one HTML file
+  restore                   rebuild the band from the audit trail after a wipe (--since, --yes)
   validate-config           load and check the configuration file
   bootstrap-policy          create the cluster's base policy when it does not exist
   capacity                  the configured feeds' rules against band.max_rules and the rule quota
@@ -433,36 +434,34 @@ def _within(net: ipaddress.IPv4Network | ipaddress.IPv6Network,
     return any(net.version == n.version and net.subnet_of(n) for n in nets)  # type: ignore[arg-type]
 
 
-def report_changes(records: Sequence[Mapping[str, Any]], unblocked: Sequence[str] = ()) -> list[str]:
-    """The lines to print for the records of one command. For an unblock
-    (``unblocked``: the ranges asked for), a broader block split around them
-    is told as such: the pieces left around the hole are rewritten, which the
-    records name as added or extended, but nothing was added or extended."""
-    asked = _networks(list(unblocked))
-    split: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    if asked:
-        for r in records:
-            if r.get("change") == "removed":
-                split += [n for n in _networks(r.get("ranges")) if not _within(n, asked)]
+def report_changes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The lines to print for the records of one command. A ``removed``
+    record that names the broader ranges it split (``split``: an unblock
+    inside a broader block) is told as such: the hole is unblocked, the
+    pieces around it stay blocked as before."""
     lines = []
     for r in records:
-        change = r.get("change")
-        dry = r.get("outcome") == "validate_only"
-        if split and change in ("added", "extended", "removed"):
-            nets = _networks(r.get("ranges"))
-            keep = [n for n in nets if not _within(n, split)]
-            if change == "removed":
-                for broad in [n for n in nets if n in split]:
-                    holes = [str(a) for a in asked if _within(a, [broad])]
-                    pieces = {str(n) for x in records if x.get("change") in ("added", "extended")
-                              for n in _networks(x.get("ranges")) if _within(n, [broad]) and n != broad}
-                    lines.append(
-                        f"{'would unblock' if dry else 'unblocked'} {', '.join(holes)} by splitting {broad}: "
-                        f"{len(pieces)} range(s) around it {'would stay' if dry else 'stay'} blocked as before"
-                    )
-            if not keep:
+        if r.get("change") == "removed" and r.get("split"):
+            dry = r.get("outcome") == "validate_only"
+            holes = _networks(r.get("ranges"))
+            broad = _networks(r.get("split"))
+            for cover in broad:
+                inside = [h for h in holes if _within(h, [cover])]
+                pieces = [cover]
+                for hole in inside:
+                    kept: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+                    for q in pieces:
+                        if q != hole:
+                            kept.extend(q.address_exclude(hole) if _within(hole, [q]) else [q])  # type: ignore[arg-type]
+                    pieces = kept
+                lines.append(
+                    f"{'would unblock' if dry else 'unblocked'} {', '.join(map(str, inside))} by splitting {cover}: "
+                    f"{len(pieces)} range(s) around it {'would stay' if dry else 'stay'} blocked as before"
+                )
+            rest = [str(h) for h in holes if not _within(h, broad)]
+            if not rest:
                 continue
-            r = {**r, "ranges": [str(n) for n in keep]}
+            r = {**r, "ranges": rest}
         lines.append(change_line(r))
     return lines
 
@@ -517,7 +516,7 @@ def _manual(args: argparse.Namespace, settings: config.Settings, doc: dict[str, 
     except BadEvent as exc:
         raise Failure(EXIT_USAGE, f"{args.command}: {str(exc).removeprefix('manual command: ')}") from None
     records = rt.audit.records
-    _print_outcome(report_changes(records, doc["ranges"] if args.command == "unblock" else ()), records, args.dry_run)
+    _print_outcome(report_changes(records), records, args.dry_run)
     if outcome.refused and not (outcome.added or outcome.extended or outcome.removed or outcome.ops):
         raise Failure(EXIT_REFUSED, f"{args.command}: nothing changed: every range was refused")
     return EXIT_OK
@@ -678,6 +677,76 @@ def cmd_report(args: argparse.Namespace, settings: config.Settings) -> int:
     print(f"wrote {path}: {data['band']['ranges']} range(s) in {data['band']['rules']} rule(s), "
           f"{data['trail']['records']} audit record(s) ({trail_source})")
     return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Rebuilds the band from the audit trail: every entry the trail says the
+    band held, unexpired and never unblocked, withdrawn, expired or evicted,
+    is blocked again through the band service (guards, capacity and
+    idempotency as for any block). Prints the plan; changes the band only
+    with --yes (--dry-run: the API validates it, nothing is changed)."""
+    from responder import guards, restore
+    from responder.model import Intent
+    from responder.service import EventRef
+
+    now = datetime.now(tz=UTC)
+    since = _since(args.since, now) if args.since else None
+    audit_file = os.environ.get("RESPONDER_AUDIT_FILE")
+    if audit_file:
+        trail, where = trail_from_file(audit_file), f"the audit file {audit_file}"
+    elif settings.policy.api_endpoint:
+        raise Failure(EXIT_USAGE, "restore: no audit trail: set RESPONDER_AUDIT_FILE (against a local API the trail "
+                      "is that file; Cloud Logging is read against Google)")
+    else:
+        days = max(1, -(-(now - since).total_seconds() // 86400)) if since else args.days
+        try:
+            trail, where = cloud_trail(settings, int(days)), f"Cloud Logging (the last {int(days)} day(s))"
+        except Exception as exc:
+            raise Failure(EXIT_ACCESS, f"restore: the audit trail could not be read from Cloud Logging: "
+                          f"{type(exc).__name__}: {exc} (the caller needs roles/logging.viewer)") from None
+    claims = restore.live(restore.replay(trail, since), now)
+    rt = _runtime(_dry_settings(settings, args.dry_run))
+    snap = rt.api.get_policy()
+    band = planner.read_band(snap.rules, settings.band)
+    before = band.entries(now)
+    todo: list[Intent] = restore.intents(claims, now)
+    accepted, refused = guards.screen(todo, "manual", settings, force=True)  # the guards of today hold
+    plan = planner.plan_append(band, accepted, now, settings.band, seed=0)
+    missing = [c for c in claims if plan.entries.get(c.network) != before.get(c.network)]
+    print(f"the trail ({where}{', since ' + _iso(since) if since else ''}) holds {len(claims)} live entr"
+          f"{'y' if len(claims) == 1 else 'ies'}; the band lacks {len(missing)}:")
+    for c in missing:
+        print(f"  restore {c.network} {c.action}{' preview' if c.preview else ''} until {_when(c.expiry, now)}, "
+              f"severity {c.severity.name.lower()}, sources {'+'.join(c.sources)}"
+              f"{f', strikes {c.strikes}' if c.strikes else ''} (recorded {c.time or '-'})")
+    for intent, why in refused:
+        print(f"  refused {intent.network} ({intent.source}): {why}")
+    if not missing:
+        print("nothing to restore: the band holds every live entry of the trail")
+        return EXIT_OK
+    if not args.yes and not args.dry_run:
+        raise Failure(EXIT_REFUSED, f"restore: nothing changed: run again with --yes to restore {len(missing)} "
+                      f"entr{'y' if len(missing) == 1 else 'ies'} (or --dry-run to have the API validate the plan)")
+    ref = EventRef(f"restore-{uuid.uuid4().hex[:12]}", "restore", actor=args.actor, reason=args.reason or "restore after a wipe")
+    for intent, why in refused:
+        rt.audit.record("refused", f"refused restore of {intent.network}: {why}", level=logging.WARNING,
+                        message_id=ref.message_id, source=intent.source, ranges=[str(intent.network)], reason=why)
+    wanted = {c.network for c in missing}
+    rt.responder.apply([i for i in accepted if i.network in wanted], ref, validate_only=args.dry_run)
+    records = rt.audit.records
+    _print_outcome(report_changes(records), records, args.dry_run)
+    return EXIT_OK
+
+
+def _since(text: str, now: datetime) -> datetime:
+    """--since: an RFC 3339 time, or a duration back from now (6h, 2d)."""
+    moment = _parse_time(text)
+    if moment is not None:
+        return moment
+    try:
+        return now - config.parse_duration(text, "--since")
+    except config.ConfigError:
+        raise Failure(EXIT_USAGE, f"restore: --since takes an RFC 3339 time or a duration (6h, 2d), got {text!r}") from None
 
 
 def cmd_manual(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -1088,6 +1157,12 @@ def _explain_args(p: argparse.ArgumentParser) -> None:
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
     p.add_argument("--days", type=int, default=30, help="how far back to read the audit trail (Cloud Logging)")
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="TIME", help="replay the trail from TIME (RFC 3339, or a duration back: 7d)")
+    p.add_argument("--days", type=int, default=30, help="without --since: how far back to read Cloud Logging")
+    p.add_argument("--yes", action="store_true", help="apply the plan (without it, only print it)")
+    p.add_argument("--actor", default=os.environ.get("USER", "") or "restore", help="recorded in the audit trail")
+    p.add_argument("--reason", default="", help="recorded in the audit trail")
 
 
 def _requester(p: argparse.ArgumentParser) -> None:
@@ -1129,6 +1204,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("enforce-all", "enforce the band again", cmd_mode, changes=True, arguments=_requester),
     Command("cleanup", "expire, compact, lint and report now", cmd_cleanup, changes=True),
     Command("report", "write the band page: one self-contained HTML file", cmd_report, arguments=_report_args),
+    Command("restore", "rebuild the band from the audit trail (after a wipe)", cmd_restore, changes=True,
+            arguments=_restore_args),
     Command("validate-config", "check the configuration file", cmd_validate_config),
     Command("bootstrap-policy", "create the base policy if it does not exist", cmd_bootstrap, changes=True),
     Command("capacity", "the feeds' rules against band.max_rules and the quota", cmd_capacity, json=True,

@@ -455,12 +455,12 @@ if [[ -n $POLICY_REGION ]]; then
   POLICY_LOC=(--region="$POLICY_REGION")
   RULE_LOC=(--region="$POLICY_REGION")
   LB_RESOURCE="http_external_regional_lb_rule"
-  ROLE_PERMISSIONS="compute.regionSecurityPolicies.get,compute.regionSecurityPolicies.update,compute.regionOperations.get"
+  ROLE_PERMISSIONS="compute.regionSecurityPolicies.get,compute.regionSecurityPolicies.update,compute.regionOperations.get,logging.logEntries.list"
 else
   POLICY_LOC=(--global)
   RULE_LOC=()
   LB_RESOURCE="http_load_balancer"
-  ROLE_PERMISSIONS="compute.securityPolicies.get,compute.securityPolicies.update,compute.securityPolicies.setLabels,compute.globalOperations.get"
+  ROLE_PERMISSIONS="compute.securityPolicies.get,compute.securityPolicies.update,compute.securityPolicies.setLabels,compute.globalOperations.get,logging.logEntries.list"
 fi
 
 SERVICES=(

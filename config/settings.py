@@ -130,6 +130,7 @@ class LeaseSettings:
     duration: timedelta = timedelta(seconds=240)
     wait: timedelta = timedelta(seconds=60)
     mode_label: str = "car-mode"  # "preview" while the break-glass switch is on
+    band_label: str = "car-band"  # what the band held at the last cleanup (responder.service.BandMark)
     # Allowance for a process pause between a check and the send it guards,
     # and for clock skew between instances.
     margin: timedelta = timedelta(seconds=10)
@@ -485,9 +486,13 @@ def _lease(r: _Reader) -> LeaseSettings:
     mode_label = r.get("mode_label", str, "car-mode")
     if not _LABEL_KEY.fullmatch(mode_label) or mode_label == label:
         raise ConfigError(f"lease.mode_label: not a valid label key, or the same as lease.label: {mode_label!r}")
+    band_label = r.get("band_label", str, "car-band")
+    if not _LABEL_KEY.fullmatch(band_label) or band_label in (label, mode_label):
+        raise ConfigError(f"lease.band_label: not a valid label key, or the same as another label: {band_label!r}")
     lease = LeaseSettings(
         label=label,
         mode_label=mode_label,
+        band_label=band_label,
         duration=r.duration("duration", timedelta(seconds=240)),  # type: ignore[arg-type]
         wait=r.duration("wait", timedelta(seconds=60)),  # type: ignore[arg-type]
         margin=r.duration("margin", timedelta(seconds=10)),  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from handlers.envelope import Message, from_cloud_event
 from responder.audit import Audit
 from responder.errors import BadEvent
 from responder.guards import FloodBreaker
-from responder.service import Budget, EventRef, PolicyApi, Responder, delivery, utcnow
+from responder.service import LIFTS, Budget, EventRef, PolicyApi, Responder, Trail, delivery, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,18 @@ class Runtime:
 
     @cached_property
     def responder(self) -> Responder:
-        return Responder(self.settings, self.api, self.audit, clock=self.clock)
+        return Responder(self.settings, self.api, self.audit, clock=self.clock, trail=self._trail())
+
+    def _trail(self) -> Trail | None:
+        """Where the cleanup reads the audit trail to tell a wipe from its own
+        removals: the local audit file, else Cloud Logging (against Google)."""
+        from responder import audit as records
+
+        if self.audit.file is not None:
+            return records.file_trail(self.audit.file)
+        if self.settings.policy.api_endpoint:
+            return None
+        return records.cloud_trail(self.settings.policy.project, ("usage", *LIFTS))
 
 
 def _compute_api(settings: config.Settings) -> PolicyApi:

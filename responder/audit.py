@@ -15,7 +15,7 @@ import logging
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ CHANGES = (
     "mode",  # the break-glass switch: every band rule to preview, or back
     "deferred",  # work stopped for lack of lease or delivery time; the redelivery continues it
     "dead-lettered",  # a message failed on its last allowed delivery: it goes to the dead-letter topic
+    "wiped",  # band rules disappeared without a record of ours (another writer removed them): restore
 )
 
 _setup_lock = threading.Lock()
@@ -118,3 +119,38 @@ def read_file(path: str | Path) -> Iterable[dict[str, Any]]:
                     yield json.loads(line)
     except FileNotFoundError:
         return
+
+
+def file_trail(path: str | Path) -> Callable[[datetime], list[dict[str, Any]]]:
+    """A reader of the records of a local audit file. It returns them all,
+    whatever the time asked: the file is local and small, and its stamps are
+    the wall clock, which a test's clock need not follow."""
+
+    def read(since: datetime) -> list[dict[str, Any]]:
+        return list(read_file(path))
+
+    return read
+
+
+def cloud_trail(project: str, changes: Sequence[str]) -> Callable[[datetime], list[dict[str, Any]]]:
+    """A reader of the records of the given kinds in Cloud Logging written
+    since a time, oldest first (the caller needs ``logging.logEntries.list``,
+    e.g. roles/logging.viewer). Each record gets the entry's ``time``."""
+
+    def read(since: datetime) -> list[dict[str, Any]]:
+        from google.cloud import logging as cloud_logging
+
+        client = cloud_logging.Client(project=project)  # type: ignore[no-untyped-call]
+        kinds = " OR ".join(f'"{c}"' for c in changes)
+        query = f'jsonPayload.responder.change=({kinds}) AND timestamp>="{_jsonable(since.astimezone(UTC))}"'
+        out = []
+        for entry in client.list_entries(  # type: ignore[no-untyped-call]
+            filter_=query, order_by=cloud_logging.ASCENDING, page_size=1000, max_results=20000
+        ):
+            payload = getattr(entry, "payload", None)
+            if isinstance(payload, Mapping) and isinstance(payload.get("responder"), Mapping):
+                stamp = getattr(entry, "timestamp", None)
+                out.append({**payload["responder"], "time": _jsonable(stamp) if isinstance(stamp, datetime) else None})
+        return out
+
+    return read

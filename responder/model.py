@@ -109,12 +109,17 @@ class Escalation:
     ``seen`` is the sighting's time (the Pub/Sub publish time), ``ttl`` the
     TTL its block asks for before escalation, ``factor`` (> 1) what each
     strike multiplies it by, and ``cap`` the longest TTL it may reach (the
-    kind's ``max_ttl``). The planner counts the strikes, from the band."""
+    kind's ``max_ttl``). The planner counts the strikes, from the band.
+
+    ``strikes``, when set, replays a record instead (a restore from the
+    audit trail): the entry gets that many strikes and ``seen``'s bucket,
+    no strike is counted and the expiry is not escalated."""
 
     seen: datetime
     ttl: timedelta
     factor: float
     cap: timedelta
+    strikes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ import contextvars
 import hashlib
 import ipaddress
 import logging
+import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -54,8 +55,50 @@ Derive = Callable[[Mapping[Network, "planner.Entry"]], Sequence[Intent]]
 # Asked with the number of ranges an event would newly block: None to go
 # ahead, "preview" or "refuse" when the source's flood breaker is open.
 Flood = Callable[[int], str | None]
+# The audit records written since a time, oldest first (a local file or
+# Cloud Logging; see handlers/runtime.py): what the cleanup reads to tell a
+# wipe from its own removals.
+Trail = Callable[[datetime], Iterable[Mapping[str, Any]]]
 ADD_ATTEMPTS = 5
 PREVIEW_MODE = "preview"
+LIFTS = ("removed", "expired", "evicted")  # records of ranges that left the band by our hand
+
+
+@dataclass(frozen=True)
+class BandMark:
+    """What the band held when the cleanup last recorded it: the policy label
+    ``lease.band_label``, ``r<rules>-n<ranges>-t<epoch seconds>-<digest>``.
+    Written by the cleanup only when the band changed (at most one
+    ``setLabels`` per cleanup, with the ``labelFingerprint`` it read). The
+    digest covers our rules' ranges and descriptions (expiry, sources)."""
+
+    rules: int
+    ranges: int
+    seen: datetime
+    digest: str
+
+    _FORMAT = re.compile(r"r(\d+)-n(\d+)-t(\d+)-([0-9a-f]{10})")
+
+    @classmethod
+    def of(cls, rules: Iterable[PolicyRule], seen: datetime) -> BandMark:
+        rules = list(rules)
+        text = "\n".join(sorted(f"{','.join(sorted(r.ranges))} {r.description} {r.action} {r.preview}" for r in rules))
+        digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+        return cls(len(rules), sum(len(r.ranges) for r in rules), seen.replace(microsecond=0), digest)
+
+    @classmethod
+    def parse(cls, value: str) -> BandMark | None:
+        m = cls._FORMAT.fullmatch(value or "")
+        if m is None:
+            return None
+        return cls(int(m[1]), int(m[2]), datetime.fromtimestamp(int(m[3]), tz=UTC), m[4])
+
+    @property
+    def value(self) -> str:
+        return f"r{self.rules}-n{self.ranges}-t{int(self.seen.timestamp())}-{self.digest}"
+
+    def same_band(self, other: BandMark) -> bool:
+        return (self.rules, self.ranges, self.digest) == (other.rules, other.ranges, other.digest)
 
 
 def utcnow() -> datetime:
@@ -271,10 +314,12 @@ class Responder:
         clock: Clock = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         holder: str | None = None,
+        trail: Trail | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
         self.audit = audit
+        self.trail = trail
         self.clock = clock
         self.sleep = sleep
         self.holder = holder or "w" + secrets.token_hex(5)
@@ -478,11 +523,78 @@ class Responder:
         layout = {r.priority: r.rule for r in band.rules}
         if validate_only:
             return self._dry_reconcile(band, [], event, now, outcome, compact=True) if plan.ops else outcome
+        mark = BandMark.parse(snap.labels.get(self.settings.lease.band_label, ""))
+        if mark is not None and (len(band.rules) < mark.rules or sum(len(r.networks) for r in band.rules) < mark.ranges):
+            self._check_wipe(mark, band, event)
         if plan.ops:
             self._reconcile([], event, now, outcome, compact=True)
             layout = outcome.layout  # the band as the reconcile left it: no second read
-        self.report_usage(layout, len(band.foreign), len(snap.rules) - len(band.rules) + len(layout), event)
+        self.report_usage(layout, len(band.foreign), len(snap.rules) - len(band.rules) + len(layout), event,
+                          band=sorted({n for r in layout.values() for n in r.ranges}, key=lambda t: _order(ipaddress.ip_network(t))))
+        self._mark(BandMark.of(layout.values(), now), mark, None if plan.ops else snap)
         return outcome
+
+    def _check_wipe(self, mark: BandMark, band: Band, event: EventRef) -> None:
+        """The band holds fewer rules or ranges than the last cleanup recorded
+        (``mark``): find, from the audit trail, the ranges the last cleanup
+        saw that are gone with no removed/expired/evicted record of ours
+        since, and write one ``wiped`` record naming them."""
+        held = band.entries()  # every range a rule of ours still holds, expired or not
+        gone_rules = max(0, mark.rules - len(band.rules))
+        last_seen, missing, why = mark.seen, None, ""
+        if self.trail is None:
+            why = "no audit trail to read"
+        else:
+            try:
+                records = [r for r in self.trail(mark.seen - timedelta(minutes=5))
+                           if r.get("change") in ("usage", *LIFTS) and r.get("outcome") != "validate_only"]
+            except Exception as exc:  # the warning still goes out, with counts only
+                records, why = [], f"the audit trail could not be read: {type(exc).__name__}: {exc}"
+            at = max((i for i, r in enumerate(records) if r.get("change") == "usage" and isinstance(r.get("band"), list)),
+                     default=None)
+            if at is None:
+                why = why or "no usage record with the band's ranges in the audit trail"
+            else:
+                usage = records[at]
+                last_seen = _parse_when(usage.get("time")) or last_seen
+                lifted = [n for r in records[at + 1:] for key in ("ranges", "split") for n in _nets(r.get(key))]
+                missing = [
+                    n for n in _nets(usage["band"])
+                    if n not in held and planner.covering(held, n) is None
+                    and not any(n.version == x.version and n.overlaps(x) for x in lifted)
+                ]
+                if not missing:
+                    return  # every range that left the band, left it by our hand
+        where = f"band {self.settings.band.start}-{self.settings.band.end}"
+        if missing is None:
+            text = (f"{where}: {gone_rules} rule(s) disappeared since {_when(mark.seen)} "
+                    f"({mark.rules} recorded, {len(band.rules)} now); which ranges is unknown ({why}), and some may "
+                    f"be our own removals. Check the trail, then 'python cli.py restore'")
+        else:
+            shown = ", ".join(str(n) for n in missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+            text = (f"{where} was wiped: {len(missing)} range(s) in {gone_rules} rule(s), last seen "
+                    f"{_when(last_seen)}, disappeared without a record of ours: {shown}. "
+                    f"Restore with 'python cli.py restore'")
+        self.audit.record(
+            "wiped", text, level=logging.ERROR, message_id=event.message_id, source=event.source,
+            count=None if missing is None else len(missing), rules=gone_rules,
+            ranges=None if missing is None else [str(n) for n in missing],
+            last_seen=_when(last_seen), recorded_rules=mark.rules, recorded_ranges=mark.ranges, error=why or None,
+        )
+
+    def _mark(self, new: BandMark, old: BandMark | None, snap: PolicySnapshot | None) -> None:
+        """Records what the band holds now in its policy label when it
+        changed: one compare-and-set ``setLabels`` (on the read the cleanup
+        made, or a fresh one after a reconcile). Losing the race to another
+        label writer skips it: the next cleanup writes it."""
+        if old is not None and new.same_band(old):
+            return
+        label = self.settings.lease.band_label
+        try:
+            current = snap if snap is not None else self.api.get_policy()
+            self.api.set_labels({**current.labels, label: new.value}, current.label_fingerprint)
+        except (FingerprintMismatch, TransientError) as exc:
+            log.warning("could not record the band in the label %s (%s); the next cleanup does", label, exc)
 
     def lint(self, snap: PolicySnapshot) -> list[str]:
         """Problems in the policy that make the band useless or unsafe."""
@@ -505,8 +617,11 @@ class Responder:
         return problems
 
     def report_usage(
-        self, ours: Mapping[int, PolicyRule], foreign: int, policy_rules: int, event: EventRef
+        self, ours: Mapping[int, PolicyRule], foreign: int, policy_rules: int, event: EventRef,
+        band: Sequence[str] | None = None,
     ) -> dict[str, int]:
+        """One ``usage`` record; ``band``: the ranges the band holds, kept in
+        the record so that a later cleanup can name what a wipe took."""
         usage = {
             "band_rules": len(ours),
             "band_size": self.settings.band.size,
@@ -518,7 +633,7 @@ class Responder:
         self.audit.record(
             "usage",
             f"band holds {usage['band_rules']} rules ({usage['ranges']} ranges) of {usage['band_size']} priorities",
-            message_id=event.message_id,
+            message_id=event.message_id, band=band,
             **usage,
         )
         return usage
@@ -692,29 +807,39 @@ class Responder:
         after = plan.entries
         common: dict[str, Any] = {"message_id": event.message_id, "source": event.source, "actor": event.actor or None,
                   "reason": event.reason or None, "outcome": mode}
+        # A range split around a hole (an unblock inside a broader block):
+        # its pieces keep their metadata, so they are no change; the record
+        # is "removed <the hole>" with ``split`` naming the broader range.
+        split = {} if partial else _splits(plan.ops, before, after)
+        pieces = {p for parts in split.values() for p in parts}
         for op in plan.ops:
             if isinstance(op, Remove):
                 continue
             nets = [ipaddress.ip_network(r) for r in op.rule.ranges]
             new = [n for n in nets if n not in before and planner.covering(before, n) is None]
-            grown = [n for n in nets if n not in new and before.get(n) != after.get(n)]
-            meta = planner.read_band([op.rule], self.settings.band).rules[0]
+            grown = [n for n in nets if n not in new and n not in pieces and n not in split and before.get(n) != after.get(n)]
+            meta = planner.read_band([op.rule], self.settings.band).rules[0].meta
             for change, ranges in (("added", new), ("extended", grown)):
                 if not ranges:
                     continue
                 setattr(outcome, change, getattr(outcome, change) + len(ranges))
                 self.audit.record(
-                    change, f"{change} {len(ranges)} range(s) until {_when(meta.meta.expiry)} at priority {op.rule.priority}",
+                    change, f"{change} {len(ranges)} range(s) until {_when(meta.expiry)} at priority {op.rule.priority}",
                     ranges=[str(n) for n in ranges], action=op.rule.action, preview=op.rule.preview,
-                    expiry=_when(meta.meta.expiry), sources=sorted(meta.meta.sources),
-                    severity=meta.meta.severity.name.lower(), priority=op.rule.priority, **common,
+                    expiry=_when(meta.expiry), sources=sorted(meta.sources),
+                    severity=meta.severity.name.lower(), priority=op.rule.priority,
+                    # the repeat-offender record (n=...), so that a restore keeps it
+                    strikes=meta.strikes if meta.struck is not None else None,
+                    struck=_when(meta.struck) if meta.struck is not None else None, **common,
                 )
         if partial:  # what was added so far; removals wait for the redelivery's plan
             return
         evicted = {e.network for e in plan.evicted}
-        gone = [n for n in before if n not in after and n not in evicted and planner.covering(after, n) is None]
+        gone = [n for n in before if n not in after and n not in evicted and planner.covering(after, n) is None
+                and n not in split]
+        holes = sorted({h for broad, parts in split.items() for h in _minus(broad, parts)} - set(gone), key=_order)
         for change, ranges in (
-            ("removed", gone),
+            ("removed", gone + holes),
             ("expired", [e.network for e in plan.expired]),
             ("evicted", sorted(evicted, key=str)),
         ):
@@ -725,13 +850,77 @@ class Responder:
                     extra["sources"] = sorted({s for e in plan.evicted for s in e.meta.sources})
                     extra["severity"] = sorted({e.meta.severity.name.lower() for e in plan.evicted})
                     extra["capacity"] = capacity or None
+                if change == "removed" and split:
+                    extra["split"] = [str(n) for n in sorted(split, key=_order)]
                 self.audit.record(
-                    change, f"{change} {len(ranges)} range(s)",
+                    change, f"{change} {len(ranges)} range(s)"
+                    + (f" (splitting {', '.join(extra['split'])} around them)" if extra.get("split") else ""),
                     level=logging.WARNING if change == "evicted" else logging.INFO,
                     ranges=[str(n) for n in ranges], **common, **extra,
                 )
         if not plan.ops and not plan.refused:
             self.audit.record("unchanged", "no change needed", **common)
+
+
+def _splits(
+    ops: Sequence[planner.Op], before: Mapping[Network, planner.Entry], after: Mapping[Network, planner.Entry]
+) -> dict[Network, list[Network]]:
+    """The ranges of ``before`` that were split around a hole, each with its
+    pieces: new ranges inside it with exactly its metadata (``address_exclude``
+    pieces, as the planner's unblock leaves them), the range itself gone."""
+    out: dict[Network, list[Network]] = {}
+    for op in ops:
+        if isinstance(op, Remove):
+            continue
+        for text in op.rule.ranges:
+            net = ipaddress.ip_network(text)
+            if net in before or (cover := planner.covering(before, net)) is None:
+                continue
+            if cover.network in after or planner.covering(after, cover.network) is not None:
+                continue
+            if after.get(net) == cover._replace(network=net) and net not in out.get(cover.network, []):
+                out.setdefault(cover.network, []).append(net)
+    return out
+
+
+def _minus(net: Network, parts: Sequence[Network]) -> list[Network]:
+    """``net`` without the addresses of ``parts`` (subnets of it)."""
+    rest: list[Network] = [net]
+    for part in parts:
+        kept: list[Network] = []
+        for r in rest:
+            if r == part:
+                continue
+            if part.version == r.version and part.subnet_of(r):  # type: ignore[arg-type]
+                kept.extend(r.address_exclude(part))  # type: ignore[arg-type]
+            else:
+                kept.append(r)
+        rest = kept
+    return rest
+
+
+def _nets(value: Any) -> list[Network]:
+    out: list[Network] = []
+    for text in value if isinstance(value, list) else []:
+        try:
+            out.append(ipaddress.ip_network(str(text), strict=False))
+        except ValueError:
+            continue
+    return out
+
+
+def _parse_when(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _order(net: Network) -> tuple[int, int, int]:
+    return (net.version, int(net.network_address), net.prefixlen)
 
 
 def _readback(tag: str, entry: planner.Entry | None) -> planner.Entry | None:

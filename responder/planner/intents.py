@@ -188,6 +188,8 @@ def _strike(
     band holds for its network (``base``; None: not blocked) and the
     sighting's own rounded expiry."""
     bucket = round_down(escalation.seen, granularity)
+    if escalation.strikes is not None:  # a recorded entry replayed: no new strike
+        return escalation.strikes, bucket, expiry
     if base is None or base.meta.expiry is None or base.meta.struck is None:
         # The first sighting an escalating source records (the entry may
         # hold other sources' claims, or predate escalation); permanent

@@ -263,3 +263,17 @@ def test_encode_of_an_escalated_rule_fits():
     rule = plan_append(read_band([], BAND), [sighting(at(0), source="cloud-ids-threat")], NOW, BAND).ops[0].rule
     assert len(rule.description) <= 64
     assert rule.description == encode(TAG, decode(TAG, rule.description))
+
+
+def test_a_replayed_record_restores_its_strikes_without_striking_again():
+    """A restore (cli.py restore) re-applies an entry's recorded strikes and
+    bucket: the band gets exactly that record, and replaying it changes nothing."""
+    replay = Escalation(at(30), HOUR, 2.0, WEEK, strikes=3)
+    intent = block(HOST, "cloud-armor-waf", at(300), escalation=replay)
+
+    plan, rules = run({}, [intent], now=at(40))
+    again, _ = run(rules, [intent], now=at(40))
+
+    meta = entry(rules, now=at(40)).meta
+    assert (at(300), 3, at(30)) == (meta.expiry, meta.strikes, meta.struck)
+    assert () == again.ops

@@ -253,7 +253,7 @@ def test_first_run_creates_everything_in_order(first_run) -> None:
         f"car-responder@{PROJECT}.iam.gserviceaccount.com", f"car-trigger@{PROJECT}.iam.gserviceaccount.com"}
     assert state["roles"]["car_responder"]["includedPermissions"] == sorted([
         "compute.securityPolicies.get", "compute.securityPolicies.update",
-        "compute.securityPolicies.setLabels", "compute.globalOperations.get"])
+        "compute.securityPolicies.setLabels", "compute.globalOperations.get", "logging.logEntries.list"])
     assert set(state["sinks"]) == {"car-lb-armor", "car-ids-threats", "car-firewall-denies"}
     assert state["scheduler_jobs"]["car-cleanup"]["body"] == '{"action":"cleanup"}'
     assert state["scheduler_jobs"]["car-cleanup"]["schedule"] == "*/10 * * * *"

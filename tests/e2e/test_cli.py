@@ -178,7 +178,8 @@ RECORDS: list[tuple[str, str, dict[str, object]]] = [
     ("rejected", "manual message m-5 rejected: unknown field", {"message_id": "m-5", "source": "manual", "error": "unknown field 'x'"}),
     ("lint", "rule 20500 is inside the band but not the responder's", {"policy": POLICY}),
     ("usage", "band holds 1 rules (8 ranges) of 1000 priorities",
-     {"message_id": "m-6", "band_rules": 1, "band_size": 1000, "max_rules": 150, "foreign_rules": 0, "ranges": 8, "policy_rules": 5}),
+     {"message_id": "m-6", "band_rules": 1, "band_size": 1000, "max_rules": 150, "foreign_rules": 0, "ranges": 8, "policy_rules": 5,
+      "band": ["91.92.109.0/29", "91.92.109.8/29"]}),
     ("breaker", "feed-a flooded", {"message_id": "m-7", "source": "feed-a", "count": 900, "on_flood": "preview"}),
     ("mode", "break-glass: every band rule is in preview (1 rule(s) changed)",
      {"message_id": "m-8", "source": "manual", "actor": "bob", "reason": "incident", "mode": "preview", "priorities": [20010]}),
@@ -188,10 +189,13 @@ RECORDS: list[tuple[str, str, dict[str, object]]] = [
      {"message_id": "m-11", "source": "spamhaus-drop", "error": "HTTP 503"}),
     ("dead-lettered", "feed message m-10 failed on delivery 5 (deploy.max_delivery_attempts = 5)",
      {"message_id": "m-10", "source": "feed", "delivery_attempt": 5, "error": "TransientError: 503"}),
+    ("wiped", "band 20000-20999 was wiped: 1 range(s) in 1 rule(s), last seen 2030-01-01T00:00:00Z, disappeared without a record of ours",
+     {"message_id": "m-12", "source": "cleanup", "count": 1, "rules": 1, "ranges": ["91.92.109.0/24"],
+      "last_seen": "2030-01-01T00:00:00Z", "recorded_rules": 1, "recorded_ranges": 1}),
 ]
 # What explain shows for TARGET: the records naming an overlapping range,
 # and break-glass (band-wide) once the address has a history.
-SHOWN = ["added", "extended", "removed", "expired", "evicted", "refused", "mode"]
+SHOWN = ["added", "extended", "removed", "expired", "evicted", "refused", "mode", "wiped"]
 
 
 def test_the_record_catalogue_covers_every_change_kind_the_code_writes() -> None:
@@ -440,6 +444,23 @@ def test_an_unblock_that_splits_a_range_does_not_say_extended(env: LocalCloudArm
     assert "unblocked 91.92.109.7/32 by splitting 91.92.109.0/24: 8 range(s) around it stay blocked" in out
     blocked = [ipaddress.ip_network(n) for n in band(env)]
     assert 8 == len(blocked) and not any(ipaddress.ip_address("91.92.109.7") in n for n in blocked)
+
+
+def test_an_unblock_that_splits_a_range_records_only_the_hole_as_removed(env: LocalCloudArmor, tmp_path: Path) -> None:
+    """Was: 'extended' for the eight pieces kept around the hole and
+    'removed 91.92.109.0/24', as if the whole /24 had been unblocked."""
+    from responder.audit import read_file
+
+    create_policy(env)
+    cli.main(["block", "91.92.109.0/24", "--ttl", "2h", "--actor", "me"])
+    written = len(list(read_file(tmp_path / "audit.jsonl")))
+
+    assert 0 == cli.main(["unblock", "91.92.109.7", "--actor", "me"])
+
+    records = list(read_file(tmp_path / "audit.jsonl"))[written:]
+    assert [("removed", ["91.92.109.7/32"], ["91.92.109.0/24"])] == [
+        (r["change"], r["ranges"], r.get("split")) for r in records]
+    assert 8 == len(band(env))
 
 
 def _cli(env_vars: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:

@@ -20,6 +20,7 @@ GLOBAL_ROLE_PERMISSIONS = (
     "compute.securityPolicies.update",
     "compute.securityPolicies.setLabels",
     "compute.globalOperations.get",
+    "logging.logEntries.list",  # the cleanup reads its own trail to name the ranges of a wipe
 )
 # Regional policies: Google's permissions reference lists no
 # compute.regionSecurityPolicies.setLabels (iam roles create would refuse it);
@@ -30,6 +31,7 @@ REGIONAL_ROLE_PERMISSIONS = (
     "compute.regionSecurityPolicies.get",
     "compute.regionSecurityPolicies.update",
     "compute.regionOperations.get",
+    "logging.logEntries.list",
 )
 ROLE_TITLE = "Cloud Armor responder"
 ROLE_DESCRIPTION = "Read and update one Cloud Armor policy's rules and labels; wait on operations."
