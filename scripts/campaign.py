@@ -869,20 +869,24 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
                             else:
                                 stats["redeliveries"] += 1
                                 queue.append(idx)
-                # --kill: first the lease holder mid-reconcile, then a busy worker
+                # --kill: first the lease holder mid-reconcile, then a busy worker (one
+                # that holds no lease if there is one: a writer's crash, not a second holder's)
                 if kills_planned and time.monotonic() - last_poll > 0.2 and phase_no < 2:
                     last_poll = time.monotonic()
                     victim = None
+                    value = (server.policy(PROJECT, POLICY) or {}).get("labels", {}).get(LEASE_LABEL, "")
+
+                    def holds(w: Worker, value: str = value) -> bool:
+                        return bool(w.holder and value.startswith(w.holder))
+
                     if kills_planned == 2 and phase_no == 0:
-                        labels = (server.policy(PROJECT, POLICY) or {}).get("labels", {})
-                        value = labels.get(LEASE_LABEL, "")
-                        victim = next((w for w in workers if w.holder and value.startswith(w.holder)
-                                       and w.busy), None)
-                        if victim is not None:
-                            stats["killed_holders"] += 1
+                        victim = next((w for w in workers if holds(w) and w.busy), None)
                     elif phase_no == 1 and len(outstanding) < len(phase) // 2:
-                        victim = next((w for w in workers if w.busy), None)
+                        busy = [w for w in workers if w.busy]
+                        victim = next((w for w in busy if not holds(w)), busy[0] if busy else None)
                         kills_planned = 1 if victim is not None else kills_planned
+                    if victim is not None and holds(victim):
+                        stats["killed_holders"] += 1
                     if victim is not None:
                         os.kill(victim.proc.pid, signal.SIGKILL)
                         stats["kills"] += 1
