@@ -8,7 +8,9 @@ from __future__ import annotations
 import ipaddress
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 from config import settings as config
+from handlers import runtime
 from localapi import LocalCloudArmor
 from responder import planner
 from responder.audit import Audit
@@ -154,3 +157,34 @@ def test_threads_sharing_the_parsed_band_each_get_their_own_snapshots_band(
         sys.setswitchinterval(interval)
     assert wrong == []
     assert planner.read_band(snaps[2].rules, settings.band).rules == responder._band_of(snaps[2]).rules
+
+
+def test_requests_arriving_at_once_on_a_cold_instance_build_one_adapter_and_one_responder(
+    server: LocalCloudArmor, tmp_path: Path
+) -> None:
+    """The first requests of a cold instance arrive together: they must
+    share one adapter (one compute client, one call count) and one
+    responder (one read cache, one holder prefix), not each build their
+    own. (functools.cached_property stopped locking in Python 3.12.)"""
+    settings = _settings(server, tmp_path / "responder.toml")
+    built: list[CloudArmor] = []
+
+    def slow_factory(s: config.Settings) -> CloudArmor:
+        time.sleep(0.2)  # what a cold compute_v1 import gives every other request time to do
+        built.append(CloudArmor(s.policy))
+        return built[-1]
+
+    rt = runtime.Runtime(settings, Audit(), api_factory=slow_factory)
+    start = threading.Barrier(6)
+
+    def first_request(_: int) -> tuple[int, int]:
+        start.wait()
+        return id(rt.responder), id(rt.api)
+
+    with ThreadPoolExecutor(6) as pool:
+        seen = set(pool.map(first_request, range(6)))
+    assert len(built) == 1
+    assert seen == {(id(rt.responder), id(built[0]))}
+    rt.responder.apply([Intent(Verb.BLOCK, ipaddress.ip_network("45.9.148.7/32"), "manual",
+                               datetime.now(tz=UTC) + timedelta(hours=1))], EventRef("m1", "manual"))
+    assert [r["match"]["config"]["srcIpRanges"] for r in _band(server)] == [["45.9.148.7/32"]]
