@@ -20,6 +20,7 @@ def _check(result: campaign.Result) -> None:
     assert result.diffs == {"missing": [], "extra": [], "wrong_expiry": []}, report
     assert result.problems == [], report
     assert result.differences == 0
+    assert result.peak_in_flight == result.spec.concurrency > 1, "no worker served events at once"
 
 
 def test_concurrency_campaign_converges_to_the_reference_band_through_the_quota_path() -> None:
@@ -46,6 +47,7 @@ def test_fault_campaign_with_a_killed_lease_holder_converges_to_the_reference_ba
     _check(result)
     assert sum(v for k, v in result.faults.items() if k != "latency") > 0.15 * sum(result.api_calls.values())
     assert result.kills >= 1
+    assert result.orphaned >= result.kills  # every event in flight on a killed worker went to another
 
 
 def test_compare_explains_only_what_an_eviction_covers() -> None:
