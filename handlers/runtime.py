@@ -13,7 +13,6 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from functools import cached_property
 from typing import Any
 
 from config import settings as config
@@ -45,17 +44,34 @@ class Runtime:
         self.audit = audit
         self.clock = clock
         self._api_factory = api_factory or _compute_api
+        # The requests an instance serves at once (gen2 concurrency > 1) share
+        # one adapter and one responder: the first to need one builds it, the
+        # others wait for it (functools.cached_property does not lock on 3.12).
         self._lock = threading.Lock()
+        self._api: PolicyApi | None = None
+        self._responder: Responder | None = None
         self.breaker = FloodBreaker()
 
-    @cached_property
+    @property
     def api(self) -> PolicyApi:
-        with self._lock:
-            return self._api_factory(self.settings)
+        api = self._api
+        if api is None:
+            with self._lock:
+                if self._api is None:
+                    self._api = self._api_factory(self.settings)
+                api = self._api
+        return api
 
-    @cached_property
+    @property
     def responder(self) -> Responder:
-        return Responder(self.settings, self.api, self.audit, clock=self.clock, trail=self._trail())
+        responder = self._responder
+        if responder is None:
+            api = self.api
+            with self._lock:
+                if self._responder is None:
+                    self._responder = Responder(self.settings, api, self.audit, clock=self.clock, trail=self._trail())
+                responder = self._responder
+        return responder
 
     def _trail(self) -> Trail | None:
         """Where the cleanup reads the audit trail to tell a wipe from its own

@@ -329,6 +329,7 @@ class CloudArmor:
         self._credentials = credentials
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._build = threading.Lock()  # requests served at once build the clients once
         self._client_pair: tuple[Any, Any] | None = None  # compute_v1, mutations only
         self._compute: Any = None
         self._session: Any = None  # reads: requests / AuthorizedSession, no compute_v1
@@ -359,6 +360,13 @@ class CloudArmor:
         return self._ensure_clients()
 
     def _ensure_clients(self) -> tuple[Any, Any]:
+        pair = self._client_pair
+        if pair is not None:
+            return pair
+        with self._build:
+            return self._build_clients()
+
+    def _build_clients(self) -> tuple[Any, Any]:
         if self._client_pair is None:
             from google.cloud import compute_v1
 

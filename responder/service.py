@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -325,7 +326,15 @@ class Responder:
         self.holder = holder or "w" + secrets.token_hex(5)
         self._started = False
         self._last_lint: list[str] = []
-        self._cache: tuple[float, PolicySnapshot] | None = None
+        # The views below are shared by the requests one instance serves at
+        # once (gen2 concurrency > 1, one thread each). Each is one tuple,
+        # replaced whole and read once into a local, so that a thread never
+        # pairs one view's key with another's value; ``_views`` orders the
+        # read cache's updates (a read-modify-write) against invalidations.
+        self._views = threading.Lock()
+        self._generation = 0  # bumped by every fresh read and invalidation
+        # (taken at, the read, the read plus the rules this instance added since)
+        self._cache: tuple[float, PolicySnapshot, PolicySnapshot] | None = None
         self._parsed: tuple[PolicySnapshot, Band] | None = None
         self._live: tuple[Band, datetime, Mapping[Network, planner.Entry]] | None = None
 
@@ -333,50 +342,75 @@ class Responder:
     def _max_rules(self) -> int:
         return self.settings.band.max_rules or self.settings.band.size
 
-    def _cached_read(self) -> PolicySnapshot:
+    def _cached_read(self) -> tuple[PolicySnapshot, PolicySnapshot]:
         """The policy as an event writer may see it: a read at most
         ``policy.read_cache`` old, plus the rules this process added since.
+        Returns (the read, the view); ``_remember`` takes the read back.
 
         Safe under the concurrency design: writers only add, so a stale view
         can at worst add a rule another instance already added (harmless) or
         pick a priority that was taken meanwhile (addRule fails, we read
-        again). Everything that patches or removes reads afresh."""
+        again). Everything that patches or removes reads afresh. A read
+        that another request of this instance invalidated while it was in
+        flight (its reconcile finished meanwhile) is used, not cached."""
         ttl = self.settings.policy.read_cache.total_seconds()
-        if self._cache is not None and time.monotonic() - self._cache[0] < ttl:
-            return self._cache[1]
-        snap = self._read()
-        self._cache = (time.monotonic(), snap) if ttl > 0 else None
-        return snap
+        cached = self._cache
+        if cached is not None and time.monotonic() - cached[0] < ttl:
+            return cached[1], cached[2]
+        generation, snap = self._fresh_read()
+        if ttl > 0:
+            with self._views:
+                if self._generation == generation:
+                    self._cache = (time.monotonic(), snap, snap)
+        return snap, snap
 
     def _band_of(self, snap: PolicySnapshot) -> Band:
         """``read_band`` of a snapshot, parsed once while the read cache
         serves the same snapshot (a hot stream decides on it many times)."""
-        if self._parsed is None or self._parsed[0] is not snap:
-            self._parsed = (snap, planner.read_band(snap.rules, self.settings.band))
-        return self._parsed[1]
+        parsed = self._parsed
+        if parsed is None or parsed[0] is not snap:
+            parsed = self._parsed = (snap, planner.read_band(snap.rules, self.settings.band))
+        return parsed[1]
 
     def _entries_of(self, band: Band, now: datetime) -> Mapping[Network, planner.Entry]:
         """``band.entries(now)``, kept while no rule of the band expires in
         between (read only: callers share it)."""
-        if self._live is not None and self._live[0] is band and self._live[1] <= now:
-            since = self._live[1]
+        live = self._live
+        if live is not None and live[0] is band and live[1] <= now:
+            since = live[1]
             if not any(r.meta.expiry is not None and since < r.meta.expiry <= now for r in band.rules):
-                return self._live[2]
+                return live[2]
         entries = band.entries(now)
         self._live = (band, now, entries)
         return entries
 
-    def _remember(self, snap: PolicySnapshot, plan: Plan) -> None:
-        """Adds this process's new rules to the cached view."""
-        if self._cache is not None and self._cache[1] is snap:
-            added = tuple(op.rule for op in plan.ops if isinstance(op, Add))
-            if added:
-                self._cache = (self._cache[0], replace(snap, rules=snap.rules + added))
+    def _remember(self, read: PolicySnapshot, plan: Plan) -> None:
+        """Adds the rules this instance just added to the cached view, if
+        it still rests on ``read``: requests served at once each add theirs."""
+        added = tuple(op.rule for op in plan.ops if isinstance(op, Add))
+        if not added:
+            return
+        with self._views:
+            cached = self._cache
+            if cached is not None and cached[1] is read:
+                view = cached[2]
+                self._cache = (cached[0], read, replace(view, rules=view.rules + added))
+
+    def _invalidate(self) -> int:
+        """Drops the cached view (the band changed under the lease, or a
+        fresh read is due); returns the new generation."""
+        with self._views:
+            self._generation += 1
+            self._cache = None
+            return self._generation
 
     def _read(self, lint: bool = False) -> PolicySnapshot:
+        return self._fresh_read(lint)[1]
+
+    def _fresh_read(self, lint: bool = False) -> tuple[int, PolicySnapshot]:
         """Reads the policy; the first read of a process is also linted, so
         a misconfigured policy is reported as soon as the responder starts."""
-        self._cache = None
+        generation = self._invalidate()
         try:
             snap = self.api.get_policy()
         except PolicyNotFound:
@@ -387,10 +421,11 @@ class Responder:
                 level=logging.ERROR, policy=self.settings.policy.name,
             )
             raise
-        if lint or not self._started:
-            self._started = True
+        with self._views:  # the first read of an instance lints, once however many requests start it
+            first, self._started = not self._started, True
+        if lint or first:
             self._last_lint = self.lint(snap)
-        return snap
+        return generation, snap
 
     # -- public -----------------------------------------------------------
 
@@ -415,7 +450,7 @@ class Responder:
             return outcome
         validate_only = validate_only or self.settings.band.validate_only
         now = self.clock()
-        snap = self._cached_read()
+        read, snap = self._cached_read()
         for attempt in range(ADD_ATTEMPTS):
             band = self._band_of(snap)
             todo = [*derive(self._entries_of(band, now)), *intents] if derive else list(intents)
@@ -439,10 +474,10 @@ class Responder:
             try:
                 self._execute(plan, band, event, outcome, lease=None, validate_only=validate_only)
                 if not validate_only:
-                    self._remember(snap, plan)
+                    self._remember(read, plan)
                 return outcome
             except PriorityTaken:
-                snap = self._read()  # another writer got there first
+                read = snap = self._read()  # another writer got there first
             except QuotaExceeded:
                 return self._reconcile(todo, event, now, outcome, compact=True, quota_full=True)
             except Exception:
@@ -504,7 +539,7 @@ class Responder:
             )
             return outcome
         finally:
-            self._cache = None
+            self._invalidate()
             lease.release()
 
     def cleanup(self, event: EventRef, *, validate_only: bool = False) -> Outcome:
@@ -685,7 +720,7 @@ class Responder:
                 snap = self.api.get_policy()
             raise TransientError(f"could not reconcile the band after {ADD_ATTEMPTS} attempts")
         finally:
-            self._cache = None
+            self._invalidate()
             lease.release()
 
     def _remove_early(self, plan: Plan, band: Band, lease: Lease, outcome: Outcome) -> Plan:

@@ -1,6 +1,6 @@
 """Concurrency and fault campaigns against one local Cloud Armor API.
 
-    .venv/bin/python scripts/campaign.py --workers 16 --events 2000 [--faults 0.25] [--kill] [--seed N]
+    .venv/bin/python scripts/campaign.py --workers 16 --events 2000 [--concurrency 4] [--faults 0.25] [--kill] [--seed N]
 
 The parent process starts a :class:`localapi.LocalCloudArmor` (operations
 finish after a random delay, so they complete out of order), creates the
@@ -9,14 +9,19 @@ inside it, and snapshots them. It then plays Pub/Sub: it generates events
 from every source wired in ``handlers/`` (manual block / extend / unblock,
 JSON threat feeds, log-sink entries matched by the built-in detectors, SCC
 findings and Monitoring incidents) with fixed publish times, and hands them
-to N worker **processes**. Each worker builds the five entry points with
-``functions_framework.create_app(...).test_client()`` and delivers each event
-as a binary-mode CloudEvent (``scripts/eventarc.py``); an event whose
+to N worker **processes**. Each worker is one gen2 instance with
+``deploy.concurrency`` = ``--concurrency`` C: it builds the five entry points
+once with ``functions_framework.create_app(...)`` (one Runtime, responder and
+adapter per process, as functions-framework has) and serves up to C events
+at once on a pool of C threads, each delivering its event as a binary-mode
+CloudEvent (``scripts/eventarc.py``) through a test client of the shared
+app. The parent keeps up to C events in flight per worker; an event whose
 function answers anything but 2xx is redelivered (same messageId and
-publishTime) to the next free worker, at most ``max_deliveries`` times. With
-``--kill`` the parent SIGKILLs the worker holding the band lease, and later
-a busy one, mid-run; their unacked events go to other workers, as Pub/Sub
-would, and a fresh worker takes the dead one's place.
+publishTime) to the next worker with a free slot, at most
+``max_deliveries`` times. With ``--kill`` the parent SIGKILLs the worker
+holding the band lease, and later a busy one, mid-run; all their unacked
+events go to other workers, as Pub/Sub would, and a fresh worker takes the
+dead one's place.
 
 Events come in two phases so that the final band is a function of the events
 alone (Pub/Sub gives no order): phase A blocks from every source; phase B
@@ -114,6 +119,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Spec:
     workers: int = 16
     events: int = 2000
+    concurrency: int = 4  # events in flight per worker process (deploy.concurrency), one thread each
     faults: float = 0.0  # probability of a fault on a read (mutations: 4/3 of it)
     kill: bool = False
     seed: int = 1
@@ -553,31 +559,37 @@ def band_items(rules: list[dict[str, Any]], now: datetime) -> list[tuple[Network
 # Workers
 
 
-def worker_main(conn: Any, env: dict[str, str], log_path: str) -> None:
-    """One function instance: builds the five apps, then delivers events."""
+def worker_main(conn: Any, env: dict[str, str], log_path: str, concurrency: int = 1) -> None:
+    """One function instance: builds the five apps once, then serves up to
+    ``concurrency`` events at once, each on its own thread (gen2 with
+    ``deploy.concurrency`` above 1 runs requests on threads of one process,
+    sharing its Runtime, responder and adapter)."""
     out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(out, 1)  # the structured audit log goes to stdout
     os.dup2(out, 2)
     os.environ.update(env)
     try:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
         import eventarc
         import functions_framework
 
         from handlers import runtime
 
-        clients = {t: functions_framework.create_app(t, str(ROOT / "main.py"), "cloudevent").test_client()
-                   for t in ENTRY_POINTS}
+        apps = {t: functions_framework.create_app(t, str(ROOT / "main.py"), "cloudevent") for t in ENTRY_POINTS}
+        local = threading.local()  # a test client per thread (a client keeps cookies); the apps are shared
+        send_lock = threading.Lock()  # the pipe is written from every thread
         rt = runtime.current()
         holder = rt.responder.holder
         rt.api.get_policy()  # import compute_v1 and connect before the first event
         conn.send(("ready", os.getpid(), holder))
-        while True:
-            msg = conn.recv()
-            if msg[0] == "stop":
-                calls = dict(rt.api.calls()) if hasattr(rt.api, "calls") else {}
-                conn.send(("stopped", calls))
-                return
-            _, idx, target, data, attrs, message_id, publish_time = msg
+
+        def deliver(idx: int, target: str, data: bytes, attrs: dict[str, str], message_id: str,
+                    publish_time: str) -> None:
+            clients = getattr(local, "clients", None)
+            if clients is None:
+                clients = local.clients = {t: app.test_client() for t, app in apps.items()}
             headers, body = eventarc.binary_request(data, attributes=attrs, message_id=message_id,
                                                     publish_time=datetime.fromisoformat(publish_time))
             start = time.monotonic()
@@ -586,7 +598,19 @@ def worker_main(conn: Any, env: dict[str, str], log_path: str) -> None:
             except Exception:  # noqa: BLE001 - a crash is a 500 to Pub/Sub
                 traceback.print_exc()
                 status = 599
-            conn.send(("done", idx, status, time.monotonic() - start))
+            with send_lock:
+                conn.send(("done", idx, status, time.monotonic() - start))
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="request") as pool:
+            while True:
+                msg = conn.recv()
+                if msg[0] == "stop":
+                    pool.shutdown(wait=True)
+                    calls = dict(rt.api.calls()) if hasattr(rt.api, "calls") else {}
+                    with send_lock:
+                        conn.send(("stopped", calls))
+                    return
+                pool.submit(deliver, *msg[1:])
     except (EOFError, KeyboardInterrupt):
         return
     except Exception:  # noqa: BLE001
@@ -600,7 +624,7 @@ class Worker:
     conn: Any
     holder: str = ""
     ready: bool = False
-    busy: int | None = None
+    busy: set[int] = field(default_factory=set)  # events in flight (at most Spec.concurrency)
     calls: dict[str, int] = field(default_factory=dict)
 
 
@@ -633,6 +657,8 @@ class Result:
     op_errors: dict[str, int] = field(default_factory=dict)
     evictions: int = 0  # audit records of evictions
     evicted: list[str] = field(default_factory=list)  # segments missing or shorter because they were evicted
+    peak_in_flight: int = 0  # most events one worker had in flight at once
+    orphaned: int = 0  # events in flight on killed workers, handed to others
 
     @property
     def differences(self) -> int:
@@ -644,11 +670,12 @@ class Result:
         faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())) or "none"
         adapter = ", ".join(f"{k} {v}" for k, v in sorted(self.adapter.items()) if k in ("retry", "get_rule", "wait"))
         out = [
-            f"campaign: {s.workers} worker processes, seed {s.seed}, faults {s.faults:.0%} (reads; mutations {min(1.0, s.faults * 4 / 3):.0%})"
+            f"campaign: {s.workers} worker processes x concurrency {s.concurrency}, seed {s.seed}, faults {s.faults:.0%} (reads; mutations {min(1.0, s.faults * 4 / 3):.0%})"
             f"{', kill' if s.kill else ''}, op delay {s.op_delay[0]}-{s.op_delay[1]} s, band.max_rules {s.max_rules}, quota {s.quota}",
             f"events: {self.events} ({', '.join(f'{k} {v}' for k, v in sorted(self.kinds.items()))})",
             f"deliveries: {self.deliveries}, redeliveries {self.redeliveries}, dead-lettered {self.dead_letters}, "
-            f"workers killed {self.kills} (lease holders {self.killed_holders})",
+            f"workers killed {self.kills} (lease holders {self.killed_holders}; {self.orphaned} event(s) in flight "
+            f"on them redelivered), most events in flight on one worker {self.peak_in_flight}",
             f"API calls: {calls}",
             f"lease: setLabels taking it {self.lease_takes}, releasing it {self.lease_releases}",
             f"failed operations: {', '.join(f'{k} {v}' for k, v in sorted(self.op_errors.items())) or 'none'}",
@@ -744,7 +771,8 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
 
         def spawn(n: int) -> Worker:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child, env, str(tmp / f"worker-{n}.log")), daemon=True)
+            proc = ctx.Process(target=worker_main, args=(child, env, str(tmp / f"worker-{n}.log"), spec.concurrency),
+                               daemon=True)
             proc.start()
             child.close()
             return Worker(proc, parent)
@@ -760,9 +788,11 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
         total = len(events)
 
         def handle_death(w: Worker) -> None:
-            if w.busy is not None:
-                queue.appendleft(w.busy)  # unacked: Pub/Sub redelivers it to another instance
+            for idx in sorted(w.busy, reverse=True):
+                queue.appendleft(idx)  # unacked: Pub/Sub redelivers it to another instance
                 stats["redeliveries"] += 1
+                stats["orphaned"] += 1
+            w.busy.clear()
             workers.remove(w)
             workers.append(spawn(len(workers) + int(stats["kills"]) + 100))
 
@@ -782,15 +812,22 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
                         f"statuses {dict((k, v) for k, v in stats.items() if k.startswith('status'))}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"campaign over its time limit ({spec.time_limit:.0f} s)")
-                for w in workers:
-                    if w.ready and w.busy is None and queue:
+                # Fill the free slots breadth first, so that every worker gets events.
+                while queue and any(w.ready and len(w.busy) < spec.concurrency for w in workers):
+                    for w in workers:
+                        if not (w.ready and len(w.busy) < spec.concurrency and queue):
+                            continue
                         idx = queue.popleft()
                         e = events[idx]
                         attempts[idx] += 1
                         stats["deliveries"] += 1
-                        w.busy = idx
-                        w.conn.send(("event", idx, e.target, e.data, e.attributes, e.message_id,
-                                     e.publish_time.isoformat()))
+                        stats["max_in_flight"] = max(stats["max_in_flight"], len(w.busy) + 1)
+                        w.busy.add(idx)
+                        try:
+                            w.conn.send(("event", idx, e.target, e.data, e.attributes, e.message_id,
+                                         e.publish_time.isoformat()))
+                        except OSError:  # killed meanwhile: its death hands its events on
+                            w.ready = False
                 conns = {w.conn: w for w in workers}
                 sentinels = {w.proc.sentinel: w for w in workers}
                 for ready in mp_wait(list(conns) + list(sentinels), timeout=0.5):
@@ -817,7 +854,7 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
                             log(f"  worker {msg[1]} ready after {time.monotonic() - started:.1f} s")
                     elif msg[0] == "done":
                         _, idx, status, elapsed = msg
-                        w.busy = None
+                        w.busy.discard(idx)
                         if spec.verbose and stats["deliveries"] <= 2 * spec.workers:
                             log(f"  event {idx} ({events[idx].kind}) -> {status} in {elapsed:.2f} s "
                                 f"[{time.monotonic() - started:.1f} s]")
@@ -832,20 +869,24 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
                             else:
                                 stats["redeliveries"] += 1
                                 queue.append(idx)
-                # --kill: first the lease holder mid-reconcile, then a busy worker
+                # --kill: first the lease holder mid-reconcile, then a busy worker (one
+                # that holds no lease if there is one: a writer's crash, not a second holder's)
                 if kills_planned and time.monotonic() - last_poll > 0.2 and phase_no < 2:
                     last_poll = time.monotonic()
                     victim = None
+                    value = (server.policy(PROJECT, POLICY) or {}).get("labels", {}).get(LEASE_LABEL, "")
+
+                    def holds(w: Worker, value: str = value) -> bool:
+                        return bool(w.holder and value.startswith(w.holder))
+
                     if kills_planned == 2 and phase_no == 0:
-                        labels = (server.policy(PROJECT, POLICY) or {}).get("labels", {})
-                        value = labels.get(LEASE_LABEL, "")
-                        victim = next((w for w in workers if w.holder and value.startswith(w.holder)
-                                       and w.busy is not None), None)
-                        if victim is not None:
-                            stats["killed_holders"] += 1
+                        victim = next((w for w in workers if holds(w) and w.busy), None)
                     elif phase_no == 1 and len(outstanding) < len(phase) // 2:
-                        victim = next((w for w in workers if w.busy is not None), None)
+                        busy = [w for w in workers if w.busy]
+                        victim = next((w for w in busy if not holds(w)), busy[0] if busy else None)
                         kills_planned = 1 if victim is not None else kills_planned
+                    if victim is not None and holds(victim):
+                        stats["killed_holders"] += 1
                     if victim is not None:
                         os.kill(victim.proc.pid, signal.SIGKILL)
                         stats["kills"] += 1
@@ -938,6 +979,7 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
             wall=time.monotonic() - started, phase_walls=phase_walls, blocked_segments=len(exp_segments),
             addresses={"v4": v4, "v6": v6}, op_errors=dict(op_errors),
             evictions=len(evictions), evicted=explained,
+            peak_in_flight=stats["max_in_flight"], orphaned=stats["orphaned"],
         )
     finally:
         for w in workers:
@@ -951,6 +993,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--events", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="events each worker serves at once on threads (deploy.concurrency; 1: one at a time)")
     p.add_argument("--faults", type=float, default=0.0, help="fault probability on reads (mutations: 4/3 of it)")
     p.add_argument("--kill", action="store_true", help="SIGKILL the lease holder, then a busy worker, mid-run")
     p.add_argument("--seed", type=int, default=1)
@@ -965,7 +1009,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     lo, _, hi = args.op_delay.partition(",")
-    spec = Spec(workers=args.workers, events=args.events, faults=args.faults, kill=args.kill, seed=args.seed,
+    if args.concurrency < 1:
+        p.error("--concurrency must be at least 1")
+    spec = Spec(workers=args.workers, events=args.events, concurrency=args.concurrency, faults=args.faults, kill=args.kill, seed=args.seed,
                 op_delay=(float(lo), float(hi or lo)), max_rules=args.max_rules, quota=args.quota, universe=args.universe,
                 lease_duration=args.lease_duration, lease_wait=args.lease_wait,
                 commit_then_timeout_mode=args.commit_mode, time_limit=args.time_limit, verbose=args.verbose)

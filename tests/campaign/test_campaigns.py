@@ -2,8 +2,10 @@
 
 Worker processes drive the real entry points against one local Cloud Armor
 API; the final band is checked address by address against a reference model
-computed from the generated events alone (see scripts/campaign.py). Full size:
-``.venv/bin/python scripts/campaign.py --workers 16 --events 2000 [--faults 0.25] [--kill]``.
+computed from the generated events alone (see scripts/campaign.py). Each worker
+is an instance with deploy.concurrency 2: two events at once on two threads
+sharing its responder. Full size:
+``.venv/bin/python scripts/campaign.py --workers 16 --events 2000 --concurrency 4 [--faults 0.25] [--kill]``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ def _check(result: campaign.Result) -> None:
     assert result.diffs == {"missing": [], "extra": [], "wrong_expiry": []}, report
     assert result.problems == [], report
     assert result.differences == 0
+    assert result.peak_in_flight == result.spec.concurrency > 1, "no worker served events at once"
 
 
 def test_concurrency_campaign_converges_to_the_reference_band_through_the_quota_path() -> None:
@@ -28,7 +31,7 @@ def test_concurrency_campaign_converges_to_the_reference_band_through_the_quota_
     # reconcile sometimes evicts; a block evicted late stays missing. Those
     # addresses are reported apart (campaign.compare), from the workers'
     # ``evicted`` records; anything else missing is a difference.
-    spec = campaign.Spec(workers=4, events=150, op_delay=(0.01, 0.05), max_rules=60, quota=45, universe=30,
+    spec = campaign.Spec(workers=2, concurrency=2, events=150, op_delay=(0.01, 0.05), max_rules=60, quota=45, universe=30,
                          lease_duration=20, lease_wait=30, seed=7, time_limit=240)
     result = campaign.run(spec)
     _check(result)
@@ -37,13 +40,14 @@ def test_concurrency_campaign_converges_to_the_reference_band_through_the_quota_
 
 
 def test_fault_campaign_with_a_killed_lease_holder_converges_to_the_reference_band() -> None:
-    spec = campaign.Spec(workers=4, events=100, op_delay=(0.01, 0.05), max_rules=40, quota=200, universe=30,
+    spec = campaign.Spec(workers=2, concurrency=2, events=100, op_delay=(0.01, 0.05), max_rules=40, quota=200, universe=30,
                          faults=0.2, kill=True, commit_then_timeout_mode="reset", lease_duration=20, lease_wait=20,
                          seed=11, time_limit=300)
     result = campaign.run(spec)
     _check(result)
     assert sum(v for k, v in result.faults.items() if k != "latency") > 0.15 * sum(result.api_calls.values())
     assert result.kills >= 1
+    assert result.orphaned >= result.kills  # every event in flight on a killed worker went to another
 
 
 def test_compare_explains_only_what_an_eviction_covers() -> None:

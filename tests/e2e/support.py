@@ -168,4 +168,4 @@ def api_built() -> bool:
     """Whether this process's runtime has built its compute client."""
     from handlers import runtime
 
-    return "api" in runtime.current().__dict__
+    return runtime.current()._api is not None
