@@ -175,3 +175,22 @@ def test_detector_source_id_with_a_trailing_newline_is_refused(tmp_path: Path) -
     doc["detectors"]["lists_dir"] = str(DEFAULT.parent)
     with pytest.raises(config.ConfigError, match=r"source_ids\.cloud-armor-waf: 'waf\\n' is not a source id"):
         detectors.load(config.from_dict(doc).detectors)
+
+
+def test_follow_denies_is_on_for_log_and_alert_and_off_for_feeds_and_manual() -> None:
+    loaded = config.load(environ={})
+    assert {"manual": False, "feed": False, "log": True, "alert": True} == {
+        kind: s.follow_denies for kind, s in loaded.sources.items()}
+
+
+def test_follow_denies_on_manual_blocks_is_refused() -> None:
+    doc = _doc()
+    doc["sources"]["manual"]["follow_denies"] = True
+    with pytest.raises(config.ConfigError, match=r"^sources\.manual\.follow_denies: an operator's block never extends"):
+        config.from_dict(doc)
+
+
+def test_follow_denies_may_be_turned_on_for_feeds() -> None:
+    doc = _doc()
+    doc["sources"]["feed"]["follow_denies"] = True
+    assert config.from_dict(doc).source("feed").follow_denies
