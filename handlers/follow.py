@@ -38,7 +38,6 @@ that several targets only need to extend it.
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import weakref
 from collections import OrderedDict
@@ -51,9 +50,10 @@ from config.settings import BandSettings, Settings
 from handlers import common
 from handlers import detectors as detector_config
 from handlers.envelope import Message
+from handlers.formats import FormatError
 from handlers.formats._common import address_or_error, get_path, parse_time
 from handlers.runtime import Runtime
-from responder import planner
+from responder import guards, planner
 from responder.model import Intent, Network, Severity, Verb
 from responder.service import Outcome
 
@@ -106,8 +106,8 @@ class BandDeny:
 
 def recognise(entry: Mapping[str, Any], settings: Settings, publish_time: datetime) -> BandDeny | None:
     """The band deny ``entry`` records, or None when it is not one (another
-    policy, a priority outside our band, an outcome other than DENY, no
-    usable client address)."""
+    policy, a priority outside our band, an outcome other than DENY).
+    Raises FormatError for a band deny without a usable client address."""
     resource = entry.get("resource")
     kind = resource.get("type") if isinstance(resource, Mapping) else None
     if kind not in LB_RESOURCES:
@@ -116,7 +116,7 @@ def recognise(entry: Mapping[str, Any], settings: Settings, publish_time: dateti
     if not isinstance(enforced, Mapping) or enforced.get("outcome") != "DENY":
         return None
     name, priority = enforced.get("name"), _priority(enforced.get("priority"))
-    if not isinstance(name, str) or priority is None:
+    if not isinstance(name, str):
         return None
     labels = resource.get("labels") if isinstance(resource, Mapping) else None
     labels = labels if isinstance(labels, Mapping) else {}
@@ -125,15 +125,19 @@ def recognise(entry: Mapping[str, Any], settings: Settings, publish_time: dateti
     if not isinstance(region, str) or not region and LB_RESOURCES[kind]:
         return None
     target = our_target_for(settings, name, region, project if isinstance(project, str) else None)
-    if target is None or not target.band.start <= priority <= target.band.end:
+    if target is None:
         return None
-    value, _ = address_or_error(get_path(entry, "httpRequest.remoteIp"))
+    if priority is None:  # our policy's deny, by a rule it cannot name
+        raise FormatError("a deny by our policy: jsonPayload.enforcedSecurityPolicy.priority is not an integer")
+    if not target.band.start <= priority <= target.band.end:
+        return None
+    value, error = address_or_error(get_path(entry, "httpRequest.remoteIp"))
     try:
-        address = ipaddress.ip_network(value or "")
-    except ValueError:
-        return None
+        address = guards.parse_network(value or "")
+    except ValueError as exc:
+        raise FormatError(f"band deny at priority {priority}: httpRequest.remoteIp: {error or exc}") from None
     if address.num_addresses != 1:
-        return None  # a range is never a client address
+        raise FormatError(f"band deny at priority {priority}: httpRequest.remoteIp: {address} is a range, not a client")
     try:
         when = min(parse_time(entry.get("timestamp")), publish_time)
     except (ValueError, IndexError):
@@ -242,6 +246,10 @@ def follow(deny: BandDeny, message: Message, rt: Runtime) -> Outcome:
     band = deny.target.band
     bucket = planner.round_down(deny.when, band.expiry_granularity)
     key = (deny.target.project, deny.target.policy, str(deny.address.network_address), bucket)
+    # The guards still hold: an address allowlisted (or special-purpose) since its ban is never followed.
+    _, refused = common.screen(rt, message, KIND, [Intent(Verb.EXTEND, deny.address, KIND, expiry=deny.when)])
+    if refused:
+        return Outcome(refused=refused)
     memory = followed(rt)
     if memory.seen(key):
         rt.audit.record(

@@ -235,3 +235,29 @@ def test_with_follow_denies_off_for_logs_a_deny_changes_nothing(
     assert 200 == h.publish("on_log_sink", band_deny(h, A))
     assert 0 == writes(h, since)
     assert {net(A): expiry_word(start + timedelta(hours=6))} == h.blocked()
+
+
+def test_a_deny_of_an_allowlisted_address_is_refused_and_extends_nothing(functions: Harness) -> None:
+    waf_block(functions, A, "waf-a")
+    band = functions.band_rules()
+    since = len(functions.server.requests)
+    entry = band_deny(functions, "35.191.0.5", priority=priority_of(functions, net(A)))  # guards.allowlist
+    assert 200 == functions.publish("on_log_sink", entry, message_id="allowed")
+    assert band == functions.band_rules()
+    assert 0 == writes(functions, since)
+    assert ["allowed"] == [r["message_id"] for r in records(functions, "refused", "allowed")]
+
+
+@pytest.mark.parametrize("remote, complaint", [
+    ("not-an-address", "httpRequest.remoteIp"),
+    ("45.155.205.0/24", "is a range, not a client"),
+])
+def test_a_band_deny_without_a_client_address_is_rejected_once(functions: Harness, remote: str, complaint: str) -> None:
+    waf_block(functions, A, "waf-a")
+    band = functions.band_rules()
+    entry = band_deny(functions, A, priority=priority_of(functions, net(A)))
+    entry["httpRequest"]["remoteIp"] = remote
+    assert 200 == functions.publish("on_log_sink", entry, message_id="bad")
+    assert band == functions.band_rules()
+    rejected = records(functions, "rejected", "bad")
+    assert 1 == len(rejected) and complaint in rejected[0]["error"]
