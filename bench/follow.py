@@ -111,7 +111,8 @@ def stream(report: Report) -> None:
         "in its own rule, as event writers add them. Stream: each message one request log entry whose "
         "enforcedSecurityPolicy names the bench policy, the address's band rule and DENY; addresses drawn at "
         "random (seeded); timestamps 3 ms apart inside one 15-minute bucket. Reads and writes counted from the "
-        "local API's request log from the first deny on.",
+        "local API's request log from the first deny on; the instance's read cache (policy.read_cache 5 s, with "
+        "its own adds) may still hold the read of the ban phase, so the stream can make 0 reads.",
         "Why it is bounded: a deny asks for the expiry (request time rounded down to the bucket) + TTL, the same "
         "for every deny of a bucket, so the first extends and the rest plan nothing; each instance remembers the "
         "(address, bucket) it followed, so repeats are answered without a read. A naive follower (read + write "
