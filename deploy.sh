@@ -947,18 +947,19 @@ fi
 
 step "9. Log sinks to $TOPIC_LOG, each writer identity allowed to publish"
 band_priority="jsonPayload.enforcedSecurityPolicy.priority"
-# Denies by operator rules outside the band (WAF, rate-limit bans): not the
-# responder's own band rules (that would loop) nor the default rule (floods
-# when the default is deny); plus 4xx answers to ML control-plane probe paths
-# that Cloud Armor let through.
-LB_FILTER="resource.type=\"$LB_RESOURCE\" AND jsonPayload.enforcedSecurityPolicy.name=\"$POLICY\" AND ((jsonPayload.enforcedSecurityPolicy.outcome=\"DENY\" AND ($band_priority<$BAND_START OR ($band_priority>$BAND_END AND $band_priority<$DEFAULT_RULE_PRIORITY))) OR (NOT jsonPayload.enforcedSecurityPolicy.outcome=\"DENY\" AND httpRequest.status>=400 AND httpRequest.status<500 AND httpRequest.requestUrl=~\"$PROBE_REGEX\"))"
+# Denies by every rule but the default one (floods when the default is deny):
+# operator rules (WAF, rate-limit bans) for the detectors, and the band's own
+# rules ($BAND_START-$BAND_END), which extend the bans they hit (bans that
+# follow traffic, handlers/follow.py; never a detector's sighting, so no loop);
+# plus 4xx answers to ML control-plane probe paths that Cloud Armor let through.
+LB_FILTER="resource.type=\"$LB_RESOURCE\" AND jsonPayload.enforcedSecurityPolicy.name=\"$POLICY\" AND ((jsonPayload.enforcedSecurityPolicy.outcome=\"DENY\" AND $band_priority<$DEFAULT_RULE_PRIORITY) OR (NOT jsonPayload.enforcedSecurityPolicy.outcome=\"DENY\" AND httpRequest.status>=400 AND httpRequest.status<500 AND httpRequest.requestUrl=~\"$PROBE_REGEX\"))"
 IDS_FILTER="logName:\"ids.googleapis.com%2Fthreat\" AND jsonPayload.alert_severity=(\"CRITICAL\" OR \"HIGH\" OR \"MEDIUM\")"
 FW_FILTER="logName:\"compute.googleapis.com%2Ffirewall\" AND jsonPayload.disposition=\"DENIED\" AND jsonPayload.rule_details.direction=\"INGRESS\" AND jsonPayload.connection.dest_port=($FIREWALL_PORTS)"
 SINK_DEST="pubsub.googleapis.com/projects/$PROJECT/topics/$TOPIC_LOG"
 SINKS=("$SINK_LB" "$SINK_IDS" "$SINK_FW")
 SINK_FILTERS=("$LB_FILTER" "$IDS_FILTER" "$FW_FILTER")
 SINK_DESCRIPTIONS=(
-  "Cloud Armor denies outside the band, and 4xx answers to ML probe paths"
+  "Cloud Armor denies (the band's own extend their bans), and 4xx answers to ML probe paths"
   "Cloud IDS threats, medium severity and above"
   "VPC firewall: denied ingress to ML control-plane ports"
 )

@@ -1,14 +1,17 @@
 """Runs the benchmark suite, prints every table and writes BENCHMARKS.md.
 
-    ./bench.sh [--only calls,planner,logsink,coldstart,convergence] [--output FILE]
+    ./bench.sh [--only calls,planner,logsink,follow,coldstart,convergence] [--output FILE]
 
-A run of some sections only (``--only``) rewrites their budgets and tables
-in BENCHMARKS.md and keeps the other sections' from the file as it was.
+A run of every section writes the whole file. A run of some sections
+(``--only``) leaves the rest of an existing file as it is: each chosen
+section's budgets and tables replace its own marked block (appended the
+first time), so figures of sections not run are never rewritten.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -16,9 +19,9 @@ from datetime import UTC, datetime
 
 from bench.common import ROOT, Report
 
-SECTIONS = ("calls", "planner", "logsink", "coldstart", "convergence")
+SECTIONS = ("calls", "planner", "logsink", "follow", "coldstart", "convergence")
 #: How each section's budgets and table titles begin in BENCHMARKS.md, so
-#: that a partial run replaces its own and keeps the others'.
+#: that a whole run over an older file keeps the figures of sections it lacks.
 OWNS = {
     "calls": ("calls per event", "cleanup:", "API calls per event", "Rules used for real-sized feeds", "Cleanup of"),
     "planner": ("planner", "Planner CPU", "Planner profile"),
@@ -40,11 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     report = Report()
     started = time.perf_counter()
+    spans: dict[str, tuple[int, int, int, int, float]] = {}  # section -> budgets and tables it added, seconds
     for name in SECTIONS:
         if name not in chosen:
             continue
         print(f"\n== {name} ==", flush=True)
         t = time.perf_counter()
+        first = (len(report.budgets), len(report.tables))
         if name == "calls":
             from bench import calls
             calls.run(report)
@@ -54,21 +59,51 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "logsink":
             from bench import logsink
             logsink.run(report)
+        elif name == "follow":
+            from bench import follow
+            follow.run(report)
         elif name == "coldstart":
             from bench import coldstart
             coldstart.run(report)
         else:
             from bench import convergence
             convergence.run(report)
+        spans[name] = (*first, len(report.budgets), len(report.tables), time.perf_counter() - t)
         print(f"({name}: {time.perf_counter() - t:.0f} s)", flush=True)
     took = time.perf_counter() - started
     missed = [b for b in report.budgets if not b.met]
     print(f"\n{len(report.budgets) - len(missed)} budgets met, {len(missed)} missed; {took:.0f} s", flush=True)
     for b in missed:
         print(f"  MISSED: {b.name}: {b.detail}")
-    write(report, args.output, chosen, took)
+    if set(chosen) != set(SECTIONS) and os.path.exists(args.output):
+        splice(report, args.output, spans)
+    else:
+        write(report, args.output, chosen, took)
     print(f"wrote {args.output}")
     return 0
+
+
+def splice(report: Report, path: str, spans: dict[str, tuple[int, int, int, int, float]]) -> None:
+    """Writes the sections run into their marked blocks of an existing file."""
+    with open(path) as f:
+        text = f.read()
+    when = datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for name, (b0, t0, b1, t1, took) in spans.items():
+        begin, end = f"<!-- bench section {name}: begin -->", f"<!-- bench section {name}: end -->"
+        block = [begin, f"## Section {name} (run on its own: {when}, {took:.0f} s, Python {platform.python_version()})",
+                 "", "| budget | verdict | measured |", "|---|---|---|"]
+        block += [f"| {b.name} | {'met' if b.met else '**MISSED**'} | {b.detail} |" for b in report.budgets[b0:b1]]
+        block.append("")
+        for table in report.tables[t0:t1]:
+            block += [table.markdown(), ""]
+        block.append(end)
+        new = "\n".join(block)
+        if begin in text and end in text:
+            text = text[: text.index(begin)] + new + text[text.index(end) + len(end):]
+        else:
+            text = text.rstrip() + "\n\n" + new + "\n"
+    with open(path, "w") as f:
+        f.write(text.rstrip() + "\n")
 
 
 def write(report: Report, path: str, sections: list[str], took: float) -> None:
@@ -78,7 +113,6 @@ def write(report: Report, path: str, sections: list[str], took: float) -> None:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
     except OSError:
         pass
-    import os
 
     out = [
         "# Benchmarks",

@@ -156,6 +156,10 @@ class SourceSettings:
     # Repeat offenders: each later sighting of a network the band still holds
     # multiplies this kind's TTL by this factor (capped at max_ttl); 1: off.
     escalate: float = 1.0
+    # Bans that follow traffic: a request one of our band rules denied (the
+    # load balancer's request log) extends the entry by this kind's TTL from
+    # the request's time, capped by max_ttl. Never for manual blocks.
+    follow_denies: bool = False
 
 
 @dataclass(frozen=True)
@@ -306,11 +310,11 @@ _SOURCE_DEFAULTS: Mapping[str, SourceSettings] = {
     ),
     "log": SourceSettings(
         default_ttl=timedelta(hours=1), max_ttl=timedelta(days=7), severity="medium",
-        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64, escalate=2.0,
+        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64, escalate=2.0, follow_denies=True,
     ),
     "alert": SourceSettings(
         default_ttl=timedelta(hours=6), max_ttl=timedelta(days=7), severity="high",
-        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64, escalate=2.0,
+        min_prefix_v4=32, min_prefix_v6=64, widen_v6_to=64, escalate=2.0, follow_denies=True,
     ),
 }
 
@@ -526,11 +530,15 @@ def _source(kind: str, r: _Reader) -> SourceSettings:
         flood_window=r.duration("flood_window", timedelta(minutes=10)),  # type: ignore[arg-type]
         on_flood=r.choice("on_flood", ("preview", "refuse"), "preview"),
         escalate=float(r.get("escalate", (int, float), base.escalate)),
+        follow_denies=r.get("follow_denies", bool, base.follow_denies),
     )
     if not 1 <= src.escalate <= 100:
         raise ConfigError(f"sources.{kind}.escalate: must be between 1 (off) and 100, got {src.escalate}")
     if kind == "manual" and src.escalate != 1:
         raise ConfigError("sources.manual.escalate: manual blocks never escalate (1 or absent)")
+    if kind == "manual" and src.follow_denies:
+        raise ConfigError("sources.manual.follow_denies: an operator's block never extends by itself "
+                          "(false or absent)")
     if src.flood_limit < 0:
         raise ConfigError(f"sources.{kind}.flood_limit: must be 0 (off) or positive, got {src.flood_limit}")
     r.done()

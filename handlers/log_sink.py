@@ -17,6 +17,11 @@ every other handler, so that a redelivered message computes the same
 expiry and changes nothing; the entry's own ``timestamp`` (its event time,
 else the publish time) only places the hit in a threshold window.
 
+Band denies: an entry recording that one of our own band rules denied a
+request (our policy, a priority in our band, outcome DENY) is not run
+through the detectors; it extends the entry covering the client, when the
+entry's sources follow denies (``handlers/follow.py``).
+
 Entries that match no detector, and hits below a threshold, change nothing:
 one "unchanged" record, and the band (and the compute client) is never
 touched. A message that is not a LogEntry, or whose only matches carry no
@@ -45,7 +50,7 @@ from collections.abc import Hashable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from handlers import common
+from handlers import common, follow
 from handlers import detectors as detector_config
 from handlers.envelope import Message
 from handlers.formats import FormatError
@@ -118,9 +123,15 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     try:
         with common.reading("log entry"):
             entry = check_entry(message.data)
-            evaluation = evaluate_detailed(entry, loaded.enabled)
+            deny = follow.recognise(entry, rt.settings, message.publish_time)
+            evaluation = None if deny is not None else evaluate_detailed(entry, loaded.enabled)
     except FormatError as exc:
         raise BadEvent(f"log entry: {exc}") from None
+    if deny is not None:
+        # One of our own band rules denied it: the ban follows the traffic
+        # (handlers/follow.py); never a detector's sighting.
+        return follow.follow(deny, message, rt)
+    assert evaluation is not None
     if not evaluation.matches:
         if evaluation.errors:
             e = evaluation.errors[0]

@@ -201,3 +201,22 @@ def test_a_lease_or_a_function_timeout_shorter_than_twice_the_timing_bound_is_re
 def test_the_function_timeout_comes_from_the_file_or_the_environment() -> None:
     assert timedelta(seconds=540) == config.load(environ={}).function_timeout
     assert timedelta(seconds=300) == config.load(environ={"RESPONDER_FUNCTION_TIMEOUT": "300s"}).function_timeout
+
+
+def test_follow_denies_is_on_for_log_and_alert_and_off_for_feeds_and_manual() -> None:
+    loaded = config.load(environ={})
+    assert {"manual": False, "feed": False, "log": True, "alert": True} == {
+        kind: s.follow_denies for kind, s in loaded.sources.items()}
+
+
+def test_follow_denies_on_manual_blocks_is_refused() -> None:
+    doc = _doc()
+    doc["sources"]["manual"]["follow_denies"] = True
+    with pytest.raises(config.ConfigError, match=r"^sources\.manual\.follow_denies: an operator's block never extends"):
+        config.from_dict(doc)
+
+
+def test_follow_denies_may_be_turned_on_for_feeds() -> None:
+    doc = _doc()
+    doc["sources"]["feed"]["follow_denies"] = True
+    assert config.from_dict(doc).source("feed").follow_denies

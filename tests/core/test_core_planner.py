@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from bandkit import (
@@ -245,6 +246,16 @@ def test_extend_never_shortens():
 
     assert () == plan.ops
     assert T2 == plan.entries[net("192.0.2.0/24")].meta.expiry
+
+
+def test_a_second_extend_in_the_same_expiry_bucket_plans_no_mutation():
+    # Bans that follow traffic: every deny of one bucket asks for an expiry that rounds to the one already written.
+    rules = [our_rule(1001, ["192.0.2.7/32"], T2, sources=("cloud-armor-waf",))]
+
+    plan = plan_append(read_band(rules, BAND), [extend("192.0.2.7/32", "cloud-armor-waf", T2 - timedelta(minutes=7))],
+                       NOW, BAND)
+
+    assert ((), ()) == (plan.ops, plan.refused)
 
 
 # --------------------------------------------------------------------------

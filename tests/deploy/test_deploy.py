@@ -311,7 +311,9 @@ def test_sink_writer_identities_may_publish(first_run) -> None:
     lb = state["sinks"]["car-lb-armor"]["filter"]
     assert 'resource.type="http_load_balancer"' in lb
     assert 'jsonPayload.enforcedSecurityPolicy.outcome="DENY"' in lb
-    assert "priority<20000" in lb and "priority>20999" in lb   # never the band's own denies
+    # every deny but the default rule's: the band's own too (bans that follow traffic)
+    assert "jsonPayload.enforcedSecurityPolicy.priority<2147483647" in lb
+    assert "priority<20000" not in lb and "priority>20999" not in lb
     assert 'jsonPayload.disposition="DENIED"' in state["sinks"]["car-firewall-denies"]["filter"]
     assert 'logName:"ids.googleapis.com%2Fthreat"' in state["sinks"]["car-ids-threats"]["filter"]
 
@@ -406,7 +408,8 @@ def test_flags_override_config(scenarios) -> None:
                          "RESPONDER_BAND_START": "30000", "RESPONDER_BAND_END": "30499", "RESPONDER_FUNCTION_TIMEOUT": "540s",
                          "RESPONDER_CONFIG": fn["env"]["RESPONDER_CONFIG"]}
     assert all(flag(c, "--project") in ("other-proj", None) for c in env.calls())
-    assert "priority<30000" in state["sinks"]["car-lb-armor"]["filter"]
+    # the band's own denies are routed too (bans that follow traffic): the filter names the policy, not the band
+    assert 'jsonPayload.enforcedSecurityPolicy.name="edge2"' in state["sinks"]["car-lb-armor"]["filter"]
     assert state["scheduler_jobs"]["car-cleanup"]["name"] == "car-cleanup"
     assert [c for c in env.calls() if c[:2] == ["scheduler", "jobs"] and flag(c, "--location") != "europe-west4"] == []
 

@@ -52,32 +52,41 @@ def lb_entry(
     preview_exprs: list[str] | None = None,
     when: datetime | None = None,
     regional: bool = False,
+    policy: str = "ml-edge",
+    priority: int = 3000,
+    project: str = "p",
+    region: str | None = None,
 ) -> dict[str, Any]:
     """An external Application Load Balancer request log entry
-    (https://cloud.google.com/load-balancing/docs/https/https-logging-monitoring)."""
+    (https://cloud.google.com/load-balancing/docs/https/https-logging-monitoring);
+    ``policy``/``priority`` name the rule that decided ``outcome``, ``region``
+    is the regional load balancer's ``resource.labels.region``."""
     payload: dict[str, Any] = {
         "@type": "type.googleapis.com/google.cloud.loadbalancing.type.LoadBalancerLogEntry",
         "statusDetails": "response_sent_by_backend",
     }
     if outcome is not None:
-        policy: dict[str, Any] = {"name": "ml-edge", "priority": 3000, "configuredAction": outcome, "outcome": outcome}
+        enforced: dict[str, Any] = {"name": policy, "priority": priority, "configuredAction": outcome, "outcome": outcome}
         if exprs:
-            policy["preconfiguredExprIds"] = exprs
-        payload["enforcedSecurityPolicy"] = policy
+            enforced["preconfiguredExprIds"] = exprs
+        payload["enforcedSecurityPolicy"] = enforced
         if outcome == "DENY":
             payload["statusDetails"] = "denied_by_security_policy"
     if preview_outcome is not None:
         payload["previewSecurityPolicy"] = {"name": "ml-edge", "priority": 3100, "configuredAction": preview_outcome,
                                             "outcome": preview_outcome, "preconfiguredExprIds": preview_exprs or []}
-    log_name = ("projects/p/logs/loadbalancing.googleapis.com%2Fexternal_regional_requests" if regional
-                else "projects/p/logs/requests")
+    log_name = (f"projects/{project}/logs/loadbalancing.googleapis.com%2Fexternal_regional_requests" if regional
+                else f"projects/{project}/logs/requests")
+    labels = {"project_id": project, "forwarding_rule_name": "fr", "url_map_name": "um"}
+    if region is not None:
+        labels["region"] = region
     return {
         "insertId": "1x2y3z",
         "jsonPayload": payload,
         "httpRequest": {"requestMethod": "GET", "requestUrl": url, "status": status, "remoteIp": remote,
                         "userAgent": "curl/8.4.0", "latency": "0.002s"},
         "resource": {"type": "http_external_regional_lb_rule" if regional else "http_load_balancer",
-                     "labels": {"project_id": "p", "forwarding_rule_name": "fr", "url_map_name": "um"}},
+                     "labels": labels},
         "timestamp": stamp(when or datetime.now(tz=UTC)),
         "severity": "WARNING" if outcome == "DENY" else "INFO",
         "logName": log_name,

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.e2e.conftest import Harness
+from tests.e2e.conftest import PROJECT, Harness
 from tests.e2e.support import ids_entry, incident, lb_entry, scc_notification
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10000"))
@@ -167,12 +167,20 @@ def log_messages(draw: Any) -> tuple[bytes, dict[str, str]]:
         lb_entry(address, outcome="DENY", exprs=["sqli"], status=403),
         lb_entry(address, url="https://x/api/kernels"),
         ids_entry(address, "10.0.0.1"),
+        # a deny by one of our band rules (bans that follow traffic)
+        lb_entry(address, outcome="DENY", status=403, priority=draw(st.integers(20000, 20999)), project=PROJECT),
     ]))
     if kind == 2:
-        path = draw(st.sampled_from(["resource", "resource.type", "logName", "httpRequest.remoteIp"]))
+        path = draw(st.sampled_from(["resource", "resource.type", "logName", "httpRequest.remoteIp",
+                                     "jsonPayload.enforcedSecurityPolicy.priority", "timestamp"]))
+        if path.startswith("jsonPayload.enforced") and "enforcedSecurityPolicy" not in entry.get("jsonPayload", {}):
+            path = "timestamp"
         if path == "httpRequest.remoteIp" and "httpRequest" not in entry:
             path = "jsonPayload.source_ip_address"
-        _set(entry, path, draw(wrong.filter(lambda v: not isinstance(v, (str, list)))))
+        if path.endswith(".priority"):  # any integer names some rule: only a non-integer is malformed
+            _set(entry, path, draw(wrong.filter(lambda v: isinstance(v, bool) or not isinstance(v, (int, str, list)))))
+        else:
+            _set(entry, path, draw(wrong.filter(lambda v: not isinstance(v, (str, list)))))
     return json.dumps(entry).encode(), {}
 
 

@@ -156,16 +156,16 @@ class Names:
         return f"{account_id}@{project}.iam.gserviceaccount.com"
 
 
-def lb_filter(policy: str, band_start: int, band_end: int, policy_region: str, probe_regex: str) -> str:
-    """Cloud Armor denies by operator rules outside the band (not the band,
-    which would loop, nor the default rule, which floods when it denies), and
-    4xx answers to ML control-plane probe paths that Cloud Armor let through."""
+def lb_filter(policy: str, policy_region: str, probe_regex: str) -> str:
+    """Cloud Armor denies by every rule but the default one (which floods
+    when it denies): operator rules for the detectors, and the band's own,
+    which extend the bans they hit (bans that follow traffic); plus 4xx
+    answers to ML control-plane probe paths that Cloud Armor let through."""
     resource = "http_external_regional_lb_rule" if policy_region else "http_load_balancer"
     prio = "jsonPayload.enforcedSecurityPolicy.priority"
     return (
         f'resource.type="{resource}" AND jsonPayload.enforcedSecurityPolicy.name="{policy}" AND '
-        f'((jsonPayload.enforcedSecurityPolicy.outcome="DENY" AND ({prio}<{band_start} OR '
-        f"({prio}>{band_end} AND {prio}<{DEFAULT_RULE_PRIORITY}))) OR "
+        f'((jsonPayload.enforcedSecurityPolicy.outcome="DENY" AND {prio}<{DEFAULT_RULE_PRIORITY}) OR '
         f'(NOT jsonPayload.enforcedSecurityPolicy.outcome="DENY" AND httpRequest.status>=400 AND '
         f'httpRequest.status<500 AND httpRequest.requestUrl=~"{probe_regex}"))'
     )
@@ -183,7 +183,7 @@ def fw_filter(ports: tuple[int, ...]) -> str:
 
 
 SINK_DESCRIPTIONS = {
-    "lb": "Cloud Armor denies outside the band, and 4xx answers to ML probe paths",
+    "lb": "Cloud Armor denies (the band's own extend their bans), and 4xx answers to ML probe paths",
     "ids": "Cloud IDS threats, medium severity and above",
     "fw": "VPC firewall: denied ingress to ML control-plane ports",
 }

@@ -181,7 +181,7 @@ class Responder(pulumi.ComponentResource):
         # Log sinks to the log-sink topic, each writer allowed to publish.
         log_topic = self.topics[names.topic_log]
         filters = {
-            names.sink_lb: (n.lb_filter(args.policy_name, args.band_start, args.band_end, args.policy_region,
+            names.sink_lb: (n.lb_filter(args.policy_name, args.policy_region,
                                         args.deploy.probe_path_regex), n.SINK_DESCRIPTIONS["lb"]),
             names.sink_ids: (n.IDS_FILTER, n.SINK_DESCRIPTIONS["ids"]),
             names.sink_fw: (n.fw_filter(args.deploy.firewall_ports), n.SINK_DESCRIPTIONS["fw"]),
