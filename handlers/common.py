@@ -79,14 +79,35 @@ def screen(
     does not hold yet, so the band service applies it: see ``flood``.)"""
     source = rt.settings.source(kind)
     accepted, refused = guards.screen(intents, kind, rt.settings, force=force)
-    for intent, why in refused:
+    record_refusals(rt, message, kind, refused)
+    if rt.settings.band.preview or source.preview:
+        accepted = [replace(i, preview=True) for i in accepted]
+    return accepted, len(refused)
+
+
+#: Refusals of one event recorded one by one; past it, one record per reason
+#: names the first ``REFUSALS_LISTED`` ranges and the count, so a huge list
+#: (a feed past the per-event cap) costs a few records, not one per range.
+REFUSALS_ONE_BY_ONE = 100
+REFUSALS_LISTED = 100
+
+
+def record_refusals(rt: Runtime, message: Message, kind: str, refused: Sequence[tuple[Intent, str]]) -> None:
+    for intent, why in refused[:REFUSALS_ONE_BY_ONE]:
         rt.audit.record(
             "refused", f"refused {intent.verb.value} {intent.network}: {why}", level=logging.WARNING,
             message_id=message.message_id, source=kind, ranges=[str(intent.network)], reason=why,
         )
-    if rt.settings.band.preview or source.preview:
-        accepted = [replace(i, preview=True) for i in accepted]
-    return accepted, len(refused)
+    rest: dict[str, list[Intent]] = {}
+    for intent, why in refused[REFUSALS_ONE_BY_ONE:]:
+        rest.setdefault(why if not why.startswith(str(intent.network)) else why[len(str(intent.network)):].strip(),
+                        []).append(intent)
+    for why, group in rest.items():
+        rt.audit.record(
+            "refused", f"refused {len(group)} more range(s) of message {message.message_id}: {why}",
+            level=logging.WARNING, message_id=message.message_id, source=kind,
+            ranges=[str(i.network) for i in group[:REFUSALS_LISTED]], count=len(group), reason=why,
+        )
 
 
 def apply(

@@ -68,9 +68,15 @@ def ingest(message: Message, rt: Runtime, *, pulled: bool = False) -> Outcome:
     declared = attrs.get("feed", "")
     feed_settings = rt.settings.feeds.get(declared) if declared else None
     fmt = attrs.get("format") or (feed_settings.format if feed_settings and feed_settings.format != "auto" else None)
+    limit_feed = rt.settings.feed(declared) if declared else None
+    # No event applies more than the feed's max_entries nor the guards' cap
+    # per event; a list far longer is read only to twice that (the rest is
+    # counted and refused), so memory stays bounded whatever its size.
+    limit = (2 * min(limit_feed.max_entries, rt.settings.guards.max_ranges_per_event) + 1000
+             if limit_feed is not None else None)
     try:
         with common.reading("threat feed"):
-            parsed = parse_feed(message.data, fmt, message.publish_time)
+            parsed = parse_feed(message.data, fmt, message.publish_time, limit=limit)
     except FormatError as exc:
         raise BadEvent(f"threat feed: {exc}") from None
     notes = _notes(parsed.notes)
@@ -83,6 +89,9 @@ def ingest(message: Message, rt: Runtime, *, pulled: bool = False) -> Outcome:
     snapshot = (attrs.get("snapshot", notes.get("snapshot", "")).lower() == "true") or feed.snapshot
     with common.reading(f"threat feed {name}"):
         intents, errors, skipped = _intents(parsed.sightings, feed, message, rt)
+    if int(notes.get("over-limit", "0")):
+        errors.append(ItemError(f"{notes['over-limit']} more item(s) not read",
+                                f"over the feed's max_entries ({feed.max_entries})"))
     intents_errors = list(parsed.errors) + errors
     if not intents and pulled:
         why = f" ({intents_errors[0].error})" if intents_errors else ""
@@ -108,6 +117,11 @@ def _intents(
     return feed_intents(sightings, feed, rt.settings, message.publish_time)
 
 
+#: Items past a feed's max_entries named one by one in its refusal record;
+#: the rest are counted in one more item.
+OVER_LISTED = 50
+
+
 def feed_intents(
     sightings: Sequence, feed: FeedSettings, settings: Settings, published: datetime
 ) -> tuple[list[Intent], list[ItemError], int]:
@@ -120,9 +134,13 @@ def feed_intents(
     intents: list[Intent] = []
     errors: list[ItemError] = []
     skipped = 0
+    over: list[str] = []  # past max_entries: counted, not parsed (a huge list stays cheap)
     for s in sightings:
         if s.confidence is not None and s.confidence < feed.min_confidence:
             skipped += 1
+            continue
+        if len(intents) >= feed.max_entries and not s.revoked:
+            over.append(s.value)
             continue
         try:
             network = guards.parse_network(s.value)
@@ -132,15 +150,17 @@ def feed_intents(
         if s.revoked:
             intents.append(Intent(Verb.UNBLOCK, network, feed.name, reason=s.reason))
             continue
-        if len(intents) >= feed.max_entries:
-            errors.append(ItemError(s.value, f"over the feed's max_entries ({feed.max_entries})"))
-            continue
         expiry = common.expiry_for(published, source, ttl=s.ttl or feed.ttl, expiry=s.expiry)
         intents.append(Intent(
             Verb.BLOCK, network, feed.name, expiry=expiry,
             severity=s.severity or severity, action=action, reason=s.reason,
             escalation=common.escalation_for(published, source, expiry),
         ))
+    if over:
+        why = f"over the feed's max_entries ({feed.max_entries})"
+        errors.extend(ItemError(v, why) for v in over[:OVER_LISTED])
+        if len(over) > OVER_LISTED:
+            errors.append(ItemError(f"{len(over) - OVER_LISTED} more item(s)", why))
     return intents, errors, skipped
 
 

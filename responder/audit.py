@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,7 +88,8 @@ class Audit:
                  keep: int = KEEP_RECORDS) -> None:
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self.file = Path(file) if file else None
-        self.records: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.keep = keep
+        self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def record(self, change: str, message: str, *, level: int = logging.INFO, **fields: Any) -> dict[str, Any]:
@@ -99,6 +99,8 @@ class Audit:
         self.logger.log(level, message, extra={"json_fields": {"responder": body}})
         with self._lock:
             self.records.append({"message": message, **body})
+            if len(self.records) > 2 * self.keep:  # trimmed now and then: amortised O(1)
+                del self.records[: len(self.records) - self.keep]
             if self.file is not None:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.file, "a", encoding="utf-8") as fh:  # time: as Cloud Logging stamps each entry

@@ -7,6 +7,8 @@ shape check only rejects text that is obviously not an address or range.
 
 from __future__ import annotations
 
+import contextvars
+import io
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -181,6 +183,19 @@ def iter_lines(text: str) -> Iterator[tuple[int, str]]:
         yield number, line.strip()
 
 
+#: The most sightings a parse keeps (``parse_feed(limit=...)``); past it
+#: blocks are only counted (note ``over-limit=N``), so a list far longer
+#: than the feed may apply costs no memory per line. Revocations are kept.
+SIGHTING_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("sighting_limit", default=None)
+
+
+def lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` one at a time (universal newlines), without
+    building a list of them: a 10 MB list is 700,000 lines."""
+    for line in io.StringIO(text, newline=None):
+        yield line.rstrip("\n")
+
+
 class Collector:
     """Accumulates sightings, errors, skips and notes while parsing."""
 
@@ -190,12 +205,17 @@ class Collector:
         self.errors: list[ItemError] = []
         self.skipped = 0
         self.expired = 0
+        self.over = 0
+        self.limit = SIGHTING_LIMIT.get()
         self.notes: list[str] = []
 
     def error(self, item: object, message: str) -> None:
         self.errors.append(ItemError(item=clip(item), error=message))
 
     def add(self, raw: object, item: object, **fields: Any) -> None:
+        if self.limit is not None and len(self.sightings) >= self.limit and not fields.get("revoked"):
+            self.over += 1
+            return
         value, problem = address_or_error(raw)
         if problem or value is None:
             self.error(item, problem or "no address")
@@ -212,4 +232,6 @@ class Collector:
         notes = list(self.notes)
         if self.expired:
             notes.append(f"expired={self.expired}")
+        if self.over:
+            notes.append(f"over-limit={self.over}")
         return ParseResult(tuple(self.sightings), tuple(self.errors), self.skipped, tuple(notes))

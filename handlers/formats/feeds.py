@@ -54,8 +54,10 @@ from responder.model import ParseResult
 
 from . import misp
 from ._common import (
+    SIGHTING_LIMIT,
     Collector,
     decode_text,
+    lines,
     load_json,
     parse_duration,
     parse_time,
@@ -143,11 +145,12 @@ def _text_kind(head: str) -> str:
 # entry point
 
 
-def parse_feed(payload: bytes | str, fmt: str | None, now: datetime) -> ParseResult:
+def parse_feed(payload: bytes | str, fmt: str | None, now: datetime, *, limit: int | None = None) -> ParseResult:
     """Parse a feed payload in format ``fmt`` (detected when None).
 
     Raises FormatError for an unknown format name or a wholly unreadable
-    payload; bad items become ItemErrors.
+    payload; bad items become ItemErrors. ``limit``: keep at most that many
+    sightings; the blocks past it are only counted (note ``over-limit=N``).
     """
     notes: list[str] = []
     if fmt is None or not fmt.strip():
@@ -158,7 +161,11 @@ def parse_feed(payload: bytes | str, fmt: str | None, now: datetime) -> ParseRes
     parser = _PARSERS.get(name)
     if parser is None:
         raise FormatError(f"unknown feed format {fmt!r} (one of {', '.join(FEED_FORMATS)})")
-    result = parser(payload, now)
+    token = SIGHTING_LIMIT.set(limit)
+    try:
+        result = parser(payload, now)
+    finally:
+        SIGHTING_LIMIT.reset(token)
     return ParseResult(
         sightings=result.sightings,
         errors=result.errors,
@@ -246,7 +253,7 @@ def parse_spamhaus(payload: bytes | str, now: datetime) -> ParseResult:
         return _spamhaus_jsonl(text, now)
     out = Collector(now)
     ended = False
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(lines(text), 1):
         line = raw.strip()
         if not line:
             continue
@@ -277,7 +284,7 @@ def _note_expires(out: Collector, text: str) -> None:
 def _spamhaus_jsonl(text: str, now: datetime) -> ParseResult:
     out = Collector(now)
     metadata = False
-    for number, raw in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(lines(text), 1):
         line = raw.strip()
         if not line:
             continue
@@ -309,7 +316,7 @@ def _parse_lines(payload: bytes | str, now: datetime, reason: str = "") -> Parse
     """One address per line; ``#``/``;``/``//`` comment lines, blank lines;
     ``#`` starts a trailing comment; only the first token counts."""
     out = Collector(now)
-    for number, raw in enumerate(decode_text(payload).splitlines(), 1):
+    for number, raw in enumerate(lines(decode_text(payload)), 1):
         line = raw.split("#", 1)[0].strip()
         if not line or line.startswith((";", "//")):
             continue
@@ -330,7 +337,7 @@ _TOR_IGNORED = ("ExitNode", "Published", "LastStatus")
 
 def parse_tor(payload: bytes | str, now: datetime) -> ParseResult:
     out = Collector(now)
-    for number, raw in enumerate(decode_text(payload).splitlines(), 1):
+    for number, raw in enumerate(lines(decode_text(payload)), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
