@@ -20,6 +20,7 @@ from config import settings as config
 from handlers.envelope import Message, from_cloud_event
 from responder.audit import Audit
 from responder.errors import BadEvent
+from responder.groupstore import GroupStore
 from responder.guards import FloodBreaker
 from responder.service import Budget, EventRef, PolicyApi, Responder, delivery, utcnow
 
@@ -56,6 +57,24 @@ class Runtime:
     @cached_property
     def responder(self) -> Responder:
         return Responder(self.settings, self.api, self.audit, clock=self.clock)
+
+    @cached_property
+    def group_store(self) -> GroupStore:
+        """Feeds stored in address groups; the group adapter (and the
+        network-security client) is built on its first call."""
+        from responder.groups import AddressGroups
+
+        def groups() -> AddressGroups:
+            s = self.settings
+            return AddressGroups(s.policy, s.groups, retry_deadline=s.policy.retry_deadline)
+
+        return GroupStore(self.settings, self.api, groups, self.audit, clock=self.clock,
+                          holder=self.responder.holder)
+
+    @property
+    def uses_groups(self) -> bool:
+        """Whether any configured feed may be stored in an address group."""
+        return any(f.store != "band" for f in self.settings.feeds.values())
 
 
 def _compute_api(settings: config.Settings) -> PolicyApi:

@@ -188,6 +188,12 @@ RECORDS: list[tuple[str, str, dict[str, object]]] = [
      {"message_id": "m-11", "source": "spamhaus-drop", "error": "HTTP 503"}),
     ("dead-lettered", "feed message m-10 failed on delivery 5 (deploy.max_delivery_attempts = 5)",
      {"message_id": "m-10", "source": "feed", "delivery_attempt": 5, "error": "TransientError: 503"}),
+    ("group", "address group car-firehol-v4-1 created for feed firehol: 4500 / 5625 items",
+     {"message_id": "m-12", "source": "firehol", "op": "created", "group": "car-firehol-v4-1", "ip_version": 4,
+      "expiry": "2026-12-05T16:30:00Z", "added": 4500, "removed": 0, "size": 4500, "capacity": 5625,
+      "priority": 20999}),
+    ("fallback", "feed firehol falls back to band rules: address groups need Cloud Armor Enterprise",
+     {"message_id": "m-13", "source": "firehol", "reason": "Standard tier", "label": "car-tier"}),
 ]
 # What explain shows for TARGET: the records naming an overlapping range,
 # and break-glass (band-wide) once the address has a history.
