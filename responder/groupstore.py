@@ -184,6 +184,7 @@ class GroupStatus:
     size: int | None  # None: the group could not be read (missing)
     capacity: int | None
     preview: bool = False
+    action: str = "deny(403)"
     items: tuple[str, ...] = field(default=(), repr=False)
 
 
@@ -521,5 +522,5 @@ class GroupStore:
                 group = None
             out.append(GroupStatus(r.meta.feed, r.meta.version, r.group, r.priority, r.meta.expiry,
                                    group.size if group else None, group.capacity if group else None,
-                                   r.rule.preview, group.items if (group and items) else ()))
+                                   r.rule.preview, r.rule.action, group.items if (group and items) else ()))
         return sorted(out, key=lambda s: (s.feed, s.version, s.priority))

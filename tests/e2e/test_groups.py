@@ -279,3 +279,31 @@ def test_a_group_store_needs_a_snapshot_feed(tmp_path: Path) -> None:
                     '[feeds.f]\nstore = "address-group"\n')
     with pytest.raises(ConfigError, match="snapshot"):
         load(path, environ={})
+
+
+def test_status_lists_groups_and_explain_names_the_group_and_rule(
+        fx: Harness, ent: LocalCloudArmor, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import cli
+
+    items = addresses(12)
+    assert 200 == send(fx, items, "m1")
+    priority = next(iter(group_rules(fx)))
+    capsys.readouterr()
+
+    assert 0 == cli.main(["status", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert [(g["feed"], g["group"], g["items"], g["capacity"], g["priority"], g["state"]) for g in doc["groups"]] == [
+        (FEED, V4_1, 12, 15, priority, "enforced")]
+    assert doc["foreign"] == [] and doc["rules"] == []
+    assert 0 == cli.main(["status"])
+    text = capsys.readouterr().out
+    assert f"group {V4_1}" in text and "12 / 15 items" in text
+
+    assert 0 == cli.main(["explain", items[3], "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["blocked"] is True
+    assert [(c["group"], c["priority"], c["range"]) for c in doc["covered_by"]] == [(V4_1, priority, items[3] + "/32")]
+    assert 0 == cli.main(["explain", items[3]])
+    assert f"in address group {V4_1} (feed {FEED}), matched by rule {priority}" in capsys.readouterr().out
