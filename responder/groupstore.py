@@ -254,6 +254,17 @@ class GroupStore:
             v = too_many[0]
             raise BadEvent(f"threat feed {feed.name}: {len(want[v])} IPv{v} items exceed groups.max_capacity "
                            f"({self.settings.groups.max_capacity}); nothing changed (README, runbook \"a group is full\")")
+        # One read without the lease: an unchanged snapshot (the common case)
+        # writes nothing, not even the lease's labels.
+        band = read_band(snap.rules, self.settings.band)
+        mine = [r for r in group_rules(band, self.tag) if r.meta.feed == feed.name]
+        current = {v: self._current(feed.name, v, mine) for v in (4, 6)}
+        self._check_drop(feed, current, want)
+        if self._settled(feed.name, mine, current, want, expiry, action, preview):
+            outcome.band_claims = sum(1 for r in band.rules if feed.name in r.meta.sources)
+            self.audit.record("unchanged", f"threat feed {feed.name}: its address groups already hold the snapshot",
+                              message_id=event.message_id, source=feed.name)
+            return outcome
         lease = Lease(self.api, self.settings, self.holder, self.clock, self.sleep)
         snap = lease.acquire()
         outcome.leased = True
@@ -277,6 +288,26 @@ class GroupStore:
             return None
         finally:
             lease.release()
+
+    def _settled(self, feed: str, mine: Sequence[GroupRule],
+                 current: Mapping[int, tuple[GroupRule, AddressGroup | None] | None],
+                 want: Mapping[int, Sequence[str]], expiry: datetime, action: str, preview: bool) -> bool:
+        """True when the groups and their rules already are what the snapshot asks."""
+        for version in (4, 6):
+            rules = [r for r in mine if r.meta.version == version]
+            if not want[version]:
+                if rules:
+                    return False
+                continue
+            cur = current[version]
+            if len(rules) != 1 or cur is None or cur[1] is None or cur[1].items != tuple(want[version]):
+                return False
+            wanted = PolicyRule(cur[0].priority, action,
+                                description=encode_group(self.tag, GroupMeta(feed, version, expiry)),
+                                preview=preview, expression=expression(cur[1].name))
+            if wanted != cur[0].rule:
+                return False
+        return True
 
     def _current(self, feed: str, version: int, mine: Sequence[GroupRule]) -> tuple[GroupRule, AddressGroup | None] | None:
         """The newest rule of (feed, version) and the group it references."""

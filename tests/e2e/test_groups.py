@@ -140,7 +140,7 @@ def test_a_changed_snapshot_is_an_exact_diff_and_an_unchanged_one_writes_nothing
     quiet = len(ent.requests)
     assert 200 == send(fx, second, "m3")
     writes = [r for r in ent.requests[quiet:] if (r.get("route") or "").split(".")[-1] in (
-        "create", "delete", "addItems", "removeItems", "addRule", "patchRule", "removeRule")]
+        "create", "delete", "addItems", "removeItems", "addRule", "patchRule", "removeRule", "setLabels")]
     assert writes == []
     assert groups_of(ent) == {V4_1: (38, norm(second))}
     assert fx.audit[-1]["change"] == "unchanged"
