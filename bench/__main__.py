@@ -1,6 +1,9 @@
 """Runs the benchmark suite, prints every table and writes BENCHMARKS.md.
 
-    ./bench.sh [--only calls,planner,logsink,coldstart] [--output FILE]
+    ./bench.sh [--only calls,planner,logsink,coldstart,groups] [--output FILE]
+
+With --only, the tables and budgets of the other sections already in the
+output file are kept (matched by title and name); the run's own replace theirs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from datetime import UTC, datetime
 
 from bench.common import ROOT, Report
 
-SECTIONS = ("calls", "planner", "logsink", "coldstart")
+SECTIONS = ("calls", "planner", "logsink", "coldstart", "groups")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "logsink":
             from bench import logsink
             logsink.run(report)
+        elif name == "groups":
+            from bench import groups
+            groups.run(report)
         else:
             from bench import coldstart
             coldstart.run(report)
@@ -79,16 +85,53 @@ def write(report: Report, path: str, sections: list[str], took: float) -> None:
         "| budget | verdict | measured |",
         "|---|---|---|",
     ]
-    out += [f"| {b.name} | {'met' if b.met else '**MISSED**'} | {b.detail} |" for b in report.budgets]
+    budgets = [f"| {b.name} | {'met' if b.met else '**MISSED**'} | {b.detail} |" for b in report.budgets]
+    tables = [table.markdown() for table in report.tables]
+    notes = list(report.extra)
+    if set(sections) != set(SECTIONS):  # keep what the other sections measured before
+        old_budgets, old_tables, old_notes = _previous(path)
+        names = {b.name for b in report.budgets}
+        titles = {t.title for t in report.tables}
+        budgets = [b for b in old_budgets if b.split(" | ")[0][2:] not in names] + budgets
+        tables = [t for t in old_tables if t.splitlines()[0][4:] not in titles] + tables
+        notes = [n for n in old_notes if n not in notes] + notes
+        if old_tables:
+            out[6] += " Figures of other sections come from an earlier run."
+    out += budgets
     out += ["", "## Tables", ""]
-    for table in report.tables:
-        out += [table.markdown(), ""]
-    if report.extra:
+    for table in tables:
+        out += [table.rstrip(), ""]
+    if notes:
         out += ["## Notes", ""]
-        for text in report.extra:
-            out += [text, ""]
+        for text in notes:
+            out += [text.rstrip(), ""]
     with open(path, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")
+
+
+def _previous(path: str) -> tuple[list[str], list[str], list[str]]:
+    """The budget rows, tables (each from its '### ' line) and notes of an
+    earlier BENCHMARKS.md, so that a run of some sections keeps the others."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return [], [], []
+    budgets: list[str] = []
+    tables: list[str] = []
+    notes: list[str] = []
+    part = ""
+    for block in text.split("\n## ")[1:]:
+        head, _, body = block.partition("\n")
+        part = head.strip()
+        if part == "Budgets":
+            budgets = [ln for ln in body.splitlines()
+                       if ln.startswith("| ") and not ln.startswith("| budget |")]
+        elif part == "Tables":
+            tables = ["### " + t.strip() for t in body.split("### ")[1:]]
+        elif part == "Notes":
+            notes = [n.strip() for n in body.split("\n\n") if n.strip()]
+    return budgets, tables, notes
 
 
 if __name__ == "__main__":
