@@ -188,7 +188,8 @@ def compare(report: Report) -> None:
     table.notes += [
         "Lists generated with bench.common.feed_list (seeded; DROP and FireHOL level1 in their prefix-length mix, "
         "ET and Tor as single addresses; 15% adjacent entries); 1% changed: half of that share dropped, as many "
-        "new addresses added, published an hour later (so each group rule's expiry is patched: the '+ 1').",
+        "new addresses added, published an hour later (a group rule's expiry is refreshed only once less than "
+        "half the TTL is left, so no rule is patched here; when it is, that is the '+ 1').",
         "Mutating calls: rule adds/patches/removes plus group creates, addItems, removeItems and deletes; the lease's "
         "two setLabels per changing snapshot are counted apart. Band-only uses the bench-only large band "
         f"({BIG_BAND[0]}-{BIG_BAND[1]}) so that the whole set is written; the default band holds 150 rules.",

@@ -303,11 +303,25 @@ class GroupStore:
             if len(rules) != 1 or cur is None or cur[1] is None or cur[1].items != tuple(want[version]):
                 return False
             wanted = PolicyRule(cur[0].priority, action,
-                                description=encode_group(self.tag, GroupMeta(feed, version, expiry)),
+                                description=encode_group(self.tag, GroupMeta(feed, version,
+                                                                             self._expiry(cur[0], expiry))),
                                 preview=preview, expression=expression(cur[1].name))
             if wanted != cur[0].rule:
                 return False
         return True
+
+    def _expiry(self, rule: GroupRule | None, expiry: datetime) -> datetime:
+        """The expiry a group rule should carry for a snapshot asking
+        ``expiry``: the rule's own while more than half of the TTL is left
+        (so a re-pulled list patches no rule), else the new one; never an
+        earlier one. A group
+        thus lives between TTL/2 and TTL past its last good snapshot."""
+        if rule is None:
+            return expiry
+        if rule.meta.expiry >= expiry:  # never shortened (an older snapshot redelivered late)
+            return rule.meta.expiry
+        now = self.clock()
+        return rule.meta.expiry if rule.meta.expiry - now >= (expiry - now) / 2 else expiry
 
     def _current(self, feed: str, version: int, mine: Sequence[GroupRule]) -> tuple[GroupRule, AddressGroup | None] | None:
         """The newest rule of (feed, version) and the group it references."""
@@ -341,8 +355,8 @@ class GroupStore:
             for r in rules:  # the list left this IP version: the rule first, then the group
                 self._drop(feed.name, r, lease, guard, event, outcome, why="no longer in the feed's snapshot")
             return
-        meta = GroupMeta(feed.name, version, expiry)
         newest, group = current if current is not None else (None, None)
+        meta = GroupMeta(feed.name, version, self._expiry(newest, expiry))
         diff = plan_items(group, want, self.settings.groups.capacity_for)
         if not diff.replace and newest is not None and group is not None:
             self._write_items(group.name, diff, lease, guard, event, outcome)

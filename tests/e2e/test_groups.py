@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from localapi import FaultConfig, LocalCloudArmor
-from tests.e2e.conftest import BAND, PROJECT, Harness
+from tests.e2e.conftest import BAND, PROJECT, Harness, expiry_word
 from tests.e2e.support import configured
 
 FEED = "blocklist"
@@ -112,9 +112,8 @@ def test_a_snapshot_goes_into_one_group_per_ip_version_and_one_rule_each(fx: Har
     rules = group_rules(fx)
     assert sorted(e for e, _ in rules.values()) == [
         f"evaluateAddressGroup('{V4_1}', origin.ip)", f"evaluateAddressGroup('{V6_1}', origin.ip)"]
-    expiry = (fx.clock() + timedelta(days=1))
-    word = f"{expiry:%Y%m%d%H}"
-    assert all(d.startswith(f"car1 g={FEED}:") and f" x={word}" in d for _, d in rules.values())
+    word = expiry_word(fx.clock() + timedelta(days=1))
+    assert sorted(d for _, d in rules.values()) == [f"car1 g={FEED}:4 x={word}", f"car1 g={FEED}:6 x={word}"]
     assert max(rules) == BAND[1]  # group rules sit at the end of the band
     assert range_rules(fx) == []  # no range rule for the feed
     created = [r for r in fx.audit if r["change"] == "group"]
@@ -307,3 +306,22 @@ def test_status_lists_groups_and_explain_names_the_group_and_rule(
     assert [(c["group"], c["priority"], c["range"]) for c in doc["covered_by"]] == [(V4_1, priority, items[3] + "/32")]
     assert 0 == cli.main(["explain", items[3]])
     assert f"in address group {V4_1} (feed {FEED}), matched by rule {priority}" in capsys.readouterr().out
+
+
+def test_a_re_pulled_list_refreshes_the_rule_expiry_only_past_half_the_ttl(fx: Harness, ent: LocalCloudArmor) -> None:
+    items = addresses(6)
+    assert 200 == send(fx, items, "m1")
+    (first,) = [d for _, d in group_rules(fx).values()]
+
+    fx.clock.advance(timedelta(hours=1))
+    quiet = len(ent.requests)
+    assert 200 == send(fx, items, "m2")  # 23 h of 24 left: nothing written
+    assert [d for _, d in group_rules(fx).values()] == [first]
+    assert not [r for r in ent.requests[quiet:] if r.get("route") == "securityPolicies.patchRule"]
+
+    fx.clock.advance(timedelta(hours=12))
+    assert 200 == send(fx, items, "m3")  # 11 h left: the expiry moves to this snapshot + 1 d
+    (moved,) = [d for _, d in group_rules(fx).values()]
+    assert first == f"car1 g={FEED}:4 x={expiry_word(fx.clock() - timedelta(hours=13) + timedelta(days=1))}"
+    assert moved == f"car1 g={FEED}:4 x={expiry_word(fx.clock() + timedelta(days=1))}"
+    assert groups_of(ent) == {V4_1: (10, norm(items))}
