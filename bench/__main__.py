@@ -96,7 +96,7 @@ def write(report: Report, path: str, sections: list[str], took: float) -> None:
         tables = [t for t in old_tables if t.splitlines()[0][4:] not in titles] + tables
         notes = [n for n in old_notes if n not in notes] + notes
         if old_tables:
-            out[6] += " Figures of other sections come from an earlier run."
+            out[4] += " Figures of other sections come from an earlier run."
     out += budgets
     out += ["", "## Tables", ""]
     for table in tables:
