@@ -57,7 +57,7 @@ from config.settings import FeedSettings, Settings
 from responder.audit import Audit
 from responder.codec import GroupMeta, decode_group, encode_group
 from responder.errors import BadEvent, GroupFull, GroupNotFound, PriorityTaken, TierRequired
-from responder.groups import AddressGroup, normalize_items, request_id
+from responder.groups import AddressGroup, request_id
 from responder.model import Network
 from responder.planner import MAX_RANGES_PER_RULE, Band, read_band
 from responder.policy import PolicyRule, PolicySnapshot
