@@ -14,15 +14,17 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import settings as config
 from handlers.envelope import Message, from_cloud_event
 from responder.audit import Audit
 from responder.errors import BadEvent
-from responder.groupstore import GroupStore
 from responder.guards import FloodBreaker
 from responder.service import Budget, EventRef, PolicyApi, Responder, delivery, utcnow
+
+if TYPE_CHECKING:
+    from responder.groupstore import GroupStore
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,10 @@ class Runtime:
     @cached_property
     def group_store(self) -> GroupStore:
         """Feeds stored in address groups; the group adapter (and the
-        network-security client) is built on its first call."""
+        network-security client) is built on its first call. Imported here:
+        a delivery that touches no group never loads them."""
         from responder.groups import AddressGroups
+        from responder.groupstore import GroupStore
 
         def groups() -> AddressGroups:
             s = self.settings
