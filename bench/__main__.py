@@ -96,7 +96,9 @@ def write(report: Report, path: str, sections: list[str], took: float) -> None:
         tables = [t for t in old_tables if t.splitlines()[0][4:] not in titles] + tables
         notes = [n for n in old_notes if n not in notes] + notes
         if old_tables:
-            out[4] += " Figures of other sections come from an earlier run."
+            earlier = _earlier_run(path)
+            out[4] += f" Figures of other sections come from an earlier run ({earlier})." if earlier else \
+                " Figures of other sections come from an earlier run."
     out += budgets
     out += ["", "## Tables", ""]
     for table in tables:
@@ -107,6 +109,16 @@ def write(report: Report, path: str, sections: list[str], took: float) -> None:
             out += [text.rstrip(), ""]
     with open(path, "w") as f:
         f.write("\n".join(out).rstrip() + "\n")
+
+
+def _earlier_run(path: str) -> str:
+    """The 'Run:' line of an earlier BENCHMARKS.md (its first sentence), or ""."""
+    try:
+        with open(path) as f:
+            line = next((ln for ln in f if ln.startswith("Run: ")), "")
+    except OSError:
+        return ""
+    return line[5:].split(" Figures of other sections")[0].strip().rstrip(".")
 
 
 def _previous(path: str) -> tuple[list[str], list[str], list[str]]:
@@ -124,7 +136,7 @@ def _previous(path: str) -> tuple[list[str], list[str], list[str]]:
     for block in text.split("\n## ")[1:]:
         head, _, body = block.partition("\n")
         part = head.strip()
-        if part == "Budgets":
+        if part.startswith("Budgets"):
             budgets = [ln for ln in body.splitlines()
                        if ln.startswith("| ") and not ln.startswith("| budget |")]
         elif part == "Tables":
