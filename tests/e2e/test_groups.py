@@ -325,3 +325,45 @@ def test_a_re_pulled_list_refreshes_the_rule_expiry_only_past_half_the_ttl(fx: H
     assert first == f"car1 g={FEED}:4 x={expiry_word(fx.clock() - timedelta(hours=13) + timedelta(days=1))}"
     assert moved == f"car1 g={FEED}:4 x={expiry_word(fx.clock() + timedelta(days=1))}"
     assert groups_of(ent) == {V4_1: (10, norm(items))}
+
+
+def test_concurrent_snapshots_of_one_feed_take_turns_under_the_lease(fx: Harness, ent: LocalCloudArmor) -> None:
+    """Two instances sync different lists of the same feed at once: each
+    diff is made and written under the lease, so neither fails on the
+    other's items and the group ends as exactly one of the two lists."""
+    from config.settings import load
+    from responder.audit import Audit
+    from responder.compute import CloudArmor
+    from responder.groups import AddressGroups
+    from responder.groupstore import GroupStore
+    from responder.service import EventRef
+
+    assert 200 == send(fx, addresses(20), "m0")
+    settings = load()
+    lists = {"a": addresses(20)[2:] + addresses(3, start=300), "b": addresses(20)[4:] + addresses(4, start=400)}
+    errors: list[BaseException] = []
+
+    def instance(name: str) -> None:
+        armor = CloudArmor(settings.policy, retry_deadline=timedelta(seconds=5))
+        groups = AddressGroups(settings.policy, settings.groups, retry_deadline=timedelta(seconds=5))
+        store = GroupStore(settings, armor, lambda: groups, Audit(file=None), clock=fx.clock, holder=name)
+        nets = [ipaddress.ip_network(a) for a in lists[name]]
+        try:
+            store.sync(settings.feed(FEED), nets, expiry=fx.clock() + timedelta(days=1), action="deny(403)",
+                       preview=False, event=EventRef(f"m-{name}", FEED))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    ent.state.op_delay = 0.05  # interleave the two instances
+    threads = [threading.Thread(target=instance, args=(n,)) for n in lists]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    (final,) = groups_of(ent).values()
+    assert final[1] in (norm(lists["a"]), norm(lists["b"]))
+    assert len(group_rules(fx)) == 1
+    leased = [r for r in ent.requests if r.get("route") == "securityPolicies.setLabels" and r["status"] == 200]
+    assert len(leased) >= 4  # each instance took and released the lease
