@@ -56,7 +56,7 @@ from typing import Any, Protocol
 from config.settings import FeedSettings, Settings
 from responder.audit import Audit
 from responder.codec import GroupMeta, decode_group, encode_group
-from responder.errors import BadEvent, GroupFull, GroupNotFound, PriorityTaken, TierRequired
+from responder.errors import BadEvent, GroupFull, GroupNotFound, OutOfTime, PriorityTaken, TierRequired
 from responder.groups import AddressGroup, request_id
 from responder.model import Network
 from responder.planner import MAX_RANGES_PER_RULE, Band, read_band
@@ -308,6 +308,12 @@ class GroupStore:
         except TierRequired as exc:
             self._fall_back(feed, lease, event, str(exc))
             return None
+        except OutOfTime as exc:  # the lease or the delivery's budget ran short: the redelivery continues
+            self.audit.record(
+                "deferred", f"threat feed {feed.name}: address group writes stopped after {outcome.ops} call(s): "
+                f"{exc}; the redelivery of message {event.message_id} continues from the groups as they are",
+                level=logging.WARNING, message_id=event.message_id, source=feed.name, done=outcome.ops)
+            raise
         finally:
             lease.release()
 

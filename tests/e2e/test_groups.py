@@ -367,3 +367,32 @@ def test_concurrent_snapshots_of_one_feed_take_turns_under_the_lease(fx: Harness
     assert len(group_rules(fx)) == 1
     leased = [r for r in ent.requests if r.get("route") == "securityPolicies.setLabels" and r["status"] == 200]
     assert len(leased) >= 4  # each instance took and released the lease
+
+
+def test_group_writes_stop_when_the_delivery_budget_runs_short_and_the_redelivery_finishes(
+        fx: Harness, ent: LocalCloudArmor) -> None:
+    from handlers import runtime
+    from responder.errors import OutOfTime
+
+    calls = []
+
+    def short(self: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # the third group/rule call finds no time left
+            raise OutOfTime("the delivery's time budget would run out")
+
+    items = addresses(12)  # create + 3 addItems (batch 4) + addRule
+    import responder.service as service
+
+    original = service.Budget.require
+    service.Budget.require = short  # type: ignore[method-assign]
+    try:
+        assert 500 == send(fx, items, "m1")
+    finally:
+        service.Budget.require = original  # type: ignore[method-assign]
+    assert group_rules(fx) == {}  # not referenced yet: the feed is not half-enforced by a rule
+    assert [r["change"] for r in runtime.current().audit.records][-1] == "deferred"
+
+    assert 200 == send(fx, items, "m1")  # the redelivery
+    assert groups_of(ent) == {V4_1: (15, norm(items))}
+    assert len(group_rules(fx)) == 1
