@@ -121,7 +121,31 @@ def _rule_doc(rule: planner.BandRule, now: datetime) -> dict[str, Any]:
     }
 
 
-def status_data(snap: PolicySnapshot, settings: config.Settings, now: datetime) -> dict[str, Any]:
+def group_docs(snap: PolicySnapshot, settings: config.Settings, now: datetime, *, items: bool = False,
+               api: Any = None) -> list[dict[str, Any]]:
+    """The band's group rules (feeds stored in address groups) and their
+    groups' sizes; the Network Security API is called only when the band
+    holds such a rule. With ``items``, each doc carries the group's items."""
+    if not planner.read_band(snap.rules, settings.band).groups:
+        return []
+    from responder.groups import AddressGroups
+    from responder.groupstore import GroupStore
+
+    def groups() -> AddressGroups:
+        return AddressGroups(settings.policy, settings.groups, retry_deadline=settings.policy.retry_deadline)
+
+    store = GroupStore(settings, api, groups, Audit(file=None))
+    return [
+        {"feed": g.feed, "ip_version": g.version, "group": g.group, "priority": g.priority, "action": g.action,
+         "preview": g.preview, "state": "expired" if g.expiry <= now else ("preview" if g.preview else "enforced"),
+         "expiry": _iso(g.expiry), "items": g.size, "capacity": g.capacity,
+         **({"members": list(g.items)} if items else {})}
+        for g in store.status(snap, items=items)
+    ]
+
+
+def status_data(snap: PolicySnapshot, settings: config.Settings, now: datetime,
+                groups: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The ``status`` document (see README for its shape)."""
     band = planner.read_band(snap.rules, settings.band)
     cap = settings.band.max_rules or settings.band.size
@@ -135,6 +159,7 @@ def status_data(snap: PolicySnapshot, settings: config.Settings, now: datetime) 
         },
         "policy_rules": len(snap.rules),
         "rules": rules,
+        "groups": [dict(g) for g in groups],
         "foreign": [{"priority": r.priority, "action": r.action, "description": r.description} for r in band.foreign],
     }
 
@@ -148,6 +173,12 @@ def status_text(data: Mapping[str, Any], now: datetime) -> str:
                 f"{rule['priority']:>10}  {net:<24} {rule['action']:<10} {'yes' if rule['preview'] else 'no':<7} "
                 f"{expiry:<30} {rule['severity']:<8} {'+'.join(rule['sources'])}{'+...' if rule['truncated'] else ''}"
             )
+    for g in data.get("groups", ()):
+        size = "?" if g["items"] is None else f"{g['items']} / {g['capacity']} items"
+        lines.append(
+            f"{g['priority']:>10}  {'group ' + g['group']:<24} {g['action']:<10} {'yes' if g['preview'] else 'no':<7} "
+            f"{_when(_parse_time(g['expiry']), now):<30} {'':<8} {g['feed']} (IPv{g['ip_version']}): {size}"
+        )
     for rule in data["foreign"]:
         lines.append(f"{rule['priority']:>10}  (not the responder's: {rule['description'] or 'no description'})")
     if len(lines) == 1:
@@ -158,12 +189,16 @@ def status_text(data: Mapping[str, Any], now: datetime) -> str:
         f"{band['foreign']} foreign; {band['utilisation']:.1%} of the {band['max_rules']} rules allowed (band.max_rules); "
         f"the policy holds {data['policy_rules']} rules in all"
     )
+    if data.get("groups"):
+        held = sum(g["items"] or 0 for g in data["groups"])
+        lines.append(f"address groups: {len(data['groups'])} group rule(s) holding {held} items")
     return "\n".join(lines)
 
 
-def band_table(snap: PolicySnapshot, settings: config.Settings, now: datetime) -> str:
-    """The band's rules, one line per range, and a utilisation line."""
-    return status_text(status_data(snap, settings, now), now)
+def band_table(snap: PolicySnapshot, settings: config.Settings, now: datetime,
+               groups: Sequence[Mapping[str, Any]] = ()) -> str:
+    """The band's rules, one line per range (one per address group), and a utilisation line."""
+    return status_text(status_data(snap, settings, now, groups), now)
 
 
 def list_data(snap: PolicySnapshot, settings: config.Settings, now: datetime) -> dict[str, Any]:
@@ -320,7 +355,8 @@ _BAND_WIDE = ("mode",)
 
 
 def explain_data(
-    snap: PolicySnapshot, settings: config.Settings, address: str, now: datetime, trail: Iterable[Mapping[str, Any]]
+    snap: PolicySnapshot, settings: config.Settings, address: str, now: datetime, trail: Iterable[Mapping[str, Any]],
+    groups: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The ``explain`` document: the band rules that cover ADDRESS (or a
     range), operator rules that match it, and the audit records that name a
@@ -335,6 +371,12 @@ def explain_data(
                 doc = _rule_doc(rule, now)
                 del doc["ranges"]
                 covered.append({"range": str(net), **doc})
+    for g in groups:  # feeds stored in address groups (group_docs with items)
+        for item in g.get("members", ()):
+            if _overlaps(_networks([item]), target):
+                covered.append({"range": item, "priority": g["priority"], "action": g["action"],
+                                "preview": g["preview"], "state": g["state"], "expiry": g["expiry"],
+                                "severity": "-", "sources": [g["feed"]], "truncated": False, "group": g["group"]})
     operator = [
         {"priority": r.priority, "action": r.action, "description": r.description}
         for r in snap.rules
@@ -369,6 +411,12 @@ def explain_text(data: Mapping[str, Any], now: datetime) -> str:
     target = data["address"]
     lines = []
     for c in data["covered_by"]:
+        if c.get("group"):
+            lines.append(
+                f"{target} is covered by {c['range']} in address group {c['group']} (feed {c['sources'][0]}), "
+                f"matched by rule {c['priority']}: {c['action']}, {_STATE_TEXT[c['state']]}, "
+                f"until {_when(_parse_time(c['expiry']), now)}")
+            continue
         lines.append(
             f"{target} is covered by {c['range']} in rule {c['priority']}: {c['action']}, {_STATE_TEXT[c['state']]}, "
             f"until {_when(_parse_time(c['expiry']), now)}, severity {c['severity']}, "
@@ -621,7 +669,10 @@ def bootstrap_policy(settings: config.Settings, api: Any, *, dry_run: bool = Fal
 
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
     now = datetime.now(tz=UTC)
-    emit(args, "status", status_data(_api(settings).get_policy(), settings, now), lambda d: status_text(d, now))
+    api = _api(settings)
+    snap = api.get_policy()
+    groups = group_docs(snap, settings, now, api=api)
+    emit(args, "status", status_data(snap, settings, now, groups), lambda d: status_text(d, now))
     return EXIT_OK
 
 
@@ -637,9 +688,12 @@ def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
     except ValueError:
         raise Failure(EXIT_USAGE, f"explain: not an IP address or CIDR: {args.address!r}") from None
     now = datetime.now(tz=UTC)
-    snap = _api(settings).get_policy()
+    api = _api(settings)
+    snap = api.get_policy()
+    groups = group_docs(snap, settings, now, items=True, api=api)
     trail, trail_source, trail_error = read_trail(settings, args.days, "explain")
-    data = {**explain_data(snap, settings, args.address, now, trail), "trail_source": trail_source, "trail_error": trail_error}
+    data = {**explain_data(snap, settings, args.address, now, trail, groups), "trail_source": trail_source,
+            "trail_error": trail_error}
     emit(args, "explain", data, lambda d: explain_text(d, now))
     return EXIT_OK
 

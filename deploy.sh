@@ -46,6 +46,12 @@ Options (override the config file):
                       must lie inside this directory, which is deployed
   --with-monitoring   also create the Pub/Sub notification channel, the
                       example probe metric and its alert policy
+  --with-address-groups
+                      feeds stored in address groups (Cloud Armor
+                      Enterprise): enable the Network Security API, add the
+                      address-group permissions to the custom role, and
+                      warn when the project's Cloud Armor tier is not
+                      Enterprise (global policies only)
   --dry-run           print every gcloud command in order, run none
                       (assumes nothing exists yet; with --destroy, that
                       everything exists)
@@ -80,6 +86,7 @@ warn() {
 # ---------------------------------------------------------------- arguments
 OPT_PROJECT="" OPT_REGION="" OPT_POLICY="" OPT_BAND_START="" OPT_BAND_END=""
 CONFIG="$DEFAULT_CONFIG" DRY_RUN=0 WITH_MONITORING=0 DESTROY=0 PURGE_BAND=0
+WITH_ADDRESS_GROUPS=0
 
 need_value() {
   # $1 = flag, $2 = number of remaining arguments (including the flag)
@@ -104,6 +111,7 @@ while [[ $# -gt 0 ]]; do
     --with-monitoring) WITH_MONITORING=1; shift ;;
     --destroy) DESTROY=1; shift ;;
     --purge-band) PURGE_BAND=1; shift ;;
+    --with-address-groups) WITH_ADDRESS_GROUPS=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage_error "unrecognized argument: $1" ;;
   esac
@@ -473,6 +481,19 @@ if [[ -n $SECRETS ]]; then
   SERVICES+=(secretmanager.googleapis.com)
 fi
 
+# --with-address-groups (README "Address groups"): feeds stored in Cloud Armor
+# Enterprise address groups need the Network Security API and these
+# permissions (manage the responder's groups, reference them from rules,
+# poll their operations). Groups are usable only in global policies.
+if [[ $WITH_ADDRESS_GROUPS -eq 1 ]]; then
+  [[ -z $POLICY_REGION ]] || usage_error "--with-address-groups: address groups are usable only in global security policies ([policy].region is '$POLICY_REGION')"
+  SERVICES+=(networksecurity.googleapis.com)
+  ROLE_PERMISSIONS+=",networksecurity.addressGroups.create,networksecurity.addressGroups.delete"
+  ROLE_PERMISSIONS+=",networksecurity.addressGroups.get,networksecurity.addressGroups.list"
+  ROLE_PERMISSIONS+=",networksecurity.addressGroups.update,networksecurity.addressGroups.use"
+  ROLE_PERMISSIONS+=",networksecurity.operations.get"
+fi
+
 # ------------------------------------------------------------ gcloud helpers
 exec 3>&1 # the plan and progress go to fd 3 (stdout), even inside $(...)
 
@@ -749,6 +770,16 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   run gcloud services enable "${missing[@]}" --project="$PROJECT"
 else
   note "all APIs already enabled"
+fi
+
+if [[ $WITH_ADDRESS_GROUPS -eq 1 ]]; then
+  step "1b. Cloud Armor tier (address groups need Enterprise)"
+  tier=$(query "CA_STANDARD" gcloud compute project-info describe --project="$PROJECT" --format='value(cloudArmorTier)')
+  if [[ $tier != CA_ENTERPRISE* ]]; then
+    warn "project $PROJECT is on Cloud Armor tier '${tier:-unknown}', not Enterprise: address groups cannot be created or referenced, and feeds with store = \"address-group\" or \"auto\" fall back to band rules (one 'fallback' record)"
+  else
+    note "Cloud Armor tier $tier: address groups are available"
+  fi
 fi
 
 step "2. Look up the project number (for the Google-managed service agents)"

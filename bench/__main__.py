@@ -1,6 +1,6 @@
 """Runs the benchmark suite, prints every table and writes BENCHMARKS.md.
 
-    ./bench.sh [--only calls,planner,logsink,follow,coldstart,convergence] [--output FILE]
+    ./bench.sh [--only calls,planner,logsink,follow,coldstart,convergence,groups] [--output FILE]
 
 A run of every section writes the whole file. A run of some sections
 (``--only``) leaves the rest of an existing file as it is: each chosen
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from bench.common import ROOT, Report
 
-SECTIONS = ("calls", "planner", "logsink", "follow", "coldstart", "convergence")
+SECTIONS = ("calls", "planner", "logsink", "follow", "coldstart", "convergence", "groups")
 #: How each section's budgets and table titles begin in BENCHMARKS.md, so
 #: that a whole run over an older file keeps the figures of sections it lacks.
 OWNS = {
@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "follow":
             from bench import follow
             follow.run(report)
+        elif name == "groups":
+            from bench import groups
+            groups.run(report)
         elif name == "coldstart":
             from bench import coldstart
             coldstart.run(report)

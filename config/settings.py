@@ -36,6 +36,7 @@ MAX_RULE_PRIORITY = 2147483646
 DENY_ACTIONS = ("deny(403)", "deny(404)", "deny(502)")
 SEVERITIES = ("low", "medium", "high", "critical")
 SOURCE_KINDS = ("manual", "feed", "log", "alert")
+FEED_STORES = ("band", "address-group", "auto")
 FEED_FORMATS = ("auto", "json", "spamhaus", "netset", "plain", "tor", "stix", "misp")
 
 # Environment variable -> dotted setting. Values are parsed like the file's.
@@ -184,6 +185,10 @@ class FeedSettings:
     connect_timeout: timedelta = timedelta(seconds=10)
     # Request header -> the environment variable holding its value (never the value).
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Where a snapshot feed's list lives: "band" (range rules), "address-group"
+    # (one Cloud Armor Enterprise group per IP version and one rule each), or
+    # "auto" (a group once the list needs more than groups.auto_rules band rules).
+    store: str = "band"
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,8 @@ class GroupSettings:
     max_capacity: int = 100_000  # not documented by Google: conservative default
     max_items_per_call: int = 500  # not documented by Google: conservative default
     api_endpoint: str = ""  # empty: policy.api_endpoint if set (a local API), else Google's
+    # A feed with store = "auto" goes to a group once its list needs more band rules than this.
+    auto_rules: int = 20
 
     def capacity_for(self, items: int) -> int:
         """The capacity of a new group meant to hold ``items`` items: the
@@ -451,9 +458,13 @@ def _groups(r: _Reader) -> GroupSettings:
     endpoint = r.get("api_endpoint", str, "")
     if endpoint and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
         raise ConfigError(f"groups.api_endpoint: expected http(s)://host[:port], got {endpoint!r}")
+    auto_rules = r.get("auto_rules", int, 20)
+    if not 1 <= auto_rules <= 1000:
+        raise ConfigError(f"groups.auto_rules: must be between 1 and 1000, got {auto_rules}")
     groups = GroupSettings(prefix=prefix, location=location, capacity_headroom=float(headroom),
                            min_capacity=min_capacity, max_capacity=max_capacity,
-                           max_items_per_call=per_call, api_endpoint=endpoint.rstrip("/"))
+                           max_items_per_call=per_call, api_endpoint=endpoint.rstrip("/"),
+                           auto_rules=auto_rules)
     r.done()
     return groups
 
@@ -622,7 +633,11 @@ def _feed(name: str, r: _Reader) -> FeedSettings:
         max_entries=max_entries,
         snapshot=r.get("snapshot", bool, False),
         max_drop_share=float(share),
+        store=r.choice("store", FEED_STORES, "band"),
     )
+    if feed.store != "band" and not feed.snapshot:
+        raise ConfigError(f"feeds.{name}.store: {feed.store!r} needs snapshot = true (an address group "
+                          f"carries no per-item expiry: only a feed's whole list can say what leaves it)")
     url = r.get("url", str, "")
     pull_keys = [k for k in ("every", "max_bytes", "timeout", "connect_timeout", "headers") if r.has(k)]
     if not url:

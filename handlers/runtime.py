@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import settings as config
 from handlers.envelope import Message, from_cloud_event
@@ -21,6 +21,9 @@ from responder.audit import Audit
 from responder.errors import BadEvent
 from responder.guards import FloodBreaker
 from responder.service import LIFTS, Budget, EventRef, PolicyApi, Responder, Trail, delivery, utcnow
+
+if TYPE_CHECKING:
+    from responder.groupstore import GroupStore
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._api: PolicyApi | None = None
         self._responder: Responder | None = None
+        self._group_store: GroupStore | None = None
         self.breaker = FloodBreaker()
 
     @property
@@ -83,6 +87,34 @@ class Runtime:
         if self.settings.policy.api_endpoint:
             return None
         return records.cloud_trail(self.settings.policy.project, ("usage", *LIFTS))
+
+    @property
+    def group_store(self) -> GroupStore:
+        """Feeds stored in address groups; the group adapter (and the
+        network-security client) is built on its first call. Imported here:
+        a delivery that touches no group never loads them. Built once, under
+        the lock, like the adapter and the responder."""
+        from responder.groups import AddressGroups
+        from responder.groupstore import GroupStore
+
+        store = self._group_store
+        if store is None:
+            api, holder = self.api, self.responder.holder
+            with self._lock:
+                if self._group_store is None:
+                    def groups() -> AddressGroups:
+                        s = self.settings
+                        return AddressGroups(s.policy, s.groups, retry_deadline=s.policy.retry_deadline)
+
+                    self._group_store = GroupStore(self.settings, api, groups, self.audit, clock=self.clock,
+                                                   holder=holder)
+                store = self._group_store
+        return store
+
+    @property
+    def uses_groups(self) -> bool:
+        """Whether any configured feed may be stored in an address group."""
+        return any(f.store != "band" for f in self.settings.feeds.values())
 
 
 def _compute_api(settings: config.Settings) -> PolicyApi:

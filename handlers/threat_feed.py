@@ -37,11 +37,11 @@ from config.settings import FeedSettings, Settings
 from handlers import common, feed_pull
 from handlers.envelope import Message
 from handlers.formats import FormatError, parse_feed
-from handlers.runtime import Runtime
+from handlers.runtime import Runtime, event_ref
 from responder import guards
 from responder.errors import BadEvent
 from responder.model import Intent, ItemError, Network, Severity, Verb
-from responder.planner import Entry
+from responder.planner import Entry, round_up
 from responder.service import Outcome
 
 KIND = "feed"
@@ -107,8 +107,43 @@ def ingest(message: Message, rt: Runtime, *, pulled: bool = False) -> Outcome:
     accepted, refused = common.screen(rt, message, KIND, intents)
     if snapshot and not any(i.verb is Verb.BLOCK for i in accepted):
         raise BadEvent(f"threat feed {name}: snapshot with no valid indicator refused (would withdraw the whole feed)")
+    if snapshot and feed.store != "band":
+        grouped = _to_groups(rt, message, feed, accepted, refused)
+        if grouped is not None:
+            return grouped
     derive = _withdrawals(name, feed, accepted) if snapshot else None
     return common.apply_screened(rt, message, KIND, accepted, refused, source_id=name, reason=f"feed {name}", derive=derive)
+
+
+def _to_groups(rt: Runtime, message: Message, feed: FeedSettings, accepted: Sequence[Intent],
+               refused: int) -> Outcome | None:
+    """A snapshot of a feed stored in address groups (``store``): the
+    groups are made to hold exactly the screened list, and the feed's claims
+    still in band rules (from before it moved) are withdrawn. None when the
+    feed stays in the band (``auto`` below the threshold, or the Standard
+    tier: the caller falls back to band rules)."""
+    blocks = [i for i in accepted if i.verb is Verb.BLOCK]
+    networks = [i.network for i in blocks]
+    store = rt.group_store
+    if not store.wanted(feed, networks):
+        return None
+    source = rt.settings.source(KIND)
+    expiry = round_up(common.expiry_for(message.publish_time, source, ttl=feed.ttl), rt.settings.band.expiry_granularity)
+    ref = event_ref(message, feed.name, reason=f"feed {feed.name}")
+    outcome = store.sync(feed, networks, expiry=expiry, action=feed.action or source.action,
+                         preview=any(i.preview for i in blocks), event=ref)
+    if outcome is None:
+        return None
+    outcome.refused += refused
+    if outcome.band_claims:
+        name = feed.name
+
+        def withdraw(entries: Mapping[Network, Entry]) -> list[Intent]:
+            return [Intent(Verb.UNBLOCK, n, name, reason="the feed moved to an address group")
+                    for n, e in entries.items() if name in e.meta.sources]
+
+        rt.responder.apply([], ref, derive=withdraw)
+    return outcome
 
 
 def _intents(

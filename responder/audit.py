@@ -39,6 +39,8 @@ CHANGES = (
     "deferred",  # work stopped for lack of lease or delivery time; the redelivery continues it
     "dead-lettered",  # a message failed on its last allowed delivery: it goes to the dead-letter topic
     "wiped",  # band rules disappeared without a record of ours (another writer removed them): restore
+    "group",  # an address group of a feed (and its band rule) created, updated, replaced or deleted
+    "fallback",  # a group-stored feed falls back to band rules (Standard tier), recorded once
 )
 
 _setup_lock = threading.Lock()

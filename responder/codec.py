@@ -151,3 +151,50 @@ def decode(tag: str, description: str) -> RuleMeta | None:
     sources = frozenset(n for n in names if n != TRUNCATED)
     return RuleMeta(expiry=expiry, severity=severity, sources=sources, truncated=truncated,
                     strikes=strikes[0], struck=strikes[1])
+
+
+# --------------------------------------------------------------------------
+# Group rules: one band rule per (feed, IP version) stored in an address group
+#
+#     car1 g=firehol-l1:4 x=202612051830
+#     |    |            | `- the group's expiry: last good snapshot + TTL (UTC, to the minute)
+#     |    |            `--- IP version of the group the rule references
+#     |    `---------------- the feed
+#     `--------------------- owner tag
+#
+# The rule matches ``evaluateAddressGroup('NAME', origin.ip)``; the group's
+# name is in the expression, not here. At most 4 + 3 + 16 + 2 + 15 = 40 characters.
+
+
+@dataclass(frozen=True)
+class GroupMeta:
+    """What a group rule's description says."""
+
+    feed: str
+    version: int  # 4 or 6
+    expiry: datetime
+
+    def expired(self, now: datetime) -> bool:
+        return self.expiry <= now
+
+
+def encode_group(tag: str, meta: GroupMeta) -> str:
+    text = f"{tag} g={meta.feed}:{meta.version} x={meta.expiry.astimezone(UTC).strftime(_TIME_FORMAT)}"
+    assert len(text) <= MAX_DESCRIPTION, text
+    return text
+
+
+def decode_group(tag: str, description: str) -> GroupMeta | None:
+    """The metadata of a group rule, or None when the description is not one of ours."""
+    words = description.split(" ")
+    if len(words) != 3 or words[0] != tag or not words[1].startswith("g=") or not words[2].startswith("x="):
+        return None
+    feed, sep, version = words[1][2:].rpartition(":")
+    raw = words[2][2:]
+    if not sep or not feed or version not in ("4", "6") or len(raw) != 12 or not raw.isdigit():
+        return None
+    try:
+        expiry = datetime.strptime(raw, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return GroupMeta(feed=feed, version=int(version), expiry=expiry)

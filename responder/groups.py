@@ -514,17 +514,23 @@ class AddressGroups:
                guard: Callable[[], None] | None) -> AddressGroup | None:
         method = "add_address_group_items" if kind == "add" else "remove_address_group_items"
         result: AddressGroup | None = None
-        for index, batch in enumerate(self.batches(items)):
+        batches = self.batches(items)
+        for index, batch in enumerate(batches):
             rid = request_id(message_id, name, kind, index, batch)
             request = {"address_group": self.path(name), "items": batch, "request_id": rid}
-            result = self._items_call(kind, method, name, batch, request, guard)
+            # Only the last answer is read into an AddressGroup: each answer
+            # carries the whole group, and reading every one would make a
+            # large first load quadratic.
+            result = self._items_call(kind, method, name, batch, request, guard,
+                                      read=index == len(batches) - 1)
         return result
 
     def _items_call(self, kind: str, method: str, name: str, batch: list[str],
-                    request: dict[str, Any], guard: Callable[[], None] | None) -> AddressGroup:
+                    request: dict[str, Any], guard: Callable[[], None] | None,
+                    read: bool = True) -> AddressGroup | None:
         uncertain = False
 
-        def attempt() -> AddressGroup:
+        def attempt() -> AddressGroup | None:
             nonlocal uncertain
             try:
                 proto = self._mutate(f"{kind}_items", method, request, guard)
@@ -541,6 +547,8 @@ class AddressGroups:
                 if all((i in present) == (kind == "add") for i in batch):
                     return group
                 raise
+            if not read:
+                return None
             return self._domain(proto) if proto is not None else self._must_get(name)
 
         return self._retrying(attempt)

@@ -143,6 +143,8 @@ class Outcome:
     leased: bool = False
     lint: list[str] = field(default_factory=list)
     layout: dict[int, PolicyRule] = field(default_factory=dict)  # our band rules after the last plan
+    group_rules: int = 0  # cleanup: group rules seen in the band (responder.groupstore owns them)
+    band_claims: int = 0  # a group sync: band rules that still carry the feed's claims
 
 
 class Lease:
@@ -301,6 +303,21 @@ class Budget:
 # The current delivery's budget: a context variable, so that the requests an
 # instance serves at once (gen2 concurrency) each have their own.
 delivery: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("delivery", default=None)
+
+
+def guard_for(lease: Lease | None) -> Guard:
+    """What must hold before each operation attempt is sent (band rules and
+    address groups alike): time left in this delivery's budget and, for the
+    lease holder, in its lease."""
+    budget = delivery.get()
+
+    def check() -> None:
+        if budget is not None:
+            budget.require()
+        if lease is not None:
+            lease.require()
+
+    return check
 
 
 class Responder:
@@ -552,6 +569,7 @@ class Responder:
         snap = self._read(lint=True)
         band = planner.read_band(snap.rules, self.settings.band)
         outcome.lint = self._last_lint
+        outcome.group_rules = len(band.groups)
         plan = planner.plan_reconcile(
             band, [], now, self.settings.band, capacity=self._max_rules, seed=_seed(event, 0)
         )
@@ -769,17 +787,7 @@ class Responder:
 
     @staticmethod
     def _guard(lease: Lease | None) -> Guard:
-        """What must hold before each operation attempt is sent: time left in
-        this delivery's budget and, for the lease holder, in its lease."""
-        budget = delivery.get()
-
-        def check() -> None:
-            if budget is not None:
-                budget.require()
-            if lease is not None:
-                lease.require()
-
-        return check
+        return guard_for(lease)
 
     def _defer(self, plan: Plan, done: int, event: EventRef, why: str) -> None:
         """One record of work stopped for lack of time: the redelivery reads
@@ -977,4 +985,4 @@ def _seed(event: EventRef, attempt: int) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
-__all__ = ["DEFAULT_RULE_PRIORITY", "EventRef", "Lease", "Outcome", "PolicyApi", "Responder"]
+__all__ = ["DEFAULT_RULE_PRIORITY", "EventRef", "Lease", "Outcome", "PolicyApi", "Responder", "guard_for"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from config.settings import BandSettings
-from responder.codec import RuleMeta, decode
+from responder.codec import RuleMeta, decode, decode_group
 from responder.model import Intent, Network
 from responder.planner.entry import Entry, Group, merge
 from responder.planner.index import EntryIndex, EntryView
@@ -51,6 +51,10 @@ class Band:
     rules: tuple[BandRule, ...]
     foreign: tuple[PolicyRule, ...]
     used: frozenset[int]
+    # Our group rules (one per feed and IP version stored in an address
+    # group, ``responder.groupstore``): their priorities are taken (in
+    # ``used``), and no range plan ever reads, patches or removes them.
+    groups: tuple[PolicyRule, ...] = ()
 
     def entries(self, now: datetime | None = None) -> EntryView:
         """One entry per network, read-only; a network held by several rules
@@ -113,6 +117,7 @@ def read_band(rules: Iterable[PolicyRule], band: BandSettings) -> Band:
     """Splits the rules inside the band into ours and foreign ones."""
     ours: list[BandRule] = []
     foreign: list[PolicyRule] = []
+    held: list[PolicyRule] = []
     used: set[int] = set()
     metas: dict[str, RuleMeta | None] = {}  # the rules of a group share their description
     for rule in rules:
@@ -120,11 +125,13 @@ def read_band(rules: Iterable[PolicyRule], band: BandSettings) -> Band:
             continue
         used.add(rule.priority)
         decoded = _decode_rule(rule, band.owner_tag, metas)
-        if decoded is None:
-            foreign.append(rule)
-        else:
+        if decoded is not None:
             ours.append(decoded)
-    return Band(tuple(ours), tuple(foreign), frozenset(used))
+        elif rule.expression and decode_group(band.owner_tag, rule.description) is not None:
+            held.append(rule)
+        else:
+            foreign.append(rule)
+    return Band(tuple(ours), tuple(foreign), frozenset(used), tuple(held))
 
 
 def _decode_rule(rule: PolicyRule, tag: str, metas: dict[str, RuleMeta | None]) -> BandRule | None:

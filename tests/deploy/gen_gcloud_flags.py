@@ -33,6 +33,7 @@ pubsub subscriptions describe
 pubsub subscriptions create
 pubsub subscriptions update
 pubsub subscriptions add-iam-policy-binding
+compute project-info describe
 compute security-policies describe
 compute security-policies create
 compute security-policies rules create

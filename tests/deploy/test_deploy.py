@@ -711,3 +711,60 @@ def test_purge_band_needs_destroy(env: Env) -> None:
     assert 2 == result.returncode
     assert "--purge-band goes with --destroy" in result.stderr
     assert [] == env.calls()
+
+
+GROUP_PERMISSIONS = {"networksecurity.addressGroups.create", "networksecurity.addressGroups.delete",
+                     "networksecurity.addressGroups.get", "networksecurity.addressGroups.list",
+                     "networksecurity.addressGroups.update", "networksecurity.addressGroups.use",
+                     "networksecurity.operations.get"}
+
+
+def test_with_address_groups_enables_the_api_grants_the_group_permissions_and_warns_on_standard(
+        env: Env, cfg_dir: Path) -> None:
+    cfg = write_config(cfg_dir / "groups.toml")
+    result = env.run("--region", REGION, "--with-address-groups", config=cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = env.read_state()
+    assert "networksecurity.googleapis.com" in state["services"]
+    assert GROUP_PERMISSIONS <= set(state["roles"]["car_responder"]["includedPermissions"])
+    assert "not Enterprise" in result.stderr and "CA_STANDARD" in result.stderr
+    tier = [c for c in env.calls() if c[:3] == ["compute", "project-info", "describe"]]
+    assert len(tier) == 1
+
+
+def test_with_address_groups_on_enterprise_does_not_warn(env: Env, cfg_dir: Path) -> None:
+    env.seed({"backend_services": {"ml-web": {"name": "ml-web", "securityPolicy": ""}},
+              "cloud_armor_tier": "CA_ENTERPRISE_PAYGO"})
+    result = env.run("--region", REGION, "--with-address-groups", config=write_config(cfg_dir / "ent.toml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "not Enterprise" not in result.stderr
+    assert "Cloud Armor tier CA_ENTERPRISE_PAYGO" in result.stdout
+
+
+def test_without_the_flag_nothing_of_address_groups_is_deployed(first_run) -> None:
+    env, _ = first_run[:2]
+    state = env.read_state()
+    assert "networksecurity.googleapis.com" not in state["services"]
+    assert not GROUP_PERMISSIONS & set(state["roles"]["car_responder"]["includedPermissions"])
+    assert not [c for c in env.calls() if c[:2] == ["compute", "project-info"]]
+
+
+def test_the_dry_run_shows_the_address_group_steps(env: Env, cfg_dir: Path) -> None:
+    result = env.run("--region", REGION, "--dry-run", "--with-address-groups", config=write_config(cfg_dir / "d.toml"))
+    assert result.returncode == 0, result.stderr
+    assert env.calls() == []
+    enable = next(line for line in result.stdout.splitlines() if line.startswith("+ gcloud services enable"))
+    assert "networksecurity.googleapis.com" in enable
+    assert "+ gcloud compute project-info describe --project=my-ml-project '--format=value(cloudArmorTier)'" in result.stdout
+    role = next(line for line in result.stdout.splitlines() if line.startswith("+ gcloud iam roles create"))
+    assert all(p in role for p in GROUP_PERMISSIONS)
+
+
+def test_with_address_groups_refuses_a_regional_policy(env: Env, cfg_dir: Path) -> None:
+    cfg = write_config(cfg_dir / "regional.toml")
+    cfg.write_text(cfg.read_text().replace('region = ""', 'region = "us-east1"', 1))
+    assert 'region = "us-east1"' in cfg.read_text()
+    result = env.run("--region", REGION, "--with-address-groups", config=cfg)
+    assert result.returncode == 2
+    assert "only in global security policies" in result.stderr
+    assert env.calls() == []

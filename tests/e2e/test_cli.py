@@ -192,6 +192,12 @@ RECORDS: list[tuple[str, str, dict[str, object]]] = [
     ("wiped", "band 20000-20999 was wiped: 1 range(s) in 1 rule(s), last seen 2030-01-01T00:00:00Z, disappeared without a record of ours",
      {"message_id": "m-12", "source": "cleanup", "count": 1, "rules": 1, "ranges": ["91.92.109.0/24"],
       "last_seen": "2030-01-01T00:00:00Z", "recorded_rules": 1, "recorded_ranges": 1}),
+    ("group", "address group car-firehol-v4-1 created for feed firehol: 4500 / 5625 items",
+     {"message_id": "m-14", "source": "firehol", "op": "created", "group": "car-firehol-v4-1", "ip_version": 4,
+      "expiry": "2026-12-05T16:30:00Z", "added": 4500, "removed": 0, "size": 4500, "capacity": 5625,
+      "priority": 20999}),
+    ("fallback", "feed firehol falls back to band rules: address groups need Cloud Armor Enterprise",
+     {"message_id": "m-15", "source": "firehol", "reason": "Standard tier", "label": "car-tier"}),
 ]
 # What explain shows for TARGET: the records naming an overlapping range,
 # and break-glass (band-wide) once the address has a history.
