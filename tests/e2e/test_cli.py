@@ -192,6 +192,8 @@ RECORDS: list[tuple[str, str, dict[str, object]]] = [
     ("wiped", "band 20000-20999 was wiped: 1 range(s) in 1 rule(s), last seen 2030-01-01T00:00:00Z, disappeared without a record of ours",
      {"message_id": "m-12", "source": "cleanup", "count": 1, "rules": 1, "ranges": ["91.92.109.0/24"],
       "last_seen": "2030-01-01T00:00:00Z", "recorded_rules": 1, "recorded_ranges": 1}),
+    ("target-failed", "target notebooks: PolicyNotFound: no policy nb-edge; the other targets went ahead",
+     {"message_id": "m-13", "source": "manual", "target": "notebooks", "error": "PolicyNotFound: no policy nb-edge"}),
 ]
 # What explain shows for TARGET: the records naming an overlapping range,
 # and break-glass (band-wide) once the address has a history.
