@@ -342,6 +342,12 @@ class Settings:
                 )
         raise KeyError(name)
 
+    def only(self, name: str) -> Settings:
+        """These settings narrowed to one target, as its default (the CLI's
+        ``--target``); records still name it when ``[[targets]]`` is used."""
+        narrowed = self.for_target(name)
+        return replace(narrowed, targets=tuple(t for t in self.targets if t.name == name))
+
     def feed(self, name: str) -> FeedSettings:
         """A configured feed, or an unconfigured one with the defaults."""
         return self.feeds.get(name) or FeedSettings(name=name)

@@ -97,8 +97,8 @@ class Runtime:
         return pool
 
     def _audit_for(self, name: str) -> Audit:
-        """Records name their target when there is more than one."""
-        return self.audit if len(self.targets) == 1 else self.audit.bound(target=name)
+        """Records name their target when ``[[targets]]`` is configured."""
+        return self.audit if not self.settings.targets else self.audit.bound(target=name)
 
     @property
     def api(self) -> PolicyApi:
@@ -135,7 +135,7 @@ class Runtime:
             return None
         else:
             trail = records.cloud_trail(self.settings.policy.project, ("usage", *LIFTS))
-        if len(self.targets) == 1:
+        if not self.settings.targets:
             return trail
         mine = (None, name) if name == self.settings.default_target else (name,)
 

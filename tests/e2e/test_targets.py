@@ -170,3 +170,24 @@ def test_a_band_deny_by_the_regional_policy_extends_only_that_targets_entry(two:
     before = mutations(two)
     assert two.publish("on_log_sink", other) == 200
     assert mutations(two) == before
+
+
+def test_cli_target_option_and_status_of_every_target(two: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import cli
+
+    assert 0 == cli.main(["--target", "notebooks", "block", "185.220.101.40", "--ttl", "2h", "--actor", "me"])
+    assert 0 == cli.main(["block", "185.220.101.41", "--ttl", "2h", "--actor", "me"])  # the first target
+    assert list(band(two, REGION)) == ["185.220.101.40/32"]
+    assert list(band(two, None)) == ["185.220.101.41/32"]
+    capsys.readouterr()
+    assert 0 == cli.main(["status", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert {n: [r["ranges"] for r in d["rules"]] for n, d in doc["targets"].items()} == {
+        "default": [["185.220.101.41/32"]], "notebooks": [["185.220.101.40/32"]]}
+    assert 0 == cli.main(["status", "--target", "notebooks"])
+    out = capsys.readouterr().out
+    assert "185.220.101.40/32" in out and "185.220.101.41/32" not in out
+    assert 2 == cli.main(["status", "--target", "nope"])
+    assert "no target named 'nope'" in capsys.readouterr().err
