@@ -191,3 +191,16 @@ def test_cli_target_option_and_status_of_every_target(two: Harness, capsys: pyte
     assert "185.220.101.40/32" in out and "185.220.101.41/32" not in out
     assert 2 == cli.main(["status", "--target", "nope"])
     assert "no target named 'nope'" in capsys.readouterr().err
+
+
+def test_break_glass_narrowed_to_one_target(two: Harness) -> None:
+    assert two.publish("on_manual", block(["185.220.101.50"])) == 200
+    glass = {"action": "preview-all", "actor": "oncall@example.com", "reason": "false positives on notebooks"}
+    assert two.publish("on_manual", glass, attributes={"targets": "notebooks"}) == 200
+    two.server.settle()
+    regional = two.server.policy(PROJECT, POLICY, REGION)
+    default = two.server.policy(PROJECT, POLICY, None)
+    assert regional is not None and default is not None
+    assert regional["labels"].get("car-mode") == "preview" and "car-mode" not in default.get("labels", {})
+    assert [r["preview"] for r in regional["rules"] if NB_BAND[0] <= r["priority"] <= NB_BAND[1]] == [True]
+    assert [r.get("preview", False) for r in default["rules"] if BAND[0] <= r["priority"] <= BAND[1]] == [False]
