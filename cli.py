@@ -669,11 +669,28 @@ def bootstrap_policy(settings: config.Settings, api: Any, *, dry_run: bool = Fal
 
 def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
     now = datetime.now(tz=UTC)
+    if len(settings.target_names) > 1:  # several targets, no --target: each one's band
+        docs = {}
+        for name in settings.target_names:
+            one = settings.for_target(name)
+            api = _api(one)
+            snap = api.get_policy()
+            groups = group_docs(snap, one, now, api=api) if name == settings.default_target else []
+            docs[name] = status_data(snap, one, now, groups)
+        emit(args, "status", {"targets": docs}, lambda d: "\n\n".join(
+            f"target {name}: {_target_line(doc)}\n{status_text(doc, now)}" for name, doc in d["targets"].items()))
+        return EXIT_OK
     api = _api(settings)
     snap = api.get_policy()
     groups = group_docs(snap, settings, now, api=api)
     emit(args, "status", status_data(snap, settings, now, groups), lambda d: status_text(d, now))
     return EXIT_OK
+
+
+def _target_line(doc: Mapping[str, Any]) -> str:
+    p, b = doc["policy"], doc["band"]
+    return (f"{p['name']} in {p['project']} ({p['region'] or 'global'}), band {b['start']}-{b['end']}, "
+            f"{b['rules']} rule(s), {b['ranges']} range(s)")
 
 
 def cmd_list(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -1289,6 +1306,8 @@ def _global_options(p: argparse.ArgumentParser, *, sub: bool, command: Command |
         dry_help = dry_help.split(": ", 1)[1] if command.changes else argparse.SUPPRESS
     p.add_argument("--config", default=unset, metavar="FILE", help="configuration file (default: RESPONDER_CONFIG or config/responder.toml)")
     p.add_argument("--endpoint", default=unset, metavar="URL", help="API endpoint, e.g. the local API's http://127.0.0.1:PORT")
+    p.add_argument("--target", default=unset, metavar="NAME",
+                   help="the target ([[targets]] name) to act on (default: the first; status: all)")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if sub else False, help=json_help)
     p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS if sub else False, help=dry_help)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if sub else False,
@@ -1353,6 +1372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.endpoint:
                 settings = settings.with_policy(api_endpoint=args.endpoint.rstrip("/"))
             where = settings.policy.api_endpoint or where
+            if args.target:
+                if args.target not in settings.target_names:
+                    raise Failure(EXIT_USAGE, f"--target: no target named {args.target!r} "
+                                  f"(targets: {', '.join(settings.target_names)})")
+            if args.target or args.command != "status":  # status alone shows every target
+                settings = settings.only(args.target or settings.default_target)
             return COMMANDS[args.command].run(args, settings)
     except Failure as exc:
         code, line = exc.code, exc.message

@@ -214,6 +214,21 @@ end = get(band, "band", "end", int, None)
 if not 0 <= start < end <= MAX_PRIORITY:
     fail(f"band: need 0 <= start < end <= {MAX_PRIORITY}, got {start}..{end}")
 owner_tag = get(band, "band", "owner_tag", str, "car1")
+# [[targets]]: every other policy's project gets the custom role and its
+# binding; the role covers global and regional policies as the targets need.
+target_projects, target_scopes = [], {"regional" if policy_region else "global"}
+targets_list = doc.get("targets", [])
+if not isinstance(targets_list, list):
+    fail("targets: expected [[targets]] tables")
+for i, tgt in enumerate(targets_list):
+    if not isinstance(tgt, dict):
+        fail(f"targets[{i}]: expected a table")
+    tproject = get(tgt, f"targets[{i}]", "project", str, "")
+    if not re.fullmatch(r"[a-z][-a-z0-9]{4,28}[a-z0-9]", tproject):
+        fail(f"targets[{i}].project: not a valid project ID: {tproject!r}")
+    if tproject not in target_projects:
+        target_projects.append(tproject)
+    target_scopes.add("regional" if get(tgt, f"targets[{i}]", "region", str, "") else "global")
 
 DEPLOY_KEYS = {
     "region", "runtime", "memory", "cpu", "max_instances", "concurrency", "timeout",
@@ -368,6 +383,8 @@ out = {
     "trusted_ranges": " ".join(str(r) for r in ranges), "trusted_priority": trusted_priority,
     "default_action": ACTIONS[action], "backend_services": " ".join(backends),
     "config_env": config_env,
+    "target_projects": " ".join(p for p in target_projects if p != (o_project or project)),
+    "target_scopes": " ".join(sorted(target_scopes)),
     "pulls": " ".join(p.replace(" ", "_") for p in pulls),
     "secrets": ",".join(secret_specs),
     "max_rules": max_rules, "band_alert_rules": round(share * max_rules, 2),
@@ -388,7 +405,7 @@ REGION="" RUNTIME="" MEMORY="" CPU="" MAX_INSTANCES="" CONCURRENCY="" TIMEOUT=""
 SCHEDULE="" PREFIX="" MAX_DELIVERY_ATTEMPTS="" MIN_RETRY_DELAY="" MAX_RETRY_DELAY=""
 PROBE_REGEX="" FIREWALL_PORTS="" PROBE_THRESHOLD="" TRUSTED_RANGES="" TRUSTED_PRIORITY=""
 DEFAULT_ACTION="" BACKEND_SERVICES="" CONFIG_ENV="" PULLS="" SECRETS=""
-MAX_RULES="" BAND_ALERT_RULES="" BAND_ALERT_PERCENT="" ALERT_CHANNELS=""
+MAX_RULES="" BAND_ALERT_RULES="" BAND_ALERT_PERCENT="" ALERT_CHANNELS="" TARGET_PROJECTS="" TARGET_SCOPES=""
 while IFS='=' read -r key value; do
   case $key in
     project) PROJECT=$value ;;
@@ -423,6 +440,8 @@ while IFS='=' read -r key value; do
     band_alert_rules) BAND_ALERT_RULES=$value ;;
     band_alert_percent) BAND_ALERT_PERCENT=$value ;;
     alert_channels) ALERT_CHANNELS=$value ;;
+    target_projects) TARGET_PROJECTS=$value ;;
+    target_scopes) TARGET_SCOPES=$value ;;
     *) die "internal: unexpected config key '$key'" ;;
   esac
 done <<<"$cfg_out"
@@ -459,16 +478,24 @@ FUNCTIONS=(
   "$PREFIX-cleanup|on_cleanup|$TOPIC_CLEANUP"
 )
 
+REGIONAL_PERMISSIONS="compute.regionSecurityPolicies.get,compute.regionSecurityPolicies.update,compute.regionOperations.get"
+GLOBAL_PERMISSIONS="compute.securityPolicies.get,compute.securityPolicies.update,compute.securityPolicies.setLabels,compute.globalOperations.get"
 if [[ -n $POLICY_REGION ]]; then
   POLICY_LOC=(--region="$POLICY_REGION")
   RULE_LOC=(--region="$POLICY_REGION")
   LB_RESOURCE="http_external_regional_lb_rule"
-  ROLE_PERMISSIONS="compute.regionSecurityPolicies.get,compute.regionSecurityPolicies.update,compute.regionOperations.get,logging.logEntries.list"
+  ROLE_PERMISSIONS="$REGIONAL_PERMISSIONS,logging.logEntries.list"
 else
   POLICY_LOC=(--global)
   RULE_LOC=()
   LB_RESOURCE="http_load_balancer"
-  ROLE_PERMISSIONS="compute.securityPolicies.get,compute.securityPolicies.update,compute.securityPolicies.setLabels,compute.globalOperations.get,logging.logEntries.list"
+  ROLE_PERMISSIONS="$GLOBAL_PERMISSIONS,logging.logEntries.list"
+fi
+# [[targets]] of the other scope: the one role (per project) covers both.
+if [[ " $TARGET_SCOPES " == *" regional "* && -z $POLICY_REGION ]]; then
+  ROLE_PERMISSIONS="$ROLE_PERMISSIONS,$REGIONAL_PERMISSIONS"
+elif [[ " $TARGET_SCOPES " == *" global "* && -n $POLICY_REGION ]]; then
+  ROLE_PERMISSIONS="$ROLE_PERMISSIONS,$GLOBAL_PERMISSIONS"
 fi
 
 SERVICES=(
@@ -799,33 +826,43 @@ for pair in "$RUNTIME_SA_ID|Cloud Armor responder functions" "$TRIGGER_SA_ID|Clo
 done
 
 step "4. Custom role $ROLE_ID (only what the functions call) and the bindings"
-role_state=""
-if [[ $DRY_RUN -eq 0 ]] && exists gcloud iam roles describe "$ROLE_ID" --project="$PROJECT"; then
-  role_state=$(gcloud iam roles describe "$ROLE_ID" --project="$PROJECT" --format='value(deleted,includedPermissions)')
-fi
-if [[ -z $role_state ]]; then
-  run gcloud iam roles create "$ROLE_ID" --project="$PROJECT" \
-    --title="Cloud Armor responder" \
-    --description="Read and update one Cloud Armor policy's rules and labels; wait on operations." \
-    --permissions="$ROLE_PERMISSIONS" --stage=GA
-else
-  deleted=$(cut -f1 <<<"$role_state")
-  if [[ $deleted == True ]]; then
-    run gcloud iam roles undelete "$ROLE_ID" --project="$PROJECT"
+# The custom role in one project: created, undeleted or updated to ROLE_PERMISSIONS.
+ensure_role() {
+  local project=$1 role_state="" deleted current wanted
+  if [[ $DRY_RUN -eq 0 ]] && exists gcloud iam roles describe "$ROLE_ID" --project="$project"; then
+    role_state=$(gcloud iam roles describe "$ROLE_ID" --project="$project" --format='value(deleted,includedPermissions)')
   fi
-  current=$(cut -f2 <<<"$role_state" | tr ';,' '\n' | sed '/^$/d' | sort | paste -sd, -)
-  wanted=$(tr ',' '\n' <<<"$ROLE_PERMISSIONS" | sort | paste -sd, -)
-  if [[ $current != "$wanted" ]]; then
-    run gcloud iam roles update "$ROLE_ID" --project="$PROJECT" --permissions="$ROLE_PERMISSIONS" --quiet
+  if [[ -z $role_state ]]; then
+    run gcloud iam roles create "$ROLE_ID" --project="$project" \
+      --title="Cloud Armor responder" \
+      --description="Read and update one Cloud Armor policy's rules and labels; wait on operations." \
+      --permissions="$ROLE_PERMISSIONS" --stage=GA
   else
-    note "custom role $ROLE_ID is up to date"
+    deleted=$(cut -f1 <<<"$role_state")
+    if [[ $deleted == True ]]; then
+      run gcloud iam roles undelete "$ROLE_ID" --project="$project"
+    fi
+    current=$(cut -f2 <<<"$role_state" | tr ';,' '\n' | sed '/^$/d' | sort | paste -sd, -)
+    wanted=$(tr ',' '\n' <<<"$ROLE_PERMISSIONS" | sort | paste -sd, -)
+    if [[ $current != "$wanted" ]]; then
+      run gcloud iam roles update "$ROLE_ID" --project="$project" --permissions="$ROLE_PERMISSIONS" --quiet
+    else
+      note "custom role $ROLE_ID is up to date in $project"
+    fi
   fi
-fi
+}
+ensure_role "$PROJECT"
 # add-iam-policy-binding is idempotent: adding a binding that exists changes nothing.
 run_retry gcloud projects add-iam-policy-binding "$PROJECT" \
   --member="serviceAccount:$RUNTIME_SA" --role="$ROLE_NAME" --condition=None --format=none
 run_retry gcloud projects add-iam-policy-binding "$PROJECT" \
   --member="serviceAccount:$TRIGGER_SA" --role=roles/eventarc.eventReceiver --condition=None --format=none
+# Every other target's project: the role there, bound to the runtime account.
+for target_project in $TARGET_PROJECTS; do
+  ensure_role "$target_project"
+  run_retry gcloud projects add-iam-policy-binding "$target_project" \
+    --member="serviceAccount:$RUNTIME_SA" --role="projects/$target_project/roles/$ROLE_ID" --condition=None --format=none
+done
 # Pub/Sub mints the push tokens of the trigger identity (needed by projects
 # whose Pub/Sub service agent predates April 2021; harmless otherwise).
 run_retry gcloud iam service-accounts add-iam-policy-binding "$TRIGGER_SA" --project="$PROJECT" \

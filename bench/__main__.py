@@ -1,6 +1,6 @@
 """Runs the benchmark suite, prints every table and writes BENCHMARKS.md.
 
-    ./bench.sh [--only calls,planner,logsink,follow,coldstart,convergence,groups] [--output FILE]
+    ./bench.sh [--only calls,planner,logsink,follow,targets,coldstart,convergence,groups] [--output FILE]
 
 A run of every section writes the whole file. A run of some sections
 (``--only``) leaves the rest of an existing file as it is: each chosen
@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 
 from bench.common import ROOT, Report
 
-SECTIONS = ("calls", "planner", "logsink", "follow", "coldstart", "convergence", "groups")
+SECTIONS = ("calls", "planner", "logsink", "follow", "targets", "coldstart", "convergence", "groups")
 #: How each section's budgets and table titles begin in BENCHMARKS.md, so
 #: that a whole run over an older file keeps the figures of sections it lacks.
 OWNS = {
     "calls": ("calls per event", "cleanup:", "API calls per event", "Rules used for real-sized feeds", "Cleanup of"),
     "planner": ("planner", "Planner CPU", "Planner profile"),
     "logsink": ("hot stream", "Log-sink", "Hot stream"),
+    "targets": ("targets:", "One event on 1 and 3 targets"),
     "coldstart": ("cold start", "every path fits", "Cold start"),
     "convergence": ("four-feed first load", "1,500-range first load", "pull", "First load of the four-feed set",
                     "Pulls of a list", "A pull of a"),
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "groups":
             from bench import groups
             groups.run(report)
+        elif name == "targets":
+            from bench import targets
+            targets.run(report)
         elif name == "coldstart":
             from bench import coldstart
             coldstart.run(report)

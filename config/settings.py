@@ -161,6 +161,8 @@ class SourceSettings:
     # load balancer's request log) extends the entry by this kind's TTL from
     # the request's time, capped by max_ttl. Never for manual blocks.
     follow_denies: bool = False
+    # The targets (``[[targets]]`` names) this kind's events apply to; empty: all.
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ class FeedSettings:
     # (one Cloud Armor Enterprise group per IP version and one rule each), or
     # "auto" (a group once the list needs more than groups.auto_rules band rules).
     store: str = "band"
+    # The targets this feed's lists apply to (within [sources.feed] targets); empty: all.
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,26 @@ class GroupSettings:
         return min(wanted, self.max_capacity)
 
 
+DEFAULT_TARGET = "default"
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """One policy whose band the deployment owns (``[[targets]]``; the
+    ``[policy]`` + ``[band]`` pair is the target named ``default``). What a
+    target does not set is shared: ``[policy]``'s endpoint and timeouts,
+    ``[band]``'s owner tag, granularity and modes, ``[lease]``'s timings."""
+
+    name: str
+    project: str
+    policy: str
+    region: str = ""
+    band_start: int = 0
+    band_end: int = 0
+    max_rules: int = 0  # 0: the band's size
+    lease_label: str = ""  # "": lease.label (each policy has its own labels)
+
+
 @dataclass(frozen=True)
 class Settings:
     policy: PolicySettings
@@ -294,9 +318,42 @@ class Settings:
     max_delivery_attempts: int = 5
     groups: GroupSettings = field(default_factory=GroupSettings)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Every target, the default (first) one first. Empty: the one target
+    # that ``policy``, ``band`` and ``lease`` describe, named "default".
+    targets: tuple[TargetSettings, ...] = ()
 
     def source(self, kind: str) -> SourceSettings:
         return self.sources[kind]
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets) or (DEFAULT_TARGET,)
+
+    @property
+    def default_target(self) -> str:
+        return self.target_names[0]
+
+    def for_target(self, name: str) -> Settings:
+        """These settings as one target sees them: its policy, band and
+        lease in ``policy``, ``band`` and ``lease``. The first target is
+        the one they already describe (returned as is)."""
+        if name == self.default_target:
+            return self
+        for t in self.targets:
+            if t.name == name:
+                return replace(
+                    self,
+                    policy=replace(self.policy, project=t.project, name=t.policy, region=t.region),
+                    band=replace(self.band, start=t.band_start, end=t.band_end, max_rules=t.max_rules),
+                    lease=replace(self.lease, label=t.lease_label or self.lease.label),
+                )
+        raise KeyError(name)
+
+    def only(self, name: str) -> Settings:
+        """These settings narrowed to one target, as its default (the CLI's
+        ``--target``); records still name it when ``[[targets]]`` is used."""
+        narrowed = self.for_target(name)
+        return replace(narrowed, targets=tuple(t for t in self.targets if t.name == name))
 
     def feed(self, name: str) -> FeedSettings:
         """A configured feed, or an unconfigured one with the defaults."""
@@ -542,6 +599,7 @@ def _source(kind: str, r: _Reader) -> SourceSettings:
         on_flood=r.choice("on_flood", ("preview", "refuse"), "preview"),
         escalate=float(r.get("escalate", (int, float), base.escalate)),
         follow_denies=r.get("follow_denies", bool, base.follow_denies),
+        targets=_names(r, "targets"),
     )
     if not 1 <= src.escalate <= 100:
         raise ConfigError(f"sources.{kind}.escalate: must be between 1 (off) and 100, got {src.escalate}")
@@ -634,6 +692,7 @@ def _feed(name: str, r: _Reader) -> FeedSettings:
         snapshot=r.get("snapshot", bool, False),
         max_drop_share=float(share),
         store=r.choice("store", FEED_STORES, "band"),
+        targets=_names(r, "targets"),
     )
     if feed.store != "band" and not feed.snapshot:
         raise ConfigError(f"feeds.{name}.store: {feed.store!r} needs snapshot = true (an address group "
@@ -767,12 +826,99 @@ def _set_dotted(doc: dict[str, Any], dotted: str, text: str) -> None:
         table[key] = text
 
 
+def _band_bounds(start: object, end: object, where: str, start_key: str = "start", end_key: str = "end") -> None:
+    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= MAX_RULE_PRIORITY:
+        raise ConfigError(f"{where}.{start_key}: must be an integer between 0 and {MAX_RULE_PRIORITY}, got {start!r}")
+    if not isinstance(end, int) or isinstance(end, bool) or not start < end <= MAX_RULE_PRIORITY:
+        raise ConfigError(f"{where}.{end_key}: must be an integer greater than {where}.{start_key} ({start}) "
+                          f"and at most {MAX_RULE_PRIORITY}, got {end!r}")
+
+
+def _target(r: _Reader, lease: LeaseSettings) -> TargetSettings:
+    where = r.where
+    name = r.get("name", str)
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}.name: 1 to 16 of a-z, 0-9 and '-', starting with a letter, got {name!r}")
+    project = r.get("project", str)
+    if not project:
+        raise ConfigError(f"{where}.project: required")
+    policy = r.get("policy", str)
+    if not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", policy):
+        raise ConfigError(f"{where}.policy: not a valid resource name: {policy!r}")
+    region = r.get("region", str, "")
+    if region and not re.fullmatch(r"[a-z]+-[a-z]+[0-9]+", region):
+        raise ConfigError(f"{where}.region: expected \"\" (global) or a region like us-central1, got {region!r}")
+    start, end = r.get("band_start", int), r.get("band_end", int)
+    _band_bounds(start, end, where, "band_start", "band_end")
+    max_rules = r.get("max_rules", int, 0)
+    if max_rules < 0:
+        raise ConfigError(f"{where}.max_rules: must be 0 (the band's size) or positive, got {max_rules}")
+    label = r.get("lease_label", str, "")
+    if label and (not _LABEL_KEY.fullmatch(label) or label in (lease.mode_label, lease.band_label)):
+        raise ConfigError(f"{where}.lease_label: not a valid label key, or the same as lease.mode_label "
+                          f"or lease.band_label: {label!r}")
+    r.done()
+    return TargetSettings(name, project, policy, region, start, end, max_rules, label)
+
+
+def _targets(root: _Reader, lease: LeaseSettings) -> list[TargetSettings]:
+    listed = root.get("targets", list, [])
+    out = []
+    for i, table in enumerate(listed):
+        out.append(_target(_Reader(table, f"targets[{i}]"), lease))
+    return out
+
+
+def _check_targets(targets: list[TargetSettings], offset: int) -> None:
+    """Unique names, one target per policy; ``offset``: 1 when the first
+    target is [policy]'s (the rest are [[targets]] entries)."""
+    seen: dict[str, int] = {}
+    policies: dict[tuple[str, str, str], str] = {}
+    for i, t in enumerate(targets):
+        where = "policy" if i < offset else f"targets[{i - offset}]"
+        if t.name in seen:
+            why = " (the [policy] target is named 'default')" if t.name == DEFAULT_TARGET else ""
+            raise ConfigError(f"{where}.name: {t.name!r} is already a target's name{why}")
+        seen[t.name] = i
+        key = (t.project, t.policy, t.region)
+        if key in policies:
+            raise ConfigError(f"{where}.policy: {t.policy!r} (project {t.project!r}, region {t.region or 'global'!r}) "
+                              f"is already target {policies[key]!r}'s policy: one band per policy")
+        policies[key] = t.name
+
+
+def _check_target_refs(names: tuple[str, ...], where: str, refs: tuple[str, ...]) -> None:
+    for i, ref in enumerate(refs):
+        if ref not in names:
+            raise ConfigError(f"{where}.targets[{i}]: no target named {ref!r} (targets: {', '.join(names)})")
+
+
 def from_dict(doc: Mapping[str, Any]) -> Settings:
     """Validates a parsed document (the TOML file's content) into Settings."""
     root = _Reader(doc, "")
-    policy = _policy(root.sub("policy"))
-    band = _band(root.sub("band"))
     lease = _lease(root.sub("lease"))
+    listed = _targets(root, lease)
+    policy_table, band_table = root.sub("policy"), root.sub("band")
+    if listed and "name" not in policy_table.table and "project" not in policy_table.table:
+        # No [policy] target: the first of [[targets]] is the default one.
+        first = listed[0]
+        policy_table = _Reader({**policy_table.table, "project": first.project, "name": first.policy,
+                                "region": first.region}, "policy")
+        band_table = _Reader({**band_table.table, "start": first.band_start, "end": first.band_end,
+                              "max_rules": first.max_rules}, "band")
+        if first.lease_label:
+            lease = replace(lease, label=first.lease_label)
+        targets = listed
+        offset = 0
+    else:
+        targets, offset = [], 1
+    policy = _policy(policy_table)
+    band = _band(band_table)
+    if listed and not targets:
+        default = TargetSettings(DEFAULT_TARGET, policy.project, policy.name, policy.region,
+                                 band.start, band.end, band.max_rules, lease.label)
+        targets = [default, *listed]
+    _check_targets(targets, offset)
     src_reader = root.sub("sources")
     sources = {kind: _source(kind, src_reader.sub(kind)) for kind in SOURCE_KINDS}
     src_reader.done()
@@ -782,6 +928,11 @@ def from_dict(doc: Mapping[str, Any]) -> Settings:
     detectors = _detectors(root.sub("detectors"))
     alerts = _alerts(root.sub("alerts"))
     groups = _groups(root.sub("groups"))
+    names = tuple(t.name for t in targets) or (DEFAULT_TARGET,)
+    for kind, src in sources.items():
+        _check_target_refs(names, f"sources.{kind}", src.targets)
+    for name, feed in feeds.items():
+        _check_target_refs(names, f"feeds.{name}", feed.targets)
     # Sections owned by other parts of the project (deploy, bootstrap) are
     # validated by their own readers.
     for key in ("deploy", "bootstrap"):
@@ -795,7 +946,7 @@ def from_dict(doc: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"deploy.max_delivery_attempts: must be between 5 and 100, got {attempts!r}")
     return Settings(policy, band, lease, sources, feeds, guards, detectors, alerts,
                     function_timeout=function_timeout, max_delivery_attempts=attempts,
-                    groups=groups, raw=dict(doc))
+                    groups=groups, raw=dict(doc), targets=tuple(targets))
 
 
 def _function_timeout(deploy: Mapping[str, Any]) -> timedelta:

@@ -31,9 +31,9 @@ each instance remembers the (policy, address, bucket) it has followed
 (``Followed``, bounded like the threshold counter), so a stream of denies
 from one client costs one cached read per bucket, not one per request.
 
-Targets: today the deployment owns one policy (``[policy]``) and one band
-(``[band]``); ``owned_targets`` is the one place that lists what we own, so
-that several targets only need to extend it.
+Targets: ``owned_targets`` lists every policy whose band we own (the
+``[policy]`` + ``[band]`` target and each ``[[targets]]`` entry); a deny
+extends an entry of the target whose policy it names, and of no other.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ ALERT_SOURCES = ("monitoring", "scc")
 class Target:
     """A policy whose band we own."""
 
+    name: str  # the target's name ([[targets]] name; "default" for [policy])
     project: str
     policy: str  # the short name, as request logs give it
     region: str  # "" for a global policy
@@ -74,9 +75,12 @@ class Target:
 
 
 def owned_targets(settings: Settings) -> tuple[Target, ...]:
-    """Every (policy, scope, band) this deployment owns."""
-    p = settings.policy
-    return (Target(p.project, p.name, p.region, settings.band),)
+    """Every (policy, scope, band) this deployment owns, the default first."""
+    out = []
+    for name in settings.target_names:
+        t = settings.for_target(name)
+        out.append(Target(name, t.policy.project, t.policy.name, t.policy.region, t.band))
+    return tuple(out)
 
 
 def our_target_for(settings: Settings, policy_name: str, region: str, project: str | None = None) -> Target | None:
@@ -277,6 +281,7 @@ def follow(deny: BandDeny, message: Message, rt: Runtime) -> Outcome:
 
     reason = (f"follows traffic: {deny.address.network_address} denied by band rule {deny.priority} of "
               f"{deny.target.policy} at {deny.when.isoformat().replace('+00:00', 'Z')}")
-    outcome = common.apply_screened(rt, message, KIND, [], source_id=KIND, reason=reason, derive=derive)
+    outcome = common.apply_screened(rt, message, KIND, [], source_id=KIND, reason=reason, derive=derive,
+                                    targets=(deny.target.name,))
     memory.add(key)
     return outcome

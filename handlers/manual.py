@@ -14,6 +14,10 @@ falls back to a default)::
      "force": false,             accept ranges broader than the manual minimum prefix
      "preview": false}           commit the rule with preview: true
 
+The message attribute ``targets`` (``targets=inference,notebooks``) narrows
+the targets the command applies to (default: those of ``[sources.manual]``,
+all by default); a name that is not one of them is refused.
+
 Without ttl/expiry/permanent a block lasts ``sources.manual.default_ttl``.
 
 Break-glass: ``{"action": "preview-all", "actor": ..., "reason": ...}`` puts
@@ -34,7 +38,7 @@ from handlers.runtime import Runtime, event_ref
 from responder.errors import BadEvent
 from responder.guards import parse_network
 from responder.model import Intent, ItemError, Severity, Verb
-from responder.service import Outcome
+from responder.service import Outcome, Responder
 
 KIND = "manual"
 MAX_RANGES = 1000
@@ -59,8 +63,9 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     unknown = sorted(set(doc) - KEYS)
     if unknown:
         raise BadEvent(f"manual command: unknown field '{unknown[0]}' (fields: {', '.join(sorted(KEYS))})")
+    targets = _targets(message, rt)
     if isinstance(doc.get("action"), str) and doc["action"] in BREAK_GLASS:
-        return _break_glass(doc, message, rt)
+        return _break_glass(doc, message, rt, targets)
     try:
         verb = Verb(doc.get("action")) if isinstance(doc.get("action"), str) else Verb("")
     except ValueError:
@@ -111,13 +116,30 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     if not intents:
         raise BadEvent(f"manual command: no valid range ({errors[0].error})")
     common.report_items(rt, message, KIND, errors)
-    return common.apply(rt, message, KIND, intents, force=force, actor=actor.strip(), reason=reason)
+    return common.apply(rt, message, KIND, intents, force=force, actor=actor.strip(), reason=reason, targets=targets)
+
+
+def _targets(message: Message, rt: Runtime) -> tuple[str, ...]:
+    """The targets the command applies to: the attribute ``targets`` (a
+    comma-separated list of names), else all that manual commands reach."""
+    allowed = common.targets_for(rt, KIND)
+    text = message.attributes.get("targets")
+    if text is None:
+        return allowed
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise BadEvent("manual command: attribute 'targets' names no target")
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise BadEvent(f"manual command: attribute 'targets': {unknown[0][:40]!r} is not a target of manual "
+                       f"commands (targets: {', '.join(allowed)})")
+    return tuple(n for n in allowed if n in names)
 
 
 BREAK_GLASS = {"preview-all": True, "enforce-all": False}
 
 
-def _break_glass(doc: Mapping[str, Any], message: Message, rt: Runtime) -> Outcome:
+def _break_glass(doc: Mapping[str, Any], message: Message, rt: Runtime, targets: tuple[str, ...]) -> Outcome:
     extra = sorted(set(doc) - {"action", "actor", "reason"})
     if extra:
         raise BadEvent(f"manual command: {doc['action']} takes only actor and reason (got '{extra[0]}')")
@@ -125,4 +147,11 @@ def _break_glass(doc: Mapping[str, Any], message: Message, rt: Runtime) -> Outco
     if not actor or not actor.strip():
         raise BadEvent("manual command: 'actor' is required (who asks for this)")
     reason = _field(doc, "reason", str, "")
-    return rt.responder.set_mode(BREAK_GLASS[doc["action"]], event_ref(message, KIND, actor.strip(), reason))
+    ref = event_ref(message, KIND, actor.strip(), reason)
+    if not targets:
+        raise BadEvent("manual command: no target takes manual commands ([sources.manual] targets)")
+
+    def one(name: str, responder: Responder) -> Outcome:
+        return responder.set_mode(BREAK_GLASS[doc["action"]], ref)
+
+    return common.each_target(rt, message, KIND, targets, one)

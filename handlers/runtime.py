@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,54 @@ class Runtime:
         self._api: PolicyApi | None = None
         self._responder: Responder | None = None
         self._group_store: GroupStore | None = None
+        # The other targets' adapters and responders (the default target's
+        # are the slots above), built on first use like them.
+        self._others: dict[str, tuple[PolicyApi, Responder]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self.breaker = FloodBreaker()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The names of the configured targets, the default one first."""
+        return self.settings.target_names
+
+    def responder_for(self, name: str) -> Responder:
+        """The band service of one target (``KeyError`` for an unknown name)."""
+        if name == self.settings.default_target:
+            return self.responder
+        built = self._others.get(name)
+        if built is None:
+            settings = self.settings.for_target(name)
+            with self._lock:
+                built = self._others.get(name)
+                if built is None:
+                    api = self._api_factory(settings)
+                    built = (api, Responder(settings, api, self._audit_for(name), clock=self.clock,
+                                            trail=self._trail(name)))
+                    self._others[name] = built
+        return built[1]
+
+    def api_for(self, name: str) -> PolicyApi:
+        if name == self.settings.default_target:
+            return self.api
+        self.responder_for(name)
+        return self._others[name][0]
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The small pool that runs one event's targets at once."""
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=min(32, 4 * len(self.targets)),
+                                                    thread_name_prefix="target")
+                pool = self._pool
+        return pool
+
+    def _audit_for(self, name: str) -> Audit:
+        """Records name their target when ``[[targets]]`` is configured."""
+        return self.audit if not self.settings.targets else self.audit.bound(target=name)
 
     @property
     def api(self) -> PolicyApi:
@@ -73,20 +121,32 @@ class Runtime:
             api = self.api
             with self._lock:
                 if self._responder is None:
-                    self._responder = Responder(self.settings, api, self.audit, clock=self.clock, trail=self._trail())
+                    self._responder = Responder(self.settings, api, self._audit_for(self.settings.default_target),
+                                                clock=self.clock, trail=self._trail(self.settings.default_target))
                 responder = self._responder
         return responder
 
-    def _trail(self) -> Trail | None:
+    def _trail(self, name: str) -> Trail | None:
         """Where the cleanup reads the audit trail to tell a wipe from its own
-        removals: the local audit file, else Cloud Logging (against Google)."""
+        removals: the local audit file, else Cloud Logging (against Google).
+        With several targets, only the records of target ``name`` (and, for
+        the default target, records that name none)."""
         from responder import audit as records
 
         if self.audit.file is not None:
-            return records.file_trail(self.audit.file)
-        if self.settings.policy.api_endpoint:
+            trail = records.file_trail(self.audit.file)
+        elif self.settings.policy.api_endpoint:
             return None
-        return records.cloud_trail(self.settings.policy.project, ("usage", *LIFTS))
+        else:
+            trail = records.cloud_trail(self.settings.policy.project, ("usage", *LIFTS))
+        if not self.settings.targets:
+            return trail
+        mine = (None, name) if name == self.settings.default_target else (name,)
+
+        def read(since: datetime) -> list[dict[str, Any]]:
+            return [r for r in trail(since) if r.get("target") in mine]
+
+        return read
 
     @property
     def group_store(self) -> GroupStore:

@@ -41,6 +41,7 @@ CHANGES = (
     "wiped",  # band rules disappeared without a record of ours (another writer removed them): restore
     "group",  # an address group of a feed (and its band rule) created, updated, replaced or deleted
     "fallback",  # a group-stored feed falls back to band rules (Standard tier), recorded once
+    "target-failed",  # one target failed for good (policy gone, permission denied); the others went ahead
 )
 
 _setup_lock = threading.Lock()
@@ -93,10 +94,21 @@ class Audit:
         self.keep = keep
         self.records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self.fields: dict[str, Any] = {}  # added to every record (``bound``)
+
+    def bound(self, **fields: Any) -> Audit:
+        """This trail, with ``fields`` added to every record written through
+        the copy (e.g. the target's name); records, file and lock are shared."""
+        copy = object.__new__(Audit)
+        copy.__dict__.update(self.__dict__)
+        copy.fields = {**self.fields, **fields}
+        return copy
 
     def record(self, change: str, message: str, *, level: int = logging.INFO, **fields: Any) -> dict[str, Any]:
         if change not in CHANGES:
             raise ValueError(f"unknown audit change {change!r}")
+        if self.fields:
+            fields = {**self.fields, **fields}
         body = {"change": change, **{k: _jsonable(v) for k, v in fields.items() if v is not None}}
         self.logger.log(level, message, extra={"json_fields": {"responder": body}})
         with self._lock:

@@ -44,6 +44,8 @@ SCRIPT: list[tuple[str, str, dict[str, str], str]] = [
     ("on_threat_feed", "feed-intel.json", {"feed": "example-intel"}, "a JSON threat feed with four indicators"),
     ("on_threat_feed", "spamhaus-drop.txt", {"feed": "spamhaus-drop", "format": "spamhaus"}, "a Spamhaus DROP excerpt"),
     ("on_threat_feed", "feed-intel.json", {"feed": "example-intel"}, "the same feed again: nothing changes"),
+    ("on_manual", "manual-block-notebooks.json", {"targets": "notebooks"},
+     "an operator blocks one address on the notebooks target only (attribute targets=notebooks)"),
     ("on_manual", "manual-extend.json", {}, "the operator extends one block to 2 days"),
     ("on_manual", "manual-unblock.json", {}, "the operator unblocks one address"),
     ("on_manual", "manual-bad.json", {}, "a malformed command: logged and acknowledged"),
@@ -55,6 +57,8 @@ SCRIPT: list[tuple[str, str, dict[str, str], str]] = [
 # local feed server's), and the message Cloud Scheduler publishes for it.
 PULLED_FEED = "example-block"
 PULL_MESSAGE = "feed-pull.json"
+# A second target (README, "Many targets"): a regional policy of the notebooks' load balancer.
+SECOND_TARGET = ("notebooks", "notebooks-edge", "europe-west4")
 
 
 # --enterprise: a FireHOL-level1-sized list (generated, seeded) stored in an
@@ -71,6 +75,9 @@ def run_config(feed_url: str, var: Path, enterprise: bool = False) -> Path:
         f"\n# Added by scripts/run_local.py: a feed pulled from the local feed server.\n"
         f"[feeds.{PULLED_FEED}]\nformat = \"netset\"\nttl = \"1d\"\nsnapshot = true\n"
         f"url = \"{feed_url}\"\nevery = \"1h\"\ntimeout = \"10s\"\n"
+        f"\n# Added by scripts/run_local.py: a second target, a regional policy.\n"
+        f"[[targets]]\nname = \"{SECOND_TARGET[0]}\"\nproject = \"{config.load().policy.project}\"\n"
+        f"policy = \"{SECOND_TARGET[1]}\"\nregion = \"{SECOND_TARGET[2]}\"\nband_start = 20000\nband_end = 20999\nmax_rules = 150\n"
     )
     if enterprise:
         text += (
@@ -138,7 +145,8 @@ def start_local_api(state: Path, project: str, tier: str = "standard") -> tuple[
 def ensure_policy(endpoint: str, settings: config.Settings) -> None:
     """Creates the example cluster policy (operator rules outside the band)
     when the local API does not have it yet."""
-    base = f"{endpoint}/compute/v1/projects/{settings.policy.project}/global/securityPolicies"
+    scope = f"regions/{settings.policy.region}" if settings.policy.region else "global"
+    base = f"{endpoint}/compute/v1/projects/{settings.policy.project}/{scope}/securityPolicies"
     try:
         urllib.request.urlopen(f"{base}/{settings.policy.name}", timeout=5)
         return
@@ -161,7 +169,7 @@ def ensure_policy(endpoint: str, settings: config.Settings) -> None:
                                  headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         op = json.load(resp)
-    ops = f"{endpoint}/compute/v1/projects/{settings.policy.project}/global/operations/{op['name']}/wait"
+    ops = f"{endpoint}/compute/v1/projects/{settings.policy.project}/{scope}/operations/{op['name']}/wait"
     urllib.request.urlopen(urllib.request.Request(ops, data=b"", method="POST"), timeout=30)
 
 
@@ -175,16 +183,22 @@ def start_function(target: str, port: int, env: dict[str, str], log: Path) -> su
     )
 
 
-def print_band(endpoint: str, settings: config.Settings, title: str) -> None:
+def print_band(endpoint: str, settings: config.Settings, title: str, *, every_target: bool = True) -> None:
+    """The band of every target (or of the first only) as a table, with the
+    default target's address groups."""
     from cli import band_table, group_docs
     from responder.compute import CloudArmor
 
-    local = settings.with_policy(api_endpoint=endpoint)
-    api = CloudArmor(local.policy)
-    now = datetime.now(tz=UTC)
-    snap = api.get_policy()
-    print(f"\n== {title}")
-    print(band_table(snap, settings, now, group_docs(snap, local, now, api=api)))
+    for name in settings.target_names if every_target else settings.target_names[:1]:
+        one = settings.for_target(name)
+        local = one.with_policy(api_endpoint=endpoint)
+        api = CloudArmor(local.policy)
+        now = datetime.now(tz=UTC)
+        snap = api.get_policy()
+        groups = group_docs(snap, local, now, api=api) if name == settings.default_target else []
+        where = f"{one.policy.name}, {one.policy.region or 'global'}"
+        print(f"\n== {title}: target {name} ({where})")
+        print(band_table(snap, one, now, groups))
 
 
 def write_report(endpoint: str, settings: config.Settings, audit_file: Path, path: Path) -> Path:
@@ -203,7 +217,7 @@ def scheduled_pull(url: str, feeds: FeedServer, endpoint: str, settings: config.
     downloads the list and lands it, the next finds it unchanged (304)."""
     feed = settings.feeds[PULLED_FEED]
     print(f"\n== scheduled pull of {PULLED_FEED} (every: '{feed.every}') from {feed.url}")
-    print_band(endpoint, settings, "band before the pull")
+    print_band(endpoint, settings, "band before the pull", every_target=False)
     data = (ROOT / "examples" / PULL_MESSAGE).read_bytes()
     for what in ("Cloud Scheduler publishes the pull", "the next scheduled pull"):
         seen = len(feeds.requests)
@@ -211,7 +225,7 @@ def scheduled_pull(url: str, feeds: FeedServer, endpoint: str, settings: config.
         answers = ", ".join(f"GET {r['path']} -> {r['status']}" for r in feeds.requests[seen:]) or "no request"
         print(f"-> on_threat_feed  {PULL_MESSAGE:22} HTTP {status}  {what}: feed server {answers}")
         if what.startswith("Cloud"):
-            print_band(endpoint, settings, "band after the pull")
+            print_band(endpoint, settings, "band after the pull", every_target=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                                              "enterprise" if args.enterprise else "standard")
         procs.append(api_proc)
         print(f"local Cloud Armor API: {endpoint} (state in var/local-api-state.json)")
-        ensure_policy(endpoint, settings)
+        for name in settings.target_names:
+            ensure_policy(endpoint, settings.for_target(name))
         print(f"local feed server:     {feeds.endpoint} (serves examples/feeds/)")
         env = {**os.environ, "RESPONDER_API_ENDPOINT": endpoint, "RESPONDER_AUDIT_FILE": str(var / "audit.jsonl"),
                "RESPONDER_CONFIG": str(config_path), "PYTHONUNBUFFERED": "1"}

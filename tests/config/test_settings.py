@@ -220,3 +220,66 @@ def test_follow_denies_may_be_turned_on_for_feeds() -> None:
     doc = _doc()
     doc["sources"]["feed"]["follow_denies"] = True
     assert config.from_dict(doc).source("feed").follow_denies
+
+
+def _target(**fields: Any) -> dict[str, Any]:
+    return {"name": "notebooks", "project": "p2", "policy": "nb-edge", "region": "us-central1",
+            "band_start": 30000, "band_end": 30099, **fields}
+
+
+def test_the_single_policy_is_the_one_default_target() -> None:
+    s = config.from_dict(_doc())
+    assert s.target_names == ("default",) and s.for_target("default") is s
+
+
+def test_targets_follow_the_default_one_and_share_the_rest() -> None:
+    doc = _doc()
+    doc["targets"] = [_target(max_rules=40, lease_label="nb-lease")]
+    s = config.from_dict(doc)
+    assert s.target_names == ("default", "notebooks")
+    nb = s.for_target("notebooks")
+    assert (nb.policy.project, nb.policy.name, nb.policy.region) == ("p2", "nb-edge", "us-central1")
+    assert (nb.band.start, nb.band.end, nb.band.max_rules, nb.lease.label) == (30000, 30099, 40, "nb-lease")
+    assert nb.policy.request_timeout == s.policy.request_timeout and nb.band.owner_tag == s.band.owner_tag
+
+
+def test_without_a_policy_target_the_first_listed_is_the_default() -> None:
+    doc = _doc()
+    del doc["policy"]["project"], doc["policy"]["name"]
+    doc["targets"] = [_target(name="inference", region=""), _target()]
+    s = config.from_dict(doc)
+    assert s.target_names == ("inference", "notebooks")
+    assert (s.policy.name, s.band.start, s.band.end) == ("nb-edge", 30000, 30099)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"name": "default"}, "targets[0].name: 'default' is already a target's name"),
+    ({"name": "Bad_Name"}, "targets[0].name: 1 to 16"),
+    ({"name": "a" * 17}, "targets[0].name: 1 to 16"),
+    ({"project": ""}, "targets[0].project: required"),
+    ({"policy": "No"}, "targets[0].policy: not a valid resource name"),
+    ({"band_end": 30000}, "targets[0].band_end: must be an integer greater than targets[0].band_start"),
+    ({"max_rules": -1}, "targets[0].max_rules: must be 0"),
+    ({"lease_label": "car-mode"}, "targets[0].lease_label: not a valid label key"),
+    ({"bands": 1}, "targets[0].bands: unknown setting"),
+])
+def test_a_bad_target_names_the_field(fields: dict[str, Any], message: str) -> None:
+    doc = _doc()
+    doc["targets"] = [_target(**fields)]
+    with pytest.raises(config.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config.from_dict(doc)
+
+
+def test_two_targets_on_one_policy_and_unknown_target_references_are_refused() -> None:
+    doc = _doc()
+    doc["targets"] = [_target(), _target(name="again")]
+    with pytest.raises(config.ConfigError, match=r"targets\[1\].policy: 'nb-edge' .* is already target 'notebooks'"):
+        config.from_dict(doc)
+    doc["targets"] = [_target()]
+    doc.setdefault("feeds", {})["intel"] = {"targets": ["notebooks", "inference"]}
+    with pytest.raises(config.ConfigError, match=r"feeds.intel.targets\[1\]: no target named 'inference'"):
+        config.from_dict(doc)
+    del doc["feeds"]["intel"]
+    doc["sources"]["manual"]["targets"] = ["default", ""]
+    with pytest.raises(config.ConfigError, match=r"sources.manual.targets\[1\]"):
+        config.from_dict(doc)

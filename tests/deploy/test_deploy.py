@@ -768,3 +768,53 @@ def test_with_address_groups_refuses_a_regional_policy(env: Env, cfg_dir: Path) 
     assert result.returncode == 2
     assert "only in global security policies" in result.stderr
     assert env.calls() == []
+
+
+TARGETS_EXTRA = """
+[[targets]]
+name = "notebooks"
+project = "nb-project"
+policy = "nb-edge"
+region = "us-east1"
+band_start = 40000
+band_end = 40999
+
+[[targets]]
+name = "registry"
+project = "my-ml-project"
+policy = "registry-edge"
+band_start = 20000
+band_end = 20999
+"""
+
+
+def test_every_targets_project_gets_the_role_and_its_binding(env: Env, cfg_dir: Path) -> None:
+    """[[targets]]: the custom role is created in each other project and
+    bound there to the runtime account; it covers global and regional policies."""
+    cfg = write_config(cfg_dir / "targets.toml", extra=TARGETS_EXTRA)
+    dry = env.run("--region", REGION, "--dry-run", config=cfg)
+    assert dry.returncode == 0, dry.stderr
+    assert env.calls() == []
+    text = "\n".join(line for line in dry.stdout.splitlines() if line.startswith("+ gcloud "))
+    assert "+ gcloud iam roles create car_responder --project=nb-project" in text
+    assert ("+ gcloud projects add-iam-policy-binding nb-project "
+            "--member=serviceAccount:car-responder@my-ml-project.iam.gserviceaccount.com "
+            "--role=projects/nb-project/roles/car_responder") in text
+    assert text.count("+ gcloud iam roles create ") == 2  # my-ml-project and nb-project, once each
+
+    env.seed({"project": {"projectId": PROJECT, "projectNumber": "123456789012", "others": ["nb-project"]},
+              "backend_services": {"ml-web": {"name": "ml-web", "securityPolicy": ""}}})
+    result = env.run("--region", REGION, config=cfg)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = env.read_state()
+    main, other = state["roles"]["car_responder"], state["roles"]["nb-project/car_responder"]
+    assert other["name"] == "projects/nb-project/roles/car_responder"
+    for role in (main, other):
+        assert "compute.securityPolicies.update" in role["includedPermissions"]
+        assert "compute.regionSecurityPolicies.update" in role["includedPermissions"]
+    assert ["projects:nb-project", "serviceAccount:car-responder@my-ml-project.iam.gserviceaccount.com",
+            "projects/nb-project/roles/car_responder"] in state["iam"]
+    # A second run finds both roles up to date.
+    again = env.run("--region", REGION, config=cfg)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("custom role car_responder is up to date") == 2

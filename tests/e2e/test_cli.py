@@ -198,6 +198,8 @@ RECORDS: list[tuple[str, str, dict[str, object]]] = [
       "priority": 20999}),
     ("fallback", "feed firehol falls back to band rules: address groups need Cloud Armor Enterprise",
      {"message_id": "m-15", "source": "firehol", "reason": "Standard tier", "label": "car-tier"}),
+    ("target-failed", "target notebooks: PolicyNotFound: no policy nb-edge; the other targets went ahead",
+     {"message_id": "m-16", "source": "manual", "target": "notebooks", "error": "PolicyNotFound: no policy nb-edge"}),
 ]
 # What explain shows for TARGET: the records naming an overlapping range,
 # and break-glass (band-wide) once the address has a history.

@@ -211,9 +211,11 @@ def test_role_permissions_match_deploy_sh_for_global_and_regional_policies() -> 
     from car_iac.names import role_permissions
 
     text = (ROOT / "deploy.sh").read_text()
-    regional, global_ = re.findall(r'ROLE_PERMISSIONS="([^"]+)"', text)
-    assert global_.split(",") == list(role_permissions(""))
-    assert regional.split(",") == list(role_permissions("us-central1"))
+    (regional,) = re.findall(r'REGIONAL_PERMISSIONS="([^"]+)"', text)
+    (global_,) = re.findall(r'GLOBAL_PERMISSIONS="([^"]+)"', text)
+    (extra,) = set(re.findall(r'ROLE_PERMISSIONS="\$(?:REGIONAL|GLOBAL)_PERMISSIONS,([^"]+)"', text))
+    assert [*global_.split(","), *extra.split(",")] == list(role_permissions(""))
+    assert [*regional.split(","), *extra.split(",")] == list(role_permissions("us-central1"))
 
 
 def test_role_and_trigger_bindings_match_deploy_sh(plan: list[list[str]], responder: list[Registered]) -> None:
