@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,12 @@ PULLED_FEED = "example-block"
 PULL_MESSAGE = "feed-pull.json"
 # A second target (README, "Many targets"): a regional policy of the notebooks' load balancer.
 SECOND_TARGET = ("notebooks", "notebooks-edge", "europe-west4")
+
+
+# Bans that follow traffic (README): a WAF hit the cloud-armor-waf detector
+# bans for 6h, published this long ago, then a request our band rule denies now.
+WAF_HIT, BAND_DENY = "log-waf-hit.json", "log-band-deny.json"
+WAF_HIT_AGE = timedelta(hours=5)
 
 
 # --enterprise: a FireHOL-level1-sized list (generated, seeded) stored in an
@@ -228,6 +234,62 @@ def scheduled_pull(url: str, feeds: FeedServer, endpoint: str, settings: config.
             print_band(endpoint, settings, "band after the pull", every_target=False)
 
 
+def band_row(endpoint: str, settings: config.Settings, network: str) -> tuple[str, str, list[int]]:
+    """(header, row, rule priorities) of one range's band entry, as ``cli.py list`` prints it."""
+    from cli import list_data, list_text
+    from responder.compute import CloudArmor
+
+    now = datetime.now(tz=UTC)
+    data = list_data(CloudArmor(settings.with_policy(api_endpoint=endpoint).policy).get_policy(), settings, now)
+    entries = [e for e in data["entries"] if e["range"] == network]
+    lines = list_text({"entries": entries}, now).splitlines()
+    return lines[0], lines[1] if entries else f"{network:<24} (not in the band)", entries[0]["priorities"] if entries else []
+
+
+def follow_traffic(url: str, endpoint: str, settings: config.Settings, audit_file: Path) -> None:
+    """Bans that follow traffic: the load balancer's log sink delivers a WAF
+    hit (published WAF_HIT_AGE ago, so the detector's 6h ban has about an
+    hour left), then a request our band rule denied now; the ban is extended
+    from now.
+    The examples' ``timestamp`` is set to the publish time, and the deny's
+    ``priority`` to the band rule that holds the address (as the load
+    balancer would log them)."""
+    from handlers import detectors
+
+    ttl = {d.name: d.ttl for d in detectors.load(settings.detectors).detectors}["cloud-armor-waf"]
+    hours = f"{ttl.total_seconds() / 3600:g}h" if ttl else "its default ttl"
+    hit = json.loads((ROOT / "examples" / WAF_HIT).read_bytes())
+    address = hit["httpRequest"]["remoteIp"]
+    network = f"{address}/32"
+    print(f"\n== bans that follow traffic: {address}")
+    then = datetime.now(tz=UTC) - WAF_HIT_AGE
+    hit["timestamp"] = then.isoformat(timespec="seconds").replace("+00:00", "Z")
+    status = eventarc.post(url, eventarc.json_bytes(hit), publish_time=then)
+    print(f"-> on_log_sink     {WAF_HIT:22} HTTP {status}  a WAF rule denied a SQL injection "
+          f"{WAF_HIT_AGE.total_seconds() / 3600:.0f} hours ago: the cloud-armor-waf detector banned the client for {hours}")
+    header, row, priorities = band_row(endpoint, settings, network)
+    print(f"   {header}\n   {row}   <- before")
+    deny = json.loads((ROOT / "examples" / BAND_DENY).read_bytes())
+    deny["timestamp"] = datetime.now(tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    if priorities:
+        deny["jsonPayload"]["enforcedSecurityPolicy"]["priority"] = min(priorities)
+    priority = deny["jsonPayload"]["enforcedSecurityPolicy"]["priority"]
+    message_id = f"band-deny-{int(time.time())}"
+    status = eventarc.post(url, eventarc.json_bytes(deny), message_id=message_id)
+    print(f"-> on_log_sink     {BAND_DENY:22} HTTP {status}  the client comes back now: band rule {priority} "
+          f"denies it, and the load balancer's request log says so")
+    _, row, _ = band_row(endpoint, settings, network)
+    print(f"   {row}   <- after")
+    from cli import trail_from_file
+
+    why = [r for r in trail_from_file(audit_file) if r.get("message_id") == message_id and r["change"] == "extended"]
+    if not why:
+        print("   why: no extension was recorded (see var/on_log_sink.log)")
+        return
+    print(f"   why: {why[-1]['reason']}: a ban our own rule still enforces runs on by its source's ttl "
+          f"({'+'.join(why[-1].get('sources', []))}: {hours}) from the request's time, in a rule of its own")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="keep the stack up for publishing by hand")
@@ -269,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             status = eventarc.post(urls[target], data, attributes=attributes)
             print(f"-> {target:15} {example:22} HTTP {status}  {what}")
         scheduled_pull(urls["on_threat_feed"], feeds, endpoint, settings)
+        follow_traffic(urls["on_log_sink"], endpoint, settings, var / "audit.jsonl")
         if args.enterprise:
             group_load(urls["on_threat_feed"], endpoint, settings)
         print_band(endpoint, settings, "band after")
@@ -279,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\nThe stack stays up. Publish by hand, e.g.:")
             print(f"  .venv/bin/python scripts/publish.py {urls['on_manual']} examples/manual-block.json")
             print(f"  .venv/bin/python scripts/publish.py {urls['on_threat_feed']} examples/{PULL_MESSAGE}   # a scheduled pull")
+            print(f"  .venv/bin/python scripts/publish.py {urls['on_log_sink']} examples/{WAF_HIT}   # a WAF hit: a 6h ban")
             print("Ctrl-C stops everything.")
             signal.pause()
         return 0
