@@ -282,9 +282,11 @@ def follow_traffic(url: str, endpoint: str, settings: config.Settings, audit_fil
     print(f"   {row}   <- after")
     from cli import trail_from_file
 
-    why = [r for r in trail_from_file(audit_file) if r.get("message_id") == message_id and r["change"] == "extended"]
-    if not why:
-        print("   why: no extension was recorded (see var/on_log_sink.log)")
+    why = [r for r in trail_from_file(audit_file) if r.get("message_id") == message_id]
+    if not why or why[-1]["change"] != "extended":
+        said = f"{why[-1].get('reason') or why[-1]['message']}: {why[-1]['change']}" if why else "no record"
+        print(f"   why: {said}; nothing extended: the entry already ran that long, e.g. extended by an earlier run "
+              f"(--fresh starts from an empty band), or see var/on_log_sink.log")
         return
     print(f"   why: {why[-1]['reason']}: a ban our own rule still enforces runs on by its source's ttl "
           f"({'+'.join(why[-1].get('sources', []))}: {hours}) from the request's time, in a rule of its own")
