@@ -140,6 +140,15 @@ EXTEND_BESIDE_AN_UNBLOCK = (
                  our_rule(1002, ["198.51.100.0/23", "198.51.101.0/26"], None, sources=("feed",))]),
     [extend("198.51.101.0/25", "manual", permanent=True), unblock("198.51.101.128/25", "manual")],
 )
+# Found by a randomized pass (seed 65537): a block already satisfied by a
+# manual supernet wrote nothing while the band had no entry of its own for
+# the network, but merged into that entry once a compaction had made one.
+BLOCK_UNDER_A_SATISFYING_SUPERNET = (
+    by_priority([our_rule(1006, ["192.0.2.0/23"], at(93), Severity.CRITICAL, sources=("manual",), action="deny(404)"),
+                 PolicyRule(priority=1007, action="deny(404)", ranges=("192.0.2.0/26", "192.0.2.64/26"),
+                            description="car1 x=202605011205 v=c n=3 s=spamhaus", preview=True)]),
+    [block("192.0.2.0/25", "manual", NOW + timedelta(seconds=7), severity=Severity.LOW)],
+)
 EXTEND_UNDER_MANUAL_SUPERNETS = (
     by_priority([our_rule(1001, ["192.0.2.0/24"], at(60), Severity.LOW, sources=("manual",)),
                  our_rule(1002, ["192.0.2.0/25"], at(60), Severity.LOW, sources=("manual",))]),
@@ -345,6 +354,7 @@ def test_reconcile_with_compact_uses_the_fewest_rules(scenario):
 @SETTINGS
 @given(scenarios())
 @example(EXTEND_BESIDE_AN_UNBLOCK)
+@example(BLOCK_UNDER_A_SATISFYING_SUPERNET)
 def test_reconcile_is_idempotent(scenario):
     before, todo = scenario
     first = plan_reconcile(read_band(before.values(), BAND), todo, NOW, BAND, compact=True, seed=1)
