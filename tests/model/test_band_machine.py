@@ -1,0 +1,448 @@
+"""The band means what the README says: a stateful property test.
+
+A Hypothesis state machine drives the real functions' handlers (manual
+commands, JSON feeds with snapshots and revocations, load-balancer log
+entries, Monitoring incidents, cleanup), the real band service and the real
+compute adapter against the local Cloud Armor API, with a fake clock; and
+the same steps through the reference model (``reference.py``). After every
+step, for addresses in and around every range the steps use, the band's
+answer (blocked? until when? which sources? what severity?) equals the
+model's, and the band keeps its invariants. Redelivered messages change
+nothing (0 mutating calls); a new instance (cold cache) and a second writer
+(another runtime on the same API) take turns.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from reference import Claim, Kind, Reference, eviction_order_holds
+
+from config import settings as config
+from handlers import alert, cleanup, log_sink, manual, runtime, threat_feed
+from localapi import LocalCloudArmor
+from responder import planner
+from responder.audit import Audit
+from responder.guards import SPECIAL_RANGES
+from tests.e2e.conftest import OPERATOR_RULES
+from tests.e2e.support import incident, lb_entry
+
+pytestmark = pytest.mark.property
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = "machine-project"
+BAND = (20000, 20039)
+MAX_RULES = 8  # small, so that eviction happens
+GRANULARITY = timedelta(minutes=15)
+ALLOWLIST = ("35.191.0.0/16", "45.9.150.0/26")
+FOREIGN = {"priority": 20017, "action": "deny(403)", "description": "team-x block",
+           "match": {"versionedExpr": "SRC_IPS_V1", "config": {"srcIpRanges": ["2.58.56.0/24"]}}}
+NETS = [ipaddress.ip_network(n) for n in (
+    "45.9.148.0/23", "45.9.148.0/24", "45.9.148.0/25", "45.9.148.128/25", "45.9.148.64/26", "45.9.148.7/32",
+    "45.9.148.200/32", "45.9.149.0/24", "45.9.149.77/32", "45.9.150.0/24", "45.9.150.99/32", "45.9.151.3/32",
+    "45.8.0.0/15", "2a0b:4142::/48", "2a0b:4142:0:1::/64",
+)]
+HOSTS = [n for n in NETS if n.prefixlen == n.max_prefixlen] + [ipaddress.ip_network("2a0b:4142:0:1::5/128")]
+FEEDS = {"fa": ("4h", "medium"), "fb": ("12h", "low")}
+START = datetime(2026, 3, 1, 12, 3, tzinfo=UTC)
+SEVERITY = {"l": 1, "m": 2, "h": 3, "c": 4}
+NAMES = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+MUTATIONS = ("/addRule", "/patchRule", "/removeRule")
+
+CONFIG = f"""
+[policy]
+project = "{PROJECT}"
+name = "unused"
+read_cache = "0"
+request_timeout = "2s"
+operation_timeout = "5s"
+retry_deadline = "3s"
+
+[band]
+start = {BAND[0]}
+end = {BAND[1]}
+max_rules = {MAX_RULES}
+expiry_granularity = "15m"
+
+[lease]
+duration = "120s"
+wait = "5s"
+margin = "1s"
+
+[sources.feed]
+flood_limit = 0
+[sources.log]
+flood_limit = 0
+default_ttl = "1h"
+max_ttl = "2d"
+[sources.alert]
+default_ttl = "6h"
+max_ttl = "3d"
+
+[feeds.fa]
+format = "json"
+ttl = "{FEEDS['fa'][0]}"
+severity = "{FEEDS['fa'][1]}"
+max_drop_share = 1.0
+
+[feeds.fb]
+format = "json"
+ttl = "{FEEDS['fb'][0]}"
+severity = "{FEEDS['fb'][1]}"
+max_drop_share = 1.0
+
+[detectors]
+file = "{{detectors}}"
+
+[guards]
+allowlist = {json.dumps(list(ALLOWLIST))}
+"""
+
+DETECTORS = """
+[[detector]]
+name = "waf"
+description = "Cloud Armor preconfigured WAF rule denied a request"
+address_field = "httpRequest.remoteIp"
+severity = "high"
+ttl = "1h"
+[detector.match]
+resource_type = ["http_load_balancer"]
+log_name_suffix = ["/requests"]
+fields = [
+  { path = "jsonPayload.enforcedSecurityPolicy.outcome", equals = "DENY" },
+  { path = "jsonPayload.enforcedSecurityPolicy.preconfiguredExprIds", exists = true },
+]
+"""
+
+KINDS = {
+    "manual": Kind(16, 48, None, 1.0, timedelta(days=365)),
+    "feed": Kind(12, 32, None, 1.0, timedelta(days=30)),
+    "log": Kind(32, 64, 64, 2.0, timedelta(days=2)),
+    "alert": Kind(32, 64, 64, 2.0, timedelta(days=3)),
+}
+TTL = {"waf": timedelta(hours=1), "monitoring": timedelta(hours=6)}
+SEV = {"waf": 3, "monitoring": 3}
+
+
+def _samples() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    out: set[Any] = set()
+    for n in NETS:
+        first, last = int(n.network_address), int(n.broadcast_address)
+        for a in (first, last, (first + last) // 2, first - 1, last + 1, first + 7, first + 77):
+            out.add(ipaddress.ip_address(a) if n.version == 4 else ipaddress.IPv6Address(a))
+    out.add(ipaddress.ip_address("2a0b:4142:0:1::5"))
+    return sorted(out, key=lambda a: (a.version, int(a)))
+
+
+SAMPLES = _samples()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Event:
+    """A CloudEvent as handlers.envelope reads it (``data`` is the envelope)."""
+
+    data: dict[str, Any]
+
+
+_server: LocalCloudArmor | None = None
+_lock = threading.Lock()
+_names = iter(range(10**9))
+
+
+def server() -> LocalCloudArmor:
+    global _server
+    with _lock:
+        if _server is None:
+            _server = LocalCloudArmor(op_delay=0.0, quota=500, wait_timeout=5.0, seed=7, project=PROJECT).start()
+        return _server
+
+
+def _http(method: str, url: str, body: Any = None) -> Any:
+    import urllib.request
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def _op(base: str, op: dict[str, Any]) -> None:
+    done = _http("POST", f"{base}/operations/{op['name']}/wait")
+    assert done["status"] == "DONE" and "error" not in done, done
+
+
+_settings_cache: dict[str, config.Settings] = {}
+
+
+def base_settings(tmp: Path) -> config.Settings:
+    if "s" not in _settings_cache:
+        (tmp / "detectors.toml").write_text(DETECTORS)
+        (tmp / "responder.toml").write_text(CONFIG.replace("{detectors}", str(tmp / "detectors.toml")))
+        _settings_cache["s"] = config.load(tmp / "responder.toml", environ={
+            "RESPONDER_API_ENDPOINT": server().endpoint})
+    return _settings_cache["s"]
+
+
+# Plans the lease holder executed, to learn what was evicted.
+_evicted: list[planner.Entry] = []
+
+
+def _spy_reconcile(fn: Callable[..., planner.Plan]) -> Callable[..., planner.Plan]:
+    def wrapped(*args: Any, **kwargs: Any) -> planner.Plan:
+        plan = fn(*args, **kwargs)
+        _spy_reconcile.last = plan  # type: ignore[attr-defined]
+        return plan
+    return wrapped
+
+
+def parse_description(text: str) -> Claim:
+    words = dict(w.split("=", 1) for w in text.split()[1:])
+    x = words["x"]
+    expiry = None if x == "never" else datetime.strptime(x, "%Y%m%d%H%M").replace(tzinfo=UTC)
+    sources = words["s"]
+    assert not sources.endswith("*"), f"a truncated description: {text}"
+    return Claim(expiry, SEVERITY[words["v"]], frozenset(sources.split("+")))
+
+
+class BandMachine(RuleBasedStateMachine):
+    tmp: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.srv = server()
+        self.name = f"edge-{next(_names)}"
+        self.base = f"{self.srv.endpoint}/compute/v1/projects/{PROJECT}/global"
+        _op(self.base, _http("POST", f"{self.base}/securityPolicies", {"name": self.name, "rules": copy.deepcopy(OPERATOR_RULES)}))
+        _op(self.base, _http("POST", f"{self.base}/securityPolicies/{self.name}/addRule", copy.deepcopy(FOREIGN)))
+        s = base_settings(self.tmp)
+        self.settings = replace(s, policy=replace(s.policy, name=self.name))
+        self.clock = Clock()
+        self.audit = Audit()
+        self.runtimes = [self._runtime(), self._runtime()]
+        self.model = Reference(GRANULARITY, KINDS, tuple(ipaddress.ip_network(a) for a in ALLOWLIST), SPECIAL_RANGES)
+        policy = self.srv.policy(PROJECT, self.name)
+        assert policy is not None
+        self.outside = [r for r in policy["rules"] if not BAND[0] <= r["priority"] <= BAND[1]]
+        self.foreign = self.srv.rule(PROJECT, self.name, FOREIGN["priority"])
+        self.last: tuple[str, Event] | None = None
+        self.messages = 0
+        self.original = planner.plan_reconcile
+        planner.plan_reconcile = _spy_reconcile(self.original)
+        self.compacted = False
+
+    def _runtime(self) -> runtime.Runtime:
+        from responder.compute import Backoff, CloudArmor
+
+        fast = Backoff(initial=0.01, maximum=0.05)
+
+        def api(s: config.Settings) -> Any:
+            return CloudArmor(s.policy, retry_deadline=timedelta(seconds=3), sleep=lambda _: None, backoff=fast, poll=fast)
+
+        return runtime.Runtime(self.settings, self.audit, api_factory=api, clock=self.clock)
+
+    def teardown(self) -> None:
+        planner.plan_reconcile = self.original
+        try:
+            _op(self.base, _http("DELETE", f"{self.base}/securityPolicies/{self.name}"))
+        except Exception:
+            pass
+
+    # -- delivering --------------------------------------------------------
+
+    def _mutations(self) -> int:
+        return sum(1 for r in self.srv.requests if r["method"] == "POST" and r["path"].endswith(MUTATIONS)
+                   and f"/{self.name}/" in r["path"])
+
+    def _deliver(self, kind: str, event: Event, writer: int) -> None:
+        handler = {"manual": manual.handle, "feed": threat_feed.handle, "log": log_sink.handle,
+                   "alert": alert.handle, "cleanup": cleanup.handle}[kind]
+        _spy_reconcile.last = None  # type: ignore[attr-defined]
+        runtime.dispatch(kind, handler, event, self.runtimes[writer])
+        plan = getattr(_spy_reconcile, "last", None)
+        if plan is not None and plan.evicted:
+            evicted = [Claim(e.meta.expiry, int(e.meta.severity), e.meta.sources) for e in plan.evicted]
+            for e, c in zip(plan.evicted, evicted, strict=True):
+                self.model.evict(e.network, c)
+            why = eviction_order_holds(evicted, self.model.live(self.clock.now).values())
+            assert not why, why
+
+    def _send(self, kind: str, body: Any, writer: int, attributes: dict[str, str] | None = None) -> None:
+        self.messages += 1
+        import base64
+        message = {"data": base64.b64encode(json.dumps(body).encode()).decode(), "attributes": attributes or {},
+                   "messageId": f"{self.name}-m{self.messages}",
+                   "publishTime": self.clock.now.isoformat().replace("+00:00", "Z")}
+        event = Event({"message": message, "subscription": "projects/p/subscriptions/s"})
+        self._deliver(kind, event, writer)
+        self.last = (kind, event)
+
+    # -- rules -------------------------------------------------------------
+
+    writers = st.integers(0, 1)
+    nets = st.sampled_from(NETS)
+
+    @rule(nets=st.lists(nets, min_size=1, max_size=3), hours=st.sampled_from([1, 2, 6, 48]), permanent=st.booleans(),
+          severity=st.sampled_from(["low", "medium", "high"]), writer=writers)
+    def block(self, nets: list[Any], hours: int, permanent: bool, severity: str, writer: int) -> None:
+        body: dict[str, Any] = {"action": "block", "ranges": [str(n) for n in nets], "actor": "op", "severity": severity}
+        permanent = permanent and hours == 48
+        if permanent:
+            body["permanent"] = True
+        else:
+            body["ttl"] = f"{hours}h"
+        now = self.clock.now
+        for n in nets:
+            if (net := self.model.screen(n, "manual")) is not None:
+                self.model.block(net, "manual", "manual", now, expiry=None if permanent else now + timedelta(hours=hours),
+                                 severity=NAMES[severity])
+        self._send("manual", body, writer)
+
+    @rule(net=nets, hours=st.sampled_from([1, 3, 24, 168]), writer=writers)
+    def extend(self, net: Any, hours: int, writer: int) -> None:
+        now = self.clock.now
+        if (screened := self.model.screen(net, "manual")) is not None:
+            self.model.extend(screened, "manual", now, now + timedelta(hours=hours))
+        self._send("manual", {"action": "extend", "ranges": [str(net)], "actor": "op", "ttl": f"{hours}h"}, writer)
+
+    @rule(net=nets, writer=writers)
+    def unblock(self, net: Any, writer: int) -> None:
+        self.model.unblock(net, "manual", self.clock.now)
+        self._send("manual", {"action": "unblock", "ranges": [str(net)], "actor": "op"}, writer)
+
+    @rule(feed=st.sampled_from(sorted(FEEDS)), nets=st.lists(nets, min_size=0, max_size=4, unique=True),
+          revoked=st.lists(nets, max_size=1), snapshot=st.booleans(), writer=writers)
+    def feed(self, feed: str, nets: list[Any], revoked: list[Any], snapshot: bool, writer: int) -> None:
+        now = self.clock.now
+        ttl, severity = FEEDS[feed]
+        indicators = [{"range": str(n)} for n in nets] + [{"range": str(n), "revoked": True} for n in revoked]
+        if not indicators:
+            return
+        accepted = [x for n in nets if (x := self.model.screen(n, "feed")) is not None]
+        if snapshot and not accepted:
+            pass  # refused whole: a snapshot with no valid indicator never withdraws
+        else:
+            if snapshot:
+                self.model.snapshot(feed, accepted, now)
+            for n in accepted:
+                self.model.block(n, "feed", feed, now, expiry=now + timedelta(hours=int(ttl[:-1])), severity=NAMES[severity])
+            for n in revoked:
+                self.model.unblock(n, feed, now)
+        self._send("feed", {"feed": feed, "indicators": indicators},
+                   writer, {"feed": feed, "format": "json", "snapshot": "true" if snapshot else "false"})
+
+    @rule(host=st.sampled_from(HOSTS), writer=writers)
+    def log_sighting(self, host: Any, writer: int) -> None:
+        self._sighting("log", "waf", host)
+        self._send("log", lb_entry(str(host.network_address), outcome="DENY", exprs=["sqli-v33-stable"]), writer)
+
+    @rule(host=st.sampled_from(HOSTS), writer=writers)
+    def alert_sighting(self, host: Any, writer: int) -> None:
+        self._sighting("alert", "monitoring", host)
+        self._send("alert", incident(str(host.network_address), incident_id=f"0.{self.messages}"), writer)
+
+    def _sighting(self, kind: str, source: str, host: Any) -> None:
+        now = self.clock.now
+        if (net := self.model.screen(host, kind)) is not None:
+            self.model.block(net, kind, source, now, expiry=now + TTL[source], severity=SEV[source], seen=now, ttl=TTL[source])
+
+    @rule(minutes=st.sampled_from([1, 14, 15, 61, 180, 24 * 60]))
+    def advance(self, minutes: int) -> None:
+        self.clock.now += timedelta(minutes=minutes)
+        self.last = None
+
+    @rule(writer=writers)
+    def run_cleanup(self, writer: int) -> None:
+        self.model.cleanup(self.clock.now)
+        self._send("cleanup", {"action": "cleanup"}, writer)
+        self.compacted = True
+
+    @precondition(lambda self: self.last is not None)
+    @rule(writer=writers)
+    def redeliver(self, writer: int) -> None:
+        assert self.last is not None
+        kind, event = self.last
+        before = self._mutations()
+        self._deliver(kind, event, writer)
+        assert self._mutations() == before, f"the redelivered {kind} message changed the band"
+
+    @rule(writer=writers)
+    def new_instance(self, writer: int) -> None:
+        self.runtimes[writer] = self._runtime()
+
+    # -- checks ------------------------------------------------------------
+
+    def _band(self) -> list[dict[str, Any]]:
+        policy = self.srv.policy(PROJECT, self.name)
+        assert policy is not None
+        return policy["rules"]
+
+    @invariant()
+    def band_means_what_the_model_says(self) -> None:
+        now = self.clock.now
+        rules = [r for r in self._band() if BAND[0] <= r["priority"] <= BAND[1] and r["priority"] != FOREIGN["priority"]]
+        live = []
+        for r in rules:
+            claim = parse_description(r["description"])
+            if claim.live(now):
+                live.append(([ipaddress.ip_network(x) for x in r["match"]["config"]["srcIpRanges"]], claim))
+        for address in SAMPLES:
+            found = [c for nets, c in live if any(n.version == address.version and address in n for n in nets)]
+            have = None
+            if found:
+                have = Claim(None if any(c.expiry is None for c in found) else max(c.expiry for c in found),  # type: ignore[type-var]
+                             max(c.severity for c in found), frozenset().union(*(c.sources for c in found)))
+            want = self.model.answer(address, now)
+            assert have == want, f"{address}: band says {have}, model says {want}"
+
+    @invariant()
+    def band_invariants(self) -> None:
+        rules = self._band()
+        prios = [r["priority"] for r in rules]
+        assert len(prios) == len(set(prios))
+        assert [r for r in rules if not BAND[0] <= r["priority"] <= BAND[1]] == self.outside
+        assert self.srv.rule(PROJECT, self.name, FOREIGN["priority"]) == self.foreign
+        ours = [r for r in rules if BAND[0] <= r["priority"] <= BAND[1] and r["priority"] != FOREIGN["priority"]]
+        for r in ours:
+            assert r["description"].startswith("car1 ")
+            assert 1 <= len(r["match"]["config"]["srcIpRanges"]) <= 10
+        if self.compacted:  # right after a cleanup: nothing expired, no range in two rules
+            self.compacted = False
+            now = self.clock.now
+            seen: dict[str, int] = {}
+            for r in ours:
+                assert parse_description(r["description"]).live(now), f"rule {r['priority']} expired but kept"
+                for x in r["match"]["config"]["srcIpRanges"]:
+                    assert x not in seen, f"{x} in rules {seen[x]} and {r['priority']}"
+                    seen[x] = r["priority"]
+
+
+@pytest.fixture(scope="module")
+def machine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("machine")
+
+
+def test_the_band_means_what_the_reference_model_says(machine_dir: Path) -> None:
+    BandMachine.tmp = machine_dir
+    run = BandMachine.TestCase
+    run.settings = settings(max_examples=25, stateful_step_count=25, deadline=None,
+                            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    run().runTest()
