@@ -1,6 +1,8 @@
 """Property tests of the band planner: the invariants that keep a policy safe."""
 from __future__ import annotations
 
+import pytest
+
 import ipaddress
 import math
 from collections import defaultdict
@@ -61,6 +63,8 @@ expiries = st.one_of(
     st.integers(-4, 12).map(lambda k: NOW + timedelta(minutes=15 * k)),
     st.integers(-60, 240).map(lambda m: NOW + timedelta(minutes=m)),
 )
+
+pytestmark = pytest.mark.property  # rerun with a seed from the commit on CI; ./test.sh --hunt
 
 
 @st.composite
