@@ -1,13 +1,12 @@
 """Property tests of the band planner: the invariants that keep a policy safe."""
 from __future__ import annotations
 
-import pytest
-
 import ipaddress
 import math
 from collections import defaultdict
 from datetime import timedelta
 
+import pytest
 from bandkit import (
     BAND,
     NOW,
