@@ -46,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 MANUAL = "manual"
+FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,24 @@ class Claim:
     sources: frozenset[str]
     strikes: int = 0
     bucket: datetime | None = None  # publish-time bucket of the last escalating sighting
+    # The known defect (test_band_machine.py, test_a_withdrawal_does_not_depend_on_aggregation):
+    # after a withdrawal the band may keep the withdrawn claim's expiry and
+    # severity on what it had aggregated with it. ``hi`` and ``sev_hi`` bound
+    # what the band may say; both equal expiry and severity until a withdrawal.
+    hi: datetime | None = None  # set by __post_init__: never before the expiry (FOREVER: permanent)
+    sev_hi: int = 0
+
+    def __post_init__(self) -> None:
+        floor = FOREVER if self.expiry is None else self.expiry
+        object.__setattr__(self, "hi", floor if self.hi is None else max(self.hi, floor))
+        object.__setattr__(self, "sev_hi", max(self.sev_hi, self.severity))
 
     def live(self, now: datetime) -> bool:
         return self.expiry is None or self.expiry > now
+
+    def may_live(self, now: datetime) -> bool:
+        assert self.hi is not None
+        return self.hi > now
 
 
 def later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -70,7 +86,7 @@ def latest_bucket(a: datetime | None, b: datetime | None) -> datetime | None:
 
 def merge(a: Claim, b: Claim) -> Claim:
     return Claim(later(a.expiry, b.expiry), max(a.severity, b.severity), a.sources | b.sources,
-                 max(a.strikes, b.strikes), latest_bucket(a.bucket, b.bucket))
+                 max(a.strikes, b.strikes), latest_bucket(a.bucket, b.bucket), max(a.hi or FOREVER, b.hi or FOREVER), max(a.sev_hi, b.sev_hi))
 
 
 def says_at_least(have: Claim, want: Claim) -> bool:
@@ -123,6 +139,24 @@ class Reference:
             out = merge(out, c)
         return Claim(out.expiry, out.severity, out.sources)
 
+    def bounds(self, address: Address, now: datetime) -> tuple[Claim | None, Claim | None]:
+        """What the band must say of one address (the live entries that cover
+        it), and the most it may say (with what the known defect may leave
+        behind: ``Claim.hi``, ``sev_hi``)."""
+        covering = [c for n, c in self.entries.items() if n.version == address.version and address in n]
+        must = [c for c in covering if c.live(now)]
+        may = [c for c in covering if c.may_live(now)]
+
+        def union(cs: list[Claim]) -> Claim | None:
+            if not cs:
+                return None
+            out = cs[0]
+            for c in cs[1:]:
+                out = merge(out, c)
+            return out
+
+        return union(must), union(may)
+
     def _covers(self, net: Network, now: datetime) -> list[Claim]:
         """Live entries of strict supernets of ``net``."""
         return [c for n, c in self.live(now).items()
@@ -148,7 +182,7 @@ class Reference:
     # -- changes -------------------------------------------------------------
 
     def _forget_expired(self, now: datetime) -> None:
-        self.entries = self.live(now)
+        self.entries = {n: c for n, c in self.entries.items() if c.may_live(now)}
 
     def block(self, net: Network, kind: str, source: str, now: datetime, *, expiry: datetime | None,
               severity: int, seen: datetime | None = None, ttl: timedelta | None = None) -> bool:
@@ -223,6 +257,10 @@ class Reference:
                 return None
             return replace(c, sources=c.sources - {source})
 
+        withdrawn = [] if source == MANUAL else [
+            (n, c) for n, c in self.entries.items() if source in c.sources and n.version == net.version
+            and (n.subnet_of(net) or net.subnet_of(n))]  # type: ignore[arg-type]
+
         for n in self._inside(net, now):
             kept = without(self.entries.pop(n))
             if kept is not None:
@@ -240,6 +278,12 @@ class Reference:
                 parts.append((net, kept))
             for p, pc in parts:
                 self.entries[p] = merge(self.entries[p], pc) if p in self.entries else pc
+        # The known defect: what the band had aggregated with a withdrawn claim
+        # may keep its expiry and severity (never its source).
+        for w, wc in withdrawn:
+            for n, c in list(self.entries.items()):
+                if n.version == w.version and n.overlaps(w):  # type: ignore[arg-type]
+                    self.entries[n] = replace(c, hi=max(c.hi or FOREVER, wc.hi or FOREVER), sev_hi=max(c.sev_hi, wc.sev_hi))
 
     def snapshot(self, feed: str, listed: Iterable[Network], now: datetime) -> list[Network]:
         """The withdrawals of a snapshot of ``feed`` listing ``listed`` (already
