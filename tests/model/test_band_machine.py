@@ -14,6 +14,7 @@ nothing (0 mutating calls); a new instance (cold cache) and a second writer
 
 from __future__ import annotations
 
+import base64
 import copy
 import ipaddress
 import json
@@ -204,14 +205,14 @@ def base_settings(tmp: Path) -> config.Settings:
     return _settings_cache["s"]
 
 
-# Plans the lease holder executed, to learn what was evicted.
-_evicted: list[planner.Entry] = []
+# The last reconcile plan of each thread (the one executed), to learn what was evicted.
+_plans = threading.local()
 
 
 def _spy_reconcile(fn: Callable[..., planner.Plan]) -> Callable[..., planner.Plan]:
     def wrapped(*args: Any, **kwargs: Any) -> planner.Plan:
         plan = fn(*args, **kwargs)
-        _spy_reconcile.last = plan  # type: ignore[attr-defined]
+        _plans.last = plan
         return plan
     return wrapped
 
@@ -278,9 +279,15 @@ class BandMachine(RuleBasedStateMachine):
     def _deliver(self, kind: str, event: Event, writer: int) -> None:
         handler = {"manual": manual.handle, "feed": threat_feed.handle, "log": log_sink.handle,
                    "alert": alert.handle, "cleanup": cleanup.handle}[kind]
-        _spy_reconcile.last = None  # type: ignore[attr-defined]
+        plan = self._dispatch(kind, handler, event, writer)
+        self._evicted(plan)
+
+    def _dispatch(self, kind: str, handler: Callable[..., Any], event: Event, writer: int) -> planner.Plan | None:
+        _plans.last = None
         runtime.dispatch(kind, handler, event, self.runtimes[writer])
-        plan = getattr(_spy_reconcile, "last", None)
+        return getattr(_plans, "last", None)
+
+    def _evicted(self, plan: planner.Plan | None) -> None:
         if plan is not None and plan.evicted:
             evicted = [Claim(e.meta.expiry, int(e.meta.severity), e.meta.sources) for e in plan.evicted]
             for e, c in zip(plan.evicted, evicted, strict=True):
@@ -289,14 +296,16 @@ class BandMachine(RuleBasedStateMachine):
             assert not why, why
 
     def _send(self, kind: str, body: Any, writer: int, attributes: dict[str, str] | None = None) -> None:
+        event = self._event(body, attributes)
+        self._deliver(kind, event, writer)
+        self.last = (kind, event)
+
+    def _event(self, body: Any, attributes: dict[str, str] | None = None) -> Event:
         self.messages += 1
-        import base64
         message = {"data": base64.b64encode(json.dumps(body).encode()).decode(), "attributes": attributes or {},
                    "messageId": f"{self.name}-m{self.messages}",
                    "publishTime": self.clock.now.isoformat().replace("+00:00", "Z")}
-        event = Event({"message": message, "subscription": "projects/p/subscriptions/s"})
-        self._deliver(kind, event, writer)
-        self.last = (kind, event)
+        return Event({"message": message, "subscription": "projects/p/subscriptions/s"})
 
     # -- rules -------------------------------------------------------------
 
@@ -386,6 +395,38 @@ class BandMachine(RuleBasedStateMachine):
         before = self._mutations()
         self._deliver(kind, event, writer)
         assert self._mutations() == before, f"the redelivered {kind} message changed the band"
+
+    @rule(a=st.lists(nets, min_size=1, max_size=2), b=st.lists(nets, min_size=1, max_size=2),
+          hours=st.sampled_from([1, 6]), severity=st.sampled_from(["low", "high"]))
+    def concurrent_blocks(self, a: list[Any], b: list[Any], hours: int, severity: str) -> None:
+        """Both writers at once, each with its own block (blocks commute)."""
+        now = self.clock.now
+        events = []
+        for nets in (a, b):
+            for n in nets:
+                if (x := self.model.screen(n, "manual")) is not None:
+                    self.model.block(x, "manual", "manual", now, expiry=now + timedelta(hours=hours), severity=NAMES[severity])
+            events.append(self._event({"action": "block", "ranges": [str(n) for n in nets], "actor": "op",
+                                       "severity": severity, "ttl": f"{hours}h"}))
+        plans: list[planner.Plan | None] = [None, None]
+        errors: list[BaseException] = []
+
+        def run(i: int) -> None:
+            try:
+                plans[i] = self._dispatch("manual", manual.handle, events[i], i)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        for plan in plans:
+            self._evicted(plan)
+        self.last = None
 
     @rule(writer=writers)
     def new_instance(self, writer: int) -> None:
