@@ -44,11 +44,13 @@ def pytest_configure(config: pytest.Config) -> None:
         _hypothesis_settings.load_profile("seeded")
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
-    seed = config.getoption("hypothesis_seed", None)
-    if seed is None:
-        return None
-    return f"hypothesis: randomized from seed {seed} (reproduce: ./test.sh --hypothesis-seed={seed} -m property)"
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The seed of a randomized run, first thing (pytest runs with -q, so not in the header)."""
+    seed = session.config.getoption("hypothesis_seed", None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if seed is not None and reporter is not None:
+        reporter.write_line(f"hypothesis: randomized from seed {seed} "
+                            f"(reproduce: ./test.sh -m property --hypothesis-seed={seed})")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
