@@ -9,7 +9,13 @@ step, for addresses in and around every range the steps use, the band's
 answer (blocked? until when? which sources? what severity?) equals the
 model's, and the band keeps its invariants. Redelivered messages change
 nothing (0 mutating calls); a new instance (cold cache) and a second writer
-(another runtime on the same API) take turns.
+(another runtime on the same API) take turns, and both write at once.
+
+One known defect is allowed for, within bounds the model computes: after a
+withdrawal, what the band had aggregated with the withdrawn claim may keep
+its expiry and severity (``test_a_withdrawal_does_not_depend_on_aggregation``,
+an expected failure, checks it exactly). ``policy.read_cache`` is 0: the
+README documents the window a cached read leaves after an unblock.
 """
 
 from __future__ import annotations
