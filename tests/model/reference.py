@@ -294,7 +294,7 @@ class Reference:
                   *ipaddress.collapse_addresses([n for n in nets if n.version == 6])]  # type: ignore[misc]
         gone = [n for n, c in self.entries.items() if feed in c.sources
                 and not any(x.version == n.version and n.subnet_of(x) for x in listed)]  # type: ignore[arg-type]
-        for n in gone:
+        for n in sorted(gone, key=lambda n: (n.version, n.prefixlen)):  # all at once: broadest first
             self.unblock(n, feed, now)
         return gone
 
