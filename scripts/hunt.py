@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_EXAMPLES = re.compile(r"(\d+) passing examples?, (\d+) failing examples?")
+_EXAMPLES = re.compile(r"(\d+) passing, (\d+) failing")
 
 
 def one_round(seed: int, scale: float, extra: list[str], budget: float) -> tuple[list[tuple[str, str, str]], int, str]:
@@ -43,14 +43,18 @@ def one_round(seed: int, scale: float, extra: list[str], budget: float) -> tuple
             out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             return [], sum(int(p) + int(f) for p, f in _EXAMPLES.findall(out)), out
         failures = []
+        tried = sum(int(p) + int(f) for p, f in _EXAMPLES.findall(output))
         if report.exists():
             for case in ET.parse(report).iter("testcase"):
+                for prop in case.iter("property"):  # the state machine's own count (tests/model)
+                    if prop.get("name") == "examples":
+                        tried += int(prop.get("value") or 0)
                 for bad in [*case.iter("failure"), *case.iter("error")]:
                     text = (bad.get("message") or bad.text or "").strip()
                     first = text.splitlines()[0] if text else ""
                     kind = first.split(":", 1)[0] if ":" in first else bad.tag
                     failures.append((f"{case.get('classname')}::{case.get('name')}", kind, first[:300]))
-        return failures, sum(int(p) + int(f) for p, f in _EXAMPLES.findall(output)), output
+        return failures, tried, output
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -503,12 +503,16 @@ def machine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("machine")
 
 
-def test_the_band_means_what_the_reference_model_says(machine_dir: Path) -> None:
+def test_the_band_means_what_the_reference_model_says(machine_dir: Path, record_property: Any) -> None:
     BandMachine.tmp = machine_dir
     run = BandMachine.TestCase
     run.settings = settings(max_examples=max(1, int(25 * hypothesis_scale())), stateful_step_count=25, deadline=None,
                             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-    run().runTest()
+    start = next(_names)
+    try:
+        run().runTest()
+    finally:
+        record_property("examples", next(_names) - start - 1)  # one policy per example (scripts/hunt.py counts them)
 
 
 # -- the falsifying examples, and what the machine found -------------
