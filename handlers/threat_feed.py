@@ -218,6 +218,11 @@ def _withdrawals(name: str, feed: FeedSettings, accepted: Sequence[Intent]):  # 
                 f"threat feed {name}: snapshot refused: it would withdraw {len(gone)} of the feed's "
                 f"{len(ours)} entries, more than max_drop_share={feed.max_drop_share}"
             )
+        # Broadest first: a withdrawn supernet goes whole, so no narrower
+        # withdrawal splits it first and merges its pieces (this feed's
+        # expiry and severity) into other sources' entries of the same
+        # ranges. Otherwise the outcome would depend on the band's rule order.
+        gone.sort(key=lambda n: (n.version, n.prefixlen, n.network_address))
         return [Intent(Verb.UNBLOCK, n, name, reason="no longer in the feed's snapshot") for n in gone]
 
     return derive

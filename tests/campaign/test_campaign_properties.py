@@ -70,6 +70,8 @@ steps = st.lists(
     min_size=1, max_size=6,
 )
 
+pytestmark = pytest.mark.property  # rerun with a seed from the commit on CI; ./test.sh --hunt
+
 
 def make_intent(spec: tuple[str, str, int, str, bool, str], now: datetime) -> Intent:
     verb, source, net, hours, permanent, severity = spec

@@ -85,6 +85,7 @@ def test_a_truncated_meta_encodes_to_the_same_text_again():
     assert first == second
 
 
+@pytest.mark.property
 @settings(max_examples=200, deadline=None)
 @given(tags, st.frozensets(source_names, min_size=1, max_size=12), minute_expiries, st.sampled_from(list(Severity)))
 def test_any_meta_encodes_within_64_characters_and_decodes(tag, sources, expiry, severity):
@@ -231,6 +232,7 @@ def test_a_malformed_strike_field_decodes_to_none(field):
     assert None is decode(TAG, f"car1 x=202611291830 v=m {field} s=log")
 
 
+@pytest.mark.property
 @settings(max_examples=200, deadline=None)
 @given(tags, st.frozensets(source_names, min_size=1, max_size=12), minute_expiries, st.sampled_from(list(Severity)),
        st.integers(0, 10_000), st.one_of(st.none(), st.integers(0, 60 * 24 * 400)))

@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from datetime import timedelta
 
+import pytest
 from bandkit import (
     BAND,
     NOW,
@@ -61,6 +62,8 @@ expiries = st.one_of(
     st.integers(-4, 12).map(lambda k: NOW + timedelta(minutes=15 * k)),
     st.integers(-60, 240).map(lambda m: NOW + timedelta(minutes=m)),
 )
+
+pytestmark = pytest.mark.property  # rerun with a seed from the commit on CI; ./test.sh --hunt
 
 
 @st.composite

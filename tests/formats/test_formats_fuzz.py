@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from formats_testkit import NOW
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -10,6 +11,8 @@ from handlers.formats import FEED_FORMATS, FormatError, detect_feed_format, pars
 from handlers.formats.alerts import parse_monitoring_incident, parse_scc_notification
 from handlers.formats.logs import builtin_detectors, evaluate_detailed
 from responder.model import ParseResult
+
+pytestmark = pytest.mark.property  # rerun with a seed from the commit on CI; ./test.sh --hunt
 
 DETECTORS = builtin_detectors()
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
