@@ -177,12 +177,6 @@ def _block(
         merged = merged._replace(action=existing.action, preview=existing.preview)
     if merged == existing or _hidden_sources_only(existing, merged):
         return False
-    # As for a network with no entry of its own: a supernet's entry that
-    # already satisfies the claim makes it a no-op, so the outcome does not
-    # depend on whether an earlier plan happened to leave an exact entry
-    # (found by a randomized property run: reconcile idempotency).
-    if any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in entries.covering(k)):
-        return False
     entries.put(k, merged)
     return True
 
