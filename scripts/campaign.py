@@ -1,6 +1,7 @@
 """Concurrency and fault campaigns against one local Cloud Armor API.
 
     .venv/bin/python scripts/campaign.py --workers 16 --events 2000 [--concurrency 4] [--faults 0.25] [--kill] [--seed N]
+        [--targets 2 [--fault-target notebooks]] [--group-feed]
 
 The parent process starts a :class:`localapi.LocalCloudArmor` (operations
 finish after a random delay, so they complete out of order), creates the
@@ -41,6 +42,22 @@ ranges and their sources): a missing address or a shorter expiry inside an
 evicted range is counted as *evicted*, not as a difference; every other
 difference counts, an eviction of a manual block is a problem, and so is a
 manually blocked address that ends up missing.
+
+``--targets 2`` adds a regional policy (same name, same band numbers, its own
+operator and foreign rules) as the ``[[targets]]`` entry "notebooks": every
+event applies to both targets except a share of the manual blocks, narrowed
+to one with the attribute ``targets=NAME``; each policy is checked as above
+against the reference computed for it (the blocks of every target plus those
+narrowed to it; unblocks and extends name every target). ``--fault-target``
+aims the faults at one policy's routes.
+
+``--group-feed`` runs the local API on the Enterprise tier and adds a
+snapshot feed stored in address groups: a few equal snapshots in phase A and
+one changed snapshot in phase B, so the final group is the phase B list
+whatever the delivery order. After the cleanup the band of the default
+target must hold one rule per IP version referencing the feed's group, each
+group must hold exactly that list aggregated, and no group of ours may be
+left without a rule referencing it.
 """
 
 from __future__ import annotations
@@ -148,6 +165,7 @@ class Spec:
     phase_b_share: float = 0.3
     targets: int = 1  # 2: a regional policy as the [[targets]] entry "notebooks"
     group_feed: bool = False  # a snapshot feed stored in address groups (Enterprise tier)
+    fault_target: str = "all"  # --targets 2: "default" or "notebooks" aims the faults at that policy's routes
     time_limit: float = 3600.0
     verbose: bool = False
 
@@ -733,6 +751,8 @@ class Result:
         adapter = ", ".join(f"{k} {v}" for k, v in sorted(self.adapter.items()) if k in ("retry", "get_rule", "wait"))
         out = [
             f"campaign: {s.workers} worker processes x concurrency {s.concurrency}, seed {s.seed}, faults {s.faults:.0%} (reads; mutations {min(1.0, s.faults * 4 / 3):.0%})"
+            f"{'' if s.fault_target == 'all' else ' on ' + s.fault_target + ' routes only'}"
+            f"{f', {s.targets} targets' if s.targets > 1 else ''}{', group feed' if s.group_feed else ''}"
             f"{', kill' if s.kill else ''}, op delay {s.op_delay[0]}-{s.op_delay[1]} s, band.max_rules {s.max_rules}, quota {s.quota}",
             f"events: {self.events} ({', '.join(f'{k} {v}' for k, v in sorted(self.kinds.items()))})",
             f"deliveries: {self.deliveries}, redeliveries {self.redeliveries}, dead-lettered {self.dead_letters}, "
@@ -769,7 +789,18 @@ def fault_config(spec: Spec) -> Any:
     return FaultConfig(http_429=f / 4, http_500=f / 4, http_503=f / 4, reset=f / 4,
                        op_error=f / 6, commit_then_timeout=f / 6, latency=min(1.0, f / 2),
                        latency_range=(0.05, 0.3), commit_then_timeout_mode=spec.commit_then_timeout_mode,
-                       commit_then_timeout_delay=spec.commit_then_timeout_delay, scope="all", seed=spec.seed)
+                       commit_then_timeout_delay=spec.commit_then_timeout_delay, scope="all", seed=spec.seed,
+                       methods=fault_methods(spec.fault_target))
+
+
+def fault_methods(target: str) -> tuple[str, ...]:
+    """The routes of one target's policy and its operations ("all": every route)."""
+    if target == "all":
+        return ()
+    policy, ops = ("securityPolicies", "globalOperations") if target == "default" else (
+        "regionSecurityPolicies", "regionOperations")
+    return tuple(f"{policy}.{m}" for m in ("get", "getRule", "addRule", "patchRule", "removeRule", "setLabels")) + (
+        f"{ops}.get", f"{ops}.wait")
 
 
 def write_config(spec: Spec, path: Path) -> None:
@@ -794,6 +825,18 @@ def write_config(spec: Spec, path: Path) -> None:
         text += (f'\n[[targets]]\nname = "{name}"\nproject = "{PROJECT}"\npolicy = "{POLICY}"\nregion = "{REGION}"\n'
                  f'band_start = {BAND[0]}\nband_end = {BAND[1]}\nmax_rules = {spec.max_rules}\n')
     path.write_text(text)
+
+
+def call_kind(route: str) -> str:
+    """A request's kind in the report: the method for a policy (global and
+    regional summed), ``op get`` / ``op wait`` for operations, ``group ...``
+    for address groups."""
+    resource, _, method = route.rpartition(".")
+    if resource.endswith(("perations", "operations")):
+        return f"op {method}"
+    if resource == "addressGroups":
+        return f"group {method}"
+    return method or route
 
 
 def check_policy(spec: Spec, final: dict[str, Any], outside_before: list[dict[str, Any]],
@@ -1091,8 +1134,7 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
             more, group_report = check_groups(server, plan.group_items, group_rules)
             problems += more
 
-        api_calls = Counter(r.get("route") or r["path"] for r in server.requests)
-        api_calls = Counter({k.split(".")[-1]: v for k, v in api_calls.items()})
+        api_calls = Counter(call_kind(r.get("route") or r["path"]) for r in server.requests)
         takes = releases = 0
         for r in server.requests:
             if (r.get("route") or "").endswith("setLabels") and isinstance(r.get("body"), dict):
@@ -1149,17 +1191,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="2: a second (regional) policy as a [[targets]] entry; some manual blocks narrowed to one")
     p.add_argument("--group-feed", action="store_true",
                    help="a snapshot feed stored in address groups (Enterprise tier) in the event mix")
+    p.add_argument("--fault-target", choices=("all", *TARGETS), default="all",
+                   help="with --targets 2: inject the faults on that policy's routes only")
     p.add_argument("--time-limit", type=float, default=3600.0)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     lo, _, hi = args.op_delay.partition(",")
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
+    if args.fault_target == "notebooks" and args.targets < 2:
+        p.error("--fault-target notebooks needs --targets 2")
     spec = Spec(workers=args.workers, events=args.events, concurrency=args.concurrency, faults=args.faults, kill=args.kill, seed=args.seed,
                 op_delay=(float(lo), float(hi or lo)), max_rules=args.max_rules, quota=args.quota, universe=args.universe,
                 lease_duration=args.lease_duration, lease_wait=args.lease_wait,
                 commit_then_timeout_mode=args.commit_mode, time_limit=args.time_limit, verbose=args.verbose,
-                targets=args.targets, group_feed=args.group_feed)
+                targets=args.targets, group_feed=args.group_feed, fault_target=args.fault_target)
     result = run(spec)
     for line in result.lines():
         print(line, flush=True)
