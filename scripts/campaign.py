@@ -1,6 +1,7 @@
 """Concurrency and fault campaigns against one local Cloud Armor API.
 
     .venv/bin/python scripts/campaign.py --workers 16 --events 2000 [--concurrency 4] [--faults 0.25] [--kill] [--seed N]
+        [--targets 2 [--fault-target notebooks]] [--group-feed]
 
 The parent process starts a :class:`localapi.LocalCloudArmor` (operations
 finish after a random delay, so they complete out of order), creates the
@@ -41,6 +42,22 @@ ranges and their sources): a missing address or a shorter expiry inside an
 evicted range is counted as *evicted*, not as a difference; every other
 difference counts, an eviction of a manual block is a problem, and so is a
 manually blocked address that ends up missing.
+
+``--targets 2`` adds a regional policy (same name, same band numbers, its own
+operator and foreign rules) as the ``[[targets]]`` entry "notebooks": every
+event applies to both targets except a share of the manual blocks, narrowed
+to one with the attribute ``targets=NAME``; each policy is checked as above
+against the reference computed for it (the blocks of every target plus those
+narrowed to it; unblocks and extends name every target). ``--fault-target``
+aims the faults at one policy's routes.
+
+``--group-feed`` runs the local API on the Enterprise tier and adds a
+snapshot feed stored in address groups: a few equal snapshots in phase A and
+one changed snapshot in phase B, so the final group is the phase B list
+whatever the delivery order. After the cleanup the band of the default
+target must hold one rule per IP version referencing the feed's group, each
+group must hold exactly that list aggregated, and no group of ours may be
+left without a rule referencing it.
 """
 
 from __future__ import annotations
@@ -107,6 +124,15 @@ EXTEND_TTL = timedelta(hours=48)
 MANUAL_TTLS = ("2h", "6h", "24h")
 FEED_TTLS = ("6h", "12h", "24h")
 FEEDS = ("feed-a", "feed-b", "feed-c")
+# --targets 2: a second, regional policy (same name and band numbers, its own
+# band), the [[targets]] entry "notebooks"; manual messages may narrow targets.
+REGION = "europe-west4"
+TARGETS = ("default", "notebooks")
+NARROW_SHARE = 0.35  # manual blocks narrowed to one target (attribute targets=...)
+# --group-feed: one snapshot feed stored in address groups (default target only).
+GROUP_FEED = "feed-g"
+GROUP_TTL = timedelta(days=1)
+GROUP_PREFIX = "car-"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -137,6 +163,9 @@ class Spec:
     commit_then_timeout_delay: float = 3.0
     max_deliveries: int = 40
     phase_b_share: float = 0.3
+    targets: int = 1  # 2: a regional policy as the [[targets]] entry "notebooks"
+    group_feed: bool = False  # a snapshot feed stored in address groups (Enterprise tier)
+    fault_target: str = "all"  # --targets 2: "default" or "notebooks" aims the faults at that policy's routes
     time_limit: float = 3600.0
     verbose: bool = False
 
@@ -165,6 +194,10 @@ class Plan:
     blocks_b: list[tuple[Network, datetime | None]]
     lifted: list[Network]
     kinds: Counter[str] = field(default_factory=Counter)
+    # manual blocks narrowed to one target (attribute targets=NAME): target -> (phase A, phase B)
+    narrowed: dict[str, tuple[list[tuple[Network, datetime | None]], list[tuple[Network, datetime | None]]]] = field(
+        default_factory=dict)
+    group_items: list[Network] = field(default_factory=list)  # the group feed's final (phase B) snapshot
 
 
 # ---------------------------------------------------------------------------
@@ -304,6 +337,8 @@ def generate(spec: Spec, now: datetime | None = None) -> Plan:
 
     events: list[list[Event]] = [[], [], []]
     blocks: list[list[tuple[Network, datetime | None]]] = [[], []]
+    narrowed: dict[str, tuple[list[tuple[Network, datetime | None]], list[tuple[Network, datetime | None]]]] = {
+        t: ([], []) for t in TARGETS[:spec.targets]} if spec.targets > 1 else {}
     kinds: Counter[str] = Counter()
     manual_hosts_a: list[Network] = []
     unblocks = 0
@@ -314,7 +349,8 @@ def generate(spec: Spec, now: datetime | None = None) -> Plan:
 
     def add(phase: int, target: str, doc: Any, pt: datetime, kind: str, attrs: dict[str, str] | None = None) -> None:
         idx = next(counter)
-        events[phase].append(Event(idx, "AB"[phase] if phase < 2 else "C", target, json.dumps(doc).encode(),
+        data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        events[phase].append(Event(idx, "AB"[phase] if phase < 2 else "C", target, data,
                                    attrs or {}, f"c{spec.seed}-{idx}", pt, kind))
         kinds[kind] += 1
 
@@ -354,6 +390,11 @@ def generate(spec: Spec, now: datetime | None = None) -> Plan:
                     ttl = rng.choice(MANUAL_TTLS)
                     doc["ttl"] = ttl
                     exp = round_up(pt + _ttl(ttl))
+                if narrowed and rng.random() < NARROW_SHARE:
+                    only = rng.choice(sorted(narrowed))
+                    add(phase, "on_manual", doc, pt, f"manual-block-{only}", {"targets": only})
+                    narrowed[only][phase].extend((n, exp) for n in nets)
+                    continue  # never extended in phase B (an extend names every target)
                 add(phase, "on_manual", doc, pt, "manual-block")
                 blocks[phase].extend((n, exp) for n in nets)
                 if phase == 0:
@@ -402,8 +443,40 @@ def generate(spec: Spec, now: datetime | None = None) -> Plan:
                         continue
                     add(phase, "on_alert", monitoring_incident(str(cands[0].network_address), pt), pt, "alert-monitoring")
                     blocks[phase].append((cands[0], round_up(pt + MONITORING_TTL)))
+    group_items: list[Network] = []
+    if spec.group_feed:
+        group_items = _group_feed(rng, lo, span, add)
     add(2, "on_cleanup", {"action": "cleanup"}, hi, "cleanup")
-    return Plan(events, blocks[0], blocks[1], lifted, kinds)
+    return Plan(events, blocks[0], blocks[1], lifted, kinds, narrowed, group_items)
+
+
+def _group_feed(rng: random.Random, lo: datetime, span: float, add: Any) -> list[Network]:
+    """The group-stored snapshot feed: a few equal snapshots in phase A (any
+    order gives the same group) and one changed snapshot in phase B, published
+    after all of them, which must be the group's final content. Its ranges
+    (203.0.0.0/16, 2a0b:4142::/32) are disjoint from the band's universe."""
+    base4 = int(ipaddress.IPv4Address("203.0.0.0"))
+    v4 = [ipaddress.ip_network(f"{ipaddress.IPv4Address(base4 + 256 * i)}/24") for i in range(0, 60, 2)]
+    v4 += [ipaddress.ip_network(ipaddress.IPv4Address(base4 + 256 * i + 9)) for i in range(61, 81, 2)]
+    # two adjacent /25s and a /24 with a host inside: aggregated to a /24 and a /24 by the product
+    v4 += [ipaddress.ip_network("203.0.200.0/25"), ipaddress.ip_network("203.0.200.128/25"),
+           ipaddress.ip_network("203.0.202.0/24"), ipaddress.ip_network("203.0.202.77/32")]
+    v6 = [ipaddress.ip_network(f"2a0b:4142:{i:x}::/48") for i in range(1, 6)]
+    first = v4 + v6
+    final = [n for n in first if n not in rng.sample(v4[:30], 4)] + [
+        ipaddress.ip_network(f"{ipaddress.IPv4Address(base4 + 256 * i)}/24") for i in range(100, 106)] + [
+        ipaddress.ip_network("2a0b:4142:99::/48")]
+
+    def doc(nets: list[Network]) -> bytes:
+        lines = [str(n) for n in nets]
+        rng.shuffle(lines)
+        return ("\n".join(lines) + "\n").encode()
+
+    attrs = {"feed": GROUP_FEED, "format": "plain", "snapshot": "true"}
+    for _ in range(4):
+        add(0, "on_threat_feed", doc(first), lo + timedelta(seconds=rng.uniform(0, span * 0.6)), "feed-group", dict(attrs))
+    add(1, "on_threat_feed", doc(final), lo + timedelta(seconds=span * 0.9), "feed-group", dict(attrs))
+    return final
 
 
 # ---------------------------------------------------------------------------
@@ -420,10 +493,13 @@ def _stamp_of(exp: datetime | None) -> float:
     return INF if exp is None else exp.timestamp()
 
 
-def expected_map(plan: Plan) -> list[tuple[Network, float]]:
-    """The reference: phase A blocks minus the lifted ranges, plus phase B."""
+def expected_map(plan: Plan, target: str | None = None) -> list[tuple[Network, float]]:
+    """The reference: phase A blocks minus the lifted ranges, plus phase B;
+    for one ``target``, the blocks of every target and those narrowed to it
+    (the unblocks name every target)."""
     out: list[tuple[Network, float]] = []
-    for net, exp in plan.blocks_a:
+    only_a, only_b = plan.narrowed.get(target or "", ([], []))
+    for net, exp in plan.blocks_a + only_a:
         pieces = [net]
         for u in plan.lifted:
             nxt: list[Network] = []
@@ -436,7 +512,7 @@ def expected_map(plan: Plan) -> list[tuple[Network, float]]:
                     nxt.extend(p.address_exclude(u))  # type: ignore[arg-type]
             pieces = nxt
         out.extend((p, _stamp_of(exp)) for p in pieces)
-    out.extend((n, _stamp_of(e)) for n, e in plan.blocks_b)
+    out.extend((n, _stamp_of(e)) for n, e in plan.blocks_b + only_b)
     return out
 
 
@@ -550,6 +626,8 @@ def band_items(rules: list[dict[str, Any]], now: datetime) -> list[tuple[Network
                 continue
         if rule.get("preview"):
             continue  # logged, not enforced: blocks nothing
+        if "config" not in rule.get("match", {}):
+            continue  # a group rule (--group-feed): checked apart (check_groups)
         for r in rule["match"]["config"]["srcIpRanges"]:
             out.append((ipaddress.ip_network(r), stamp))
     return out
@@ -659,6 +737,8 @@ class Result:
     evicted: list[str] = field(default_factory=list)  # segments missing or shorter because they were evicted
     peak_in_flight: int = 0  # most events one worker had in flight at once
     orphaned: int = 0  # events in flight on killed workers, handed to others
+    bands: dict[str, int] = field(default_factory=dict)  # --targets: band rules per target
+    groups: str = ""  # --group-feed: the group(s) and their items (have/want)
 
     @property
     def differences(self) -> int:
@@ -671,6 +751,8 @@ class Result:
         adapter = ", ".join(f"{k} {v}" for k, v in sorted(self.adapter.items()) if k in ("retry", "get_rule", "wait"))
         out = [
             f"campaign: {s.workers} worker processes x concurrency {s.concurrency}, seed {s.seed}, faults {s.faults:.0%} (reads; mutations {min(1.0, s.faults * 4 / 3):.0%})"
+            f"{'' if s.fault_target == 'all' else ' on ' + s.fault_target + ' routes only'}"
+            f"{f', {s.targets} targets' if s.targets > 1 else ''}{', group feed' if s.group_feed else ''}"
             f"{', kill' if s.kill else ''}, op delay {s.op_delay[0]}-{s.op_delay[1]} s, band.max_rules {s.max_rules}, quota {s.quota}",
             f"events: {self.events} ({', '.join(f'{k} {v}' for k, v in sorted(self.kinds.items()))})",
             f"deliveries: {self.deliveries}, redeliveries {self.redeliveries}, dead-lettered {self.dead_letters}, "
@@ -683,6 +765,8 @@ class Result:
             f"adapter (surviving workers): {adapter or 'n/a'}",
             f"final band: {self.band_rules} rules, {self.blocked_segments} blocked address segments "
             f"(expected IPv4 addresses {self.addresses.get('v4', 0)}, IPv6 /64s {self.addresses.get('v6', 0)})",
+            *([f"bands per target: {', '.join(f'{k} {v} rules' for k, v in self.bands.items())}"] if self.bands else []),
+            *([f"group feed: {self.groups}"] if self.groups else []),
             f"differences: missing {len(self.diffs['missing'])}, extra {len(self.diffs['extra'])}, "
             f"wrong expiry {len(self.diffs['wrong_expiry'])}, other {len(self.problems)}",
             f"evictions (quota or band full): {self.evictions} record(s); {len(self.evicted)} expected "
@@ -705,7 +789,18 @@ def fault_config(spec: Spec) -> Any:
     return FaultConfig(http_429=f / 4, http_500=f / 4, http_503=f / 4, reset=f / 4,
                        op_error=f / 6, commit_then_timeout=f / 6, latency=min(1.0, f / 2),
                        latency_range=(0.05, 0.3), commit_then_timeout_mode=spec.commit_then_timeout_mode,
-                       commit_then_timeout_delay=spec.commit_then_timeout_delay, scope="all", seed=spec.seed)
+                       commit_then_timeout_delay=spec.commit_then_timeout_delay, scope="all", seed=spec.seed,
+                       methods=fault_methods(spec.fault_target))
+
+
+def fault_methods(target: str) -> tuple[str, ...]:
+    """The routes of one target's policy and its operations ("all": every route)."""
+    if target == "all":
+        return ()
+    policy, ops = ("securityPolicies", "globalOperations") if target == "default" else (
+        "regionSecurityPolicies", "regionOperations")
+    return tuple(f"{policy}.{m}" for m in ("get", "getRule", "addRule", "patchRule", "removeRule", "setLabels")) + (
+        f"{ops}.get", f"{ops}.wait")
 
 
 def write_config(spec: Spec, path: Path) -> None:
@@ -723,7 +818,85 @@ def write_config(spec: Spec, path: Path) -> None:
         text, n = re.subn(pattern, repl, text, count=1)
         if n != 1:
             raise RuntimeError(f"config/responder.toml: cannot set {repl!r} (pattern {pattern!r} not found)")
+    if spec.group_feed:  # a table of its own at the end (after every other table)
+        text += (f'\n[feeds.{GROUP_FEED}]\nformat = "plain"\nttl = "{int(GROUP_TTL.total_seconds() // 3600)}h"\n'
+                 'snapshot = true\nstore = "address-group"\nmax_drop_share = 0.5\n')
+    for name in TARGETS[1:spec.targets]:
+        text += (f'\n[[targets]]\nname = "{name}"\nproject = "{PROJECT}"\npolicy = "{POLICY}"\nregion = "{REGION}"\n'
+                 f'band_start = {BAND[0]}\nband_end = {BAND[1]}\nmax_rules = {spec.max_rules}\n')
     path.write_text(text)
+
+
+def call_kind(route: str) -> str:
+    """A request's kind in the report: the method for a policy (global and
+    regional summed), ``op get`` / ``op wait`` for operations, ``group ...``
+    for address groups."""
+    resource, _, method = route.rpartition(".")
+    if resource.endswith(("perations", "operations")):
+        return f"op {method}"
+    if resource == "addressGroups":
+        return f"group {method}"
+    return method or route
+
+
+def check_policy(spec: Spec, final: dict[str, Any], outside_before: list[dict[str, Any]],
+                 foreign_before: list[dict[str, Any]], now: datetime) -> tuple[list[dict[str, Any]], list[str]]:
+    """One policy after the run: its band rules (ours) and the problems."""
+    problems: list[str] = []
+    prios = [r["priority"] for r in final["rules"]]
+    if len(prios) != len(set(prios)):
+        problems.append(f"two rules share a priority: {sorted(p for p, c in Counter(prios).items() if c > 1)}")
+    outside_after = [r for r in final["rules"] if not BAND[0] <= r["priority"] <= BAND[1]]
+    if outside_after != outside_before:
+        problems.append("rules outside the band changed")
+    foreign_after = [r for r in final["rules"] if r["priority"] == FOREIGN_PRIORITY]
+    if foreign_after != foreign_before:
+        problems.append(f"the foreign rule changed: {foreign_after}")
+    band = [r for r in final["rules"] if BAND[0] <= r["priority"] <= BAND[1] and r["priority"] != FOREIGN_PRIORITY]
+    foreign_tagged = [r for r in band if not r.get("description", "").startswith(OWNER_TAG + " ")]
+    if foreign_tagged:
+        problems.append(f"{len(foreign_tagged)} unexpected foreign rule(s) in the band")
+    if len(band) > spec.max_rules:
+        problems.append(f"band holds {len(band)} rules after cleanup, more than band.max_rules {spec.max_rules}")
+    if final.get("labels", {}).get(LEASE_LABEL):
+        value = final["labels"][LEASE_LABEL]
+        stamp = int(value.rpartition("-")[2])
+        if stamp > time.time():
+            problems.append(f"the lease is still held after the run: {value}")
+    return band, problems
+
+
+def check_groups(server: Any, items: list[Network], rules: list[dict[str, Any]]) -> tuple[list[str], str]:
+    """The group feed after the final cleanup: one rule per IP version in the
+    band, referencing a group whose items are the last snapshot aggregated;
+    no group of ours that no rule references."""
+    problems: list[str] = []
+    referenced: dict[str, str] = {}  # group name -> the rule's g= word
+    for rule in rules:
+        expr = rule["match"].get("expr", {}).get("expression", "")
+        m = re.fullmatch(r"evaluateAddressGroup\('([^']+)', origin\.ip\)", expr)
+        word = next((w[2:] for w in rule["description"].split() if w.startswith("g=")), "")
+        if not m:
+            problems.append(f"group rule {rule['priority']} has no group expression: {expr!r}")
+            continue
+        referenced[m.group(1)] = word
+    ours = {key[2] for key in list(server.state.groups) if key[2].startswith(GROUP_PREFIX)}
+    for name in sorted(ours - set(referenced)):
+        problems.append(f"group {name} is left unreferenced after the cleanup")
+    sizes = []
+    for version in (4, 6):
+        want = sorted(str(n) for n in ipaddress.collapse_addresses(n for n in items if n.version == version))  # type: ignore[type-var]
+        names = [g for g, w in referenced.items() if w == f"{GROUP_FEED}:{version}"]
+        if len(names) != 1:
+            problems.append(f"group feed IPv{version}: {len(names)} rule(s) in the band, want 1")
+            continue
+        group = server.group(PROJECT, names[0])
+        have = sorted(str(ipaddress.ip_network(i)) for i in (group or {}).get("items", []))
+        if have != want:
+            problems.append(f"group {names[0]}: items differ: missing {sorted(set(want) - set(have))[:5]}, "
+                            f"extra {sorted(set(have) - set(want))[:5]}")
+        sizes.append(f"{names[0]} {len(have)}/{len(want)} items")
+    return problems, ", ".join(sizes)
 
 
 def _http(method: str, url: str, body: Any = None) -> Any:
@@ -746,18 +919,25 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
     started = time.monotonic()
     plan = generate(spec)
     server = LocalCloudArmor(op_delay=spec.op_delay, quota=spec.quota, wait_timeout=10.0,
-                             seed=spec.seed, project=PROJECT).start()
+                             seed=spec.seed, project=PROJECT,
+                             tier="enterprise" if spec.group_feed else "standard").start()
+    targets = {"default": None, "notebooks": REGION}
+    targets = {k: v for k, v in list(targets.items())[:spec.targets]}
     tmp = Path(tempfile.mkdtemp(prefix="campaign-"))
     ctx = multiprocessing.get_context("spawn")
     workers: list[Worker] = []
     try:
-        base = f"{server.endpoint}/compute/v1/projects/{PROJECT}/global"
-        _op(base, _http("POST", f"{base}/securityPolicies", {"name": POLICY, "rules": copy.deepcopy(OPERATOR_RULES)}))
-        _op(base, _http("POST", f"{base}/securityPolicies/{POLICY}/addRule", copy.deepcopy(FOREIGN_RULE)))
-        before = server.policy(PROJECT, POLICY)
-        assert before is not None
-        outside_before = [r for r in before["rules"] if not BAND[0] <= r["priority"] <= BAND[1]]
-        foreign_before = [r for r in before["rules"] if r["priority"] == FOREIGN_PRIORITY]
+        outside_before: dict[str, list[dict[str, Any]]] = {}
+        foreign_before: dict[str, list[dict[str, Any]]] = {}
+        for name, region in targets.items():
+            scope = f"regions/{region}" if region else "global"
+            base = f"{server.endpoint}/compute/v1/projects/{PROJECT}/{scope}"
+            _op(base, _http("POST", f"{base}/securityPolicies", {"name": POLICY, "rules": copy.deepcopy(OPERATOR_RULES)}))
+            _op(base, _http("POST", f"{base}/securityPolicies/{POLICY}/addRule", copy.deepcopy(FOREIGN_RULE)))
+            before = server.policy(PROJECT, POLICY, region)
+            assert before is not None
+            outside_before[name] = [r for r in before["rules"] if not BAND[0] <= r["priority"] <= BAND[1]]
+            foreign_before[name] = [r for r in before["rules"] if r["priority"] == FOREIGN_PRIORITY]
         config = tmp / "responder.toml"
         write_config(spec, config)
         env = {
@@ -915,45 +1095,46 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
         for w in workers:
             w.proc.join(5)
 
-        # ---- the checks
+        # ---- the checks, target by target
         server.settle()
-        final = server.policy(PROJECT, POLICY)
-        assert final is not None
         now = datetime.now(tz=UTC)
         problems: list[str] = []
-        prios = [r["priority"] for r in final["rules"]]
-        if len(prios) != len(set(prios)):
-            problems.append(f"two rules share a priority: {sorted(p for p, c in Counter(prios).items() if c > 1)}")
-        outside_after = [r for r in final["rules"] if not BAND[0] <= r["priority"] <= BAND[1]]
-        if outside_after != outside_before:
-            problems.append("rules outside the band changed")
-        foreign_after = [r for r in final["rules"] if r["priority"] == FOREIGN_PRIORITY]
-        if foreign_after != foreign_before:
-            problems.append(f"the foreign rule changed: {foreign_after}")
-        band = [r for r in final["rules"] if BAND[0] <= r["priority"] <= BAND[1] and r["priority"] != FOREIGN_PRIORITY]
-        foreign_tagged = [r for r in band if not r.get("description", "").startswith(OWNER_TAG + " ")]
-        if foreign_tagged:
-            problems.append(f"{len(foreign_tagged)} unexpected foreign rule(s) in the band")
-        if len(band) > spec.max_rules:
-            problems.append(f"band holds {len(band)} rules after cleanup, more than band.max_rules {spec.max_rules}")
-        if final.get("labels", {}).get(LEASE_LABEL):
-            value = final["labels"][LEASE_LABEL]
-            stamp = int(value.rpartition("-")[2])
-            if stamp > time.time():
-                problems.append(f"the lease is still held after the run: {value}")
-        expected = expected_map(plan)
+        diffs: dict[str, list[str]] = {"missing": [], "extra": [], "wrong_expiry": []}
+        explained: list[str] = []
         evictions = read_evictions(tmp)
-        for rec in evictions:
-            if "manual" in rec.get("sources", []):
-                problems.append(f"a manual block was evicted: {rec.get('ranges')}")
-        evicted_nets = [ipaddress.ip_network(r) for rec in evictions for r in rec.get("ranges", [])]
-        diffs, explained = compare(expected, band_items(band, now), evicted_nets)
-        exp_segments = segments(expected)
-        v4 = sum(b - a for (v, a, b) in exp_segments if v == 4)
-        v6 = sum((b - a) >> 64 for (v, a, b) in exp_segments if v == 6)
+        band_rules: dict[str, int] = {}
+        seg_count = v4 = v6 = 0
+        group_rules: list[dict[str, Any]] = []
+        for name, region in targets.items():
+            tag = f"{name}: " if len(targets) > 1 else ""
+            final = server.policy(PROJECT, POLICY, region)
+            assert final is not None
+            band, more = check_policy(spec, final, outside_before[name], foreign_before[name], now)
+            problems += [tag + p for p in more]
+            group_rules += [r for r in band if " g=" in r.get("description", "")] if region is None else []
+            if region is not None and any(" g=" in r.get("description", "") for r in band):
+                problems.append(f"{tag}a group rule in a regional policy")
+            band_rules[name] = len(band)
+            mine = [rec for rec in evictions if rec.get("target", "default") == name]
+            for rec in mine:
+                if "manual" in rec.get("sources", []):
+                    problems.append(f"{tag}a manual block was evicted: {rec.get('ranges')}")
+            evicted_nets = [ipaddress.ip_network(r) for rec in mine for r in rec.get("ranges", [])]
+            expected = expected_map(plan, name if len(targets) > 1 else None)
+            found, why = compare(expected, band_items(band, now), evicted_nets)
+            for kind, items in found.items():
+                diffs[kind] += [tag + x for x in items]
+            explained += [tag + x for x in why]
+            exp_segments = segments(expected)
+            seg_count += len(exp_segments)
+            v4 += sum(b - a for (v, a, b) in exp_segments if v == 4)
+            v6 += sum((b - a) >> 64 for (v, a, b) in exp_segments if v == 6)
+        group_report = ""
+        if spec.group_feed:
+            more, group_report = check_groups(server, plan.group_items, group_rules)
+            problems += more
 
-        api_calls = Counter(r.get("route") or r["path"] for r in server.requests)
-        api_calls = Counter({k.split(".")[-1]: v for k, v in api_calls.items()})
+        api_calls = Counter(call_kind(r.get("route") or r["path"]) for r in server.requests)
         takes = releases = 0
         for r in server.requests:
             if (r.get("route") or "").endswith("setLabels") and isinstance(r.get("body"), dict):
@@ -975,11 +1156,12 @@ def run(spec: Spec, *, log=print) -> Result:  # type: ignore[no-untyped-def]
             spec=spec, events=total, kinds=kinds, deliveries=stats["deliveries"], redeliveries=stats["redeliveries"],
             dead_letters=len(dead), kills=stats["kills"], killed_holders=stats["killed_holders"],
             api_calls=dict(api_calls), faults=server.fault_counts, adapter=dict(adapter),
-            lease_takes=takes, lease_releases=releases, band_rules=len(band), diffs=diffs, problems=problems,
-            wall=time.monotonic() - started, phase_walls=phase_walls, blocked_segments=len(exp_segments),
+            lease_takes=takes, lease_releases=releases, band_rules=sum(band_rules.values()), diffs=diffs,
+            problems=problems, wall=time.monotonic() - started, phase_walls=phase_walls, blocked_segments=seg_count,
             addresses={"v4": v4, "v6": v6}, op_errors=dict(op_errors),
             evictions=len(evictions), evicted=explained,
             peak_in_flight=stats["max_in_flight"], orphaned=stats["orphaned"],
+            bands=band_rules if len(targets) > 1 else {}, groups=group_report,
         )
     finally:
         for w in workers:
@@ -1005,16 +1187,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease-duration", type=int, default=30)
     p.add_argument("--lease-wait", type=int, default=45)
     p.add_argument("--commit-mode", choices=("delay", "reset"), default="delay")
+    p.add_argument("--targets", type=int, choices=(1, 2), default=1,
+                   help="2: a second (regional) policy as a [[targets]] entry; some manual blocks narrowed to one")
+    p.add_argument("--group-feed", action="store_true",
+                   help="a snapshot feed stored in address groups (Enterprise tier) in the event mix")
+    p.add_argument("--fault-target", choices=("all", *TARGETS), default="all",
+                   help="with --targets 2: inject the faults on that policy's routes only")
     p.add_argument("--time-limit", type=float, default=3600.0)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     lo, _, hi = args.op_delay.partition(",")
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
+    if args.fault_target == "notebooks" and args.targets < 2:
+        p.error("--fault-target notebooks needs --targets 2")
     spec = Spec(workers=args.workers, events=args.events, concurrency=args.concurrency, faults=args.faults, kill=args.kill, seed=args.seed,
                 op_delay=(float(lo), float(hi or lo)), max_rules=args.max_rules, quota=args.quota, universe=args.universe,
                 lease_duration=args.lease_duration, lease_wait=args.lease_wait,
-                commit_then_timeout_mode=args.commit_mode, time_limit=args.time_limit, verbose=args.verbose)
+                commit_then_timeout_mode=args.commit_mode, time_limit=args.time_limit, verbose=args.verbose,
+                targets=args.targets, group_feed=args.group_feed, fault_target=args.fault_target)
     result = run(spec)
     for line in result.lines():
         print(line, flush=True)

@@ -50,6 +50,19 @@ def test_fault_campaign_with_a_killed_lease_holder_converges_to_the_reference_ba
     assert result.orphaned >= result.kills  # every event in flight on a killed worker went to another
 
 
+def test_two_targets_and_a_group_feed_converge_to_their_own_reference() -> None:
+    # A regional policy as a second target (some manual blocks narrowed to
+    # one), and a snapshot feed stored in address groups on an Enterprise API.
+    spec = campaign.Spec(workers=2, concurrency=2, events=100, op_delay=(0.01, 0.05), max_rules=60, quota=200, universe=30,
+                         lease_duration=20, lease_wait=30, seed=7, time_limit=240, targets=2, group_feed=True)
+    result = campaign.run(spec)
+    _check(result)
+    assert set(result.bands) == {"default", "notebooks"} and all(result.bands.values())
+    assert any(k.startswith("manual-block-") for k in result.kinds), "no manual block was narrowed to one target"
+    assert result.kinds["feed-group"] == 5
+    assert "car-feed-g-v4-1" in result.groups and "car-feed-g-v6-1" in result.groups
+
+
 def test_compare_explains_only_what_an_eviction_covers() -> None:
     n = campaign.ipaddress.ip_network
     expected = [(n("45.9.148.18/32"), 600.0), (n("45.9.148.22/32"), 600.0), (n("45.9.148.30/32"), 600.0),
