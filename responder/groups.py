@@ -198,6 +198,12 @@ def map_group_error(exc: BaseException, *, mutation: bool = False) -> ResponderE
     return map_exception(exc, mutation=mutation)
 
 
+class FailedOperation(TransientError):
+    """The operation ran and ended in a transient error: nothing committed,
+    but its requestId is spent (the server answers that id with the same
+    failed operation from then on), so a retry must send a new one."""
+
+
 def _rpc_error(op: Any) -> ResponderError | None:
     """The error of a done operation (google.rpc.Status), or None on success."""
     if not op.HasField("error"):
@@ -218,7 +224,7 @@ def _rpc_error(op: Any) -> ResponderError | None:
     if specific is not None:
         return specific(message)
     if code in _TRANSIENT_RPC:
-        return TransientError(f"operation failed ({code}): {message}")  # nothing committed
+        return FailedOperation(f"operation failed ({code}): {message}")  # nothing committed
     if code == 5:
         return GroupNotFound(message)
     if code in (7, 16):
@@ -534,6 +540,14 @@ class AddressGroups:
             nonlocal uncertain
             try:
                 proto = self._mutate(f"{kind}_items", method, request, guard)
+            except FailedOperation:
+                # The id is spent: the retry goes on with a fresh one (a
+                # redelivery starts from the deterministic id, gets this
+                # failure back once, then does the same). A lost answer of
+                # that retry is still resolved as before: the same request is
+                # resent, and a recomputed diff never re-sends landed items.
+                request["request_id"] = str(uuid.uuid4())
+                raise
             except OutcomeUnknown:
                 uncertain = True
                 raise

@@ -398,14 +398,13 @@ def test_group_writes_stop_when_the_delivery_budget_runs_short_and_the_redeliver
     assert len(group_rules(fx)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="product bug found by the fault campaign (--group-feed --faults): an item "
-                   "call whose operation ended in error is resent with the same deterministic requestId, and the "
-                   "server answers every resend, and every redelivery, with that failed operation")
 def test_an_item_call_whose_operation_failed_succeeds_on_redelivery(fx: Harness, ent: LocalCloudArmor) -> None:
     assert 200 == send(fx, addresses(5), "m1")
     ent.faults = FaultConfig(op_error=1.0, methods=("addressGroups.addItems",), scope="all")
     second = addresses(5) + addresses(2, start=50)
     assert send(fx, second, "m2") >= 500  # the addItems operation ends in INTERNAL_ERROR: redeliver
     ent.faults = FaultConfig()  # the fault is gone
-    assert send(fx, second, "m2") == 200  # fails: 500, the same requestId replays the failed operation
+    # Found by the fault campaign (--group-feed --faults): the server answers a
+    # spent requestId with its failed operation, so the retry takes the next id.
+    assert send(fx, second, "m2") == 200
     assert groups_of(ent)[V4_1][1] == norm(second)
