@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -143,3 +144,19 @@ class Intent:
     preview: bool = False
     reason: str = ""
     escalation: Escalation | None = None
+
+
+def minus(net: Network, parts: Iterable[Network]) -> list[Network]:
+    """``net`` without the addresses of ``parts`` (subnets of it)."""
+    rest: list[Network] = [net]
+    for part in parts:
+        kept: list[Network] = []
+        for r in rest:
+            if r == part:
+                continue
+            if part.version == r.version and part.subnet_of(r):  # type: ignore[arg-type]
+                kept.extend(r.address_exclude(part))  # type: ignore[arg-type]
+            else:
+                kept.append(r)
+        rest = kept
+    return rest

@@ -20,12 +20,12 @@ runs (``outcome: validate_only``) changed nothing and are skipped; so are
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from responder.model import Escalation, Intent, Network, Severity, Verb
+from responder.model import Escalation, Intent, Network, Severity, Verb, minus
 
 SETS = ("added", "extended")
 LIFTS = ("removed", "expired", "evicted")
@@ -85,21 +85,6 @@ def _claim(net: Network, r: Mapping[str, Any]) -> Claim | None:
     )
 
 
-def _minus(net: Network, holes: Sequence[Network]) -> list[Network]:
-    rest = [net]
-    for hole in holes:
-        kept: list[Network] = []
-        for r in rest:
-            if r == hole:
-                continue
-            if hole.version == r.version and hole.subnet_of(r):  # type: ignore[arg-type]
-                kept.extend(r.address_exclude(hole))  # type: ignore[arg-type]
-            else:
-                kept.append(r)
-        rest = kept
-    return rest
-
-
 def _lift(state: dict[Network, Claim], r: Mapping[str, Any]) -> None:
     ranges = _networks(r.get("ranges"))
     for net in ranges:
@@ -109,7 +94,7 @@ def _lift(state: dict[Network, Claim], r: Mapping[str, Any]) -> None:
         if claim is None:
             continue
         inside = [n for n in ranges if n.version == broad.version and n.subnet_of(broad)]  # type: ignore[arg-type]
-        for piece in _minus(broad, inside):
+        for piece in minus(broad, inside):
             state.setdefault(piece, replace(claim, network=piece))
 
 

@@ -44,7 +44,7 @@ from responder.errors import (
     QuotaExceeded,
     TransientError,
 )
-from responder.model import Intent, Network, Verb
+from responder.model import Intent, Network, Verb, minus
 from responder.planner import Add, Band, Patch, Plan, Remove
 from responder.policy import DEFAULT_RULE_PRIORITY, PolicyRule, PolicySnapshot
 
@@ -880,7 +880,7 @@ class Responder:
         evicted = {e.network for e in plan.evicted}
         gone = [n for n in before if n not in after and n not in evicted and planner.covering(after, n) is None
                 and n not in split]
-        holes = sorted({h for broad, parts in split.items() for h in _minus(broad, parts)} - set(gone), key=_order)
+        holes = sorted({h for broad, parts in split.items() for h in minus(broad, parts)} - set(gone), key=_order)
         for change, ranges in (
             ("removed", gone + holes),
             ("expired", [e.network for e in plan.expired]),
@@ -924,22 +924,6 @@ def _splits(
             if after.get(net) == cover._replace(network=net) and net not in out.get(cover.network, []):
                 out.setdefault(cover.network, []).append(net)
     return out
-
-
-def _minus(net: Network, parts: Sequence[Network]) -> list[Network]:
-    """``net`` without the addresses of ``parts`` (subnets of it)."""
-    rest: list[Network] = [net]
-    for part in parts:
-        kept: list[Network] = []
-        for r in rest:
-            if r == part:
-                continue
-            if part.version == r.version and part.subnet_of(r):  # type: ignore[arg-type]
-                kept.extend(r.address_exclude(part))  # type: ignore[arg-type]
-            else:
-                kept.append(r)
-        rest = kept
-    return rest
 
 
 def _nets(value: Any) -> list[Network]:
