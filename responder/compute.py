@@ -73,7 +73,7 @@ from responder.errors import (
 )
 from responder.policy import PolicyRule, PolicySnapshot
 
-__all__ = ["Backoff", "CloudArmor", "CALL_KINDS", "map_exception", "map_operation_error"]
+__all__ = ["Backoff", "CloudArmor", "CALL_KINDS", "map_exception", "map_operation_error", "retrying"]
 
 T = TypeVar("T")
 
@@ -299,6 +299,33 @@ def _last_error(exc_list: list[Exception], reason: Any, timeout: float | None,
     return TransientError(f"retry deadline of {timeout}s exceeded"), None
 
 
+def retrying(attempt: Callable[[], T], deadline: timedelta, backoff: Backoff,
+             sleep: Callable[[float], None], on_retry: Callable[[], None]) -> T:
+    """Run ``attempt`` until it succeeds, raises an error ``_retryable`` refuses
+    or ``deadline`` passes (then the last transient error is raised), with
+    api_core's jittered exponential backoff; the sleeping goes through
+    ``sleep`` so tests and benchmarks can observe or skip it. Shared by the
+    compute and the address-group adapters."""
+    from google.api_core.retry import exponential_sleep_generator, retry_target
+
+    timeout = deadline.total_seconds()
+    end = time.monotonic() + timeout
+
+    def sleeps() -> Iterator[float]:
+        # Yields the delay (without sleeping) when it would pass the deadline,
+        # so that retry_target gives up with the last error.
+        for delay in exponential_sleep_generator(backoff.initial, backoff.maximum, multiplier=backoff.multiplier):
+            if time.monotonic() + delay > end:
+                yield delay
+                continue
+            sleep(delay)
+            yield 0.0
+
+    result = retry_target(attempt, _retryable, sleeps(), timeout=timeout, on_error=lambda exc: on_retry(),
+                          exception_factory=_last_error)
+    return result  # type: ignore[no-any-return]
+
+
 def _same_rule(a: PolicyRule, b: PolicyRule) -> bool:
     return (set(a.ranges) == set(b.ranges) and a.action == b.action
             and (a.description or "") == (b.description or "")
@@ -467,31 +494,10 @@ class CloudArmor:
         except Exception as exc:
             raise map_exception(exc, mutation=mutation) from exc
 
-    def _sleeps(self, backoff: Backoff, deadline: float) -> Iterator[float]:
-        """api_core's jittered exponential generator; the sleep itself goes through
-        ``self._sleep``. Yields the delay (without sleeping) when it would pass the
-        deadline, so that retry_target gives up with the last error."""
-        from google.api_core.retry import exponential_sleep_generator
-
-        for delay in exponential_sleep_generator(backoff.initial, backoff.maximum,
-                                                 multiplier=backoff.multiplier):
-            if time.monotonic() + delay > deadline:
-                yield delay
-                continue
-            self._sleep(delay)
-            yield 0.0
-
     def _retrying(self, attempt: Callable[[], T]) -> T:
         """Run ``attempt`` until it succeeds, raises a non-transient error or the
         retry deadline passes (then the last transient error is raised)."""
-        from google.api_core.retry import retry_target
-
-        timeout = self.retry_deadline.total_seconds()
-        deadline = time.monotonic() + timeout
-        result = retry_target(attempt, _retryable, self._sleeps(self.backoff, deadline),
-                              timeout=timeout, on_error=lambda exc: self._count("retry"),
-                              exception_factory=_last_error)
-        return result  # type: ignore[no-any-return]
+        return retrying(attempt, self.retry_deadline, self.backoff, self._sleep, lambda: self._count("retry"))
 
     def _wait(self, op: Any) -> None:
         """Wait for ``op`` to be DONE with our own operations client, then raise its

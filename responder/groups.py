@@ -66,7 +66,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from config.settings import GroupSettings, PolicySettings
-from responder.compute import Backoff, _last_error, _retryable, map_exception
+from responder.compute import Backoff, map_exception, retrying
 from responder.errors import (
     GroupFull,
     GroupInUse,
@@ -323,25 +323,8 @@ class AddressGroups:
         except Exception as exc:
             raise map_group_error(exc, mutation=mutation) from exc
 
-    def _sleeps(self, deadline: float) -> Iterator[float]:
-        from google.api_core.retry import exponential_sleep_generator
-
-        for delay in exponential_sleep_generator(self.backoff.initial, self.backoff.maximum,
-                                                 multiplier=self.backoff.multiplier):
-            if time.monotonic() + delay > deadline:
-                yield delay
-                continue
-            self._sleep(delay)
-            yield 0.0
-
     def _retrying(self, attempt: Callable[[], T]) -> T:
-        from google.api_core.retry import retry_target
-
-        timeout = self.retry_deadline.total_seconds()
-        deadline = time.monotonic() + timeout
-        return retry_target(attempt, _retryable, self._sleeps(deadline),  # type: ignore[no-any-return]
-                            timeout=timeout, on_error=lambda exc: self._count("retry"),
-                            exception_factory=_last_error)
+        return retrying(attempt, self.retry_deadline, self.backoff, self._sleep, lambda: self._count("retry"))
 
     def _wait(self, future: Any) -> Any:
         """Poll the operation of ``future`` (an api_core Operation) until done;
