@@ -177,6 +177,11 @@ def _block(
         merged = merged._replace(action=existing.action, preview=existing.preview)
     if merged == existing or _hidden_sources_only(existing, merged):
         return False
+    # A supernet that already says all of it satisfies it here too: whether
+    # the band holds an entry of exactly this network (an aggregate a
+    # compaction made, say) must not change the answer.
+    if any(_satisfies(cover, _as_claim_on(cover, wanted)) for cover in entries.covering(k)):
+        return False
     entries.put(k, merged)
     return True
 

@@ -144,13 +144,10 @@ EXTEND_BESIDE_AN_UNBLOCK = (
     [extend("198.51.101.0/25", "manual", permanent=True), unblock("198.51.101.128/25", "manual")],
 )
 # Found by a randomized pass (seed 65537): a block already satisfied by a
-# manual supernet writes nothing while the band has no entry of its own for
-# the network, but merges into that entry once a compaction has made one
-# (two /26 of one feed aggregated into the /25). Both answers mean the same
-# for every address; only the second pass writes. Skipping the merge there
-# instead would break the documented "one entry remembers both sources"
-# (the stateful test catches that), so this stays a known, pinned case of
-# the aggregation limitation (README, "Testing").
+# manual supernet wrote nothing while the band had no entry of its own for
+# the network, but merged into that entry once a compaction had made one
+# (two /26 of one feed aggregated into the /25), so a second pass wrote.
+# A satisfying supernet now satisfies whether or not the exact entry exists.
 BLOCK_UNDER_A_SATISFYING_SUPERNET = (
     by_priority([our_rule(1006, ["192.0.2.0/23"], at(93), Severity.CRITICAL, sources=("manual",), action="deny(404)"),
                  PolicyRule(priority=1007, action="deny(404)", ranges=("192.0.2.0/26", "192.0.2.64/26"),
@@ -362,6 +359,7 @@ def test_reconcile_with_compact_uses_the_fewest_rules(scenario):
 @SETTINGS
 @given(scenarios())
 @example(EXTEND_BESIDE_AN_UNBLOCK)
+@example(BLOCK_UNDER_A_SATISFYING_SUPERNET)
 def test_reconcile_is_idempotent(scenario):
     before, todo = scenario
     first = plan_reconcile(read_band(before.values(), BAND), todo, NOW, BAND, compact=True, seed=1)
@@ -373,7 +371,6 @@ def test_reconcile_is_idempotent(scenario):
     assert () == again.ops
 
 
-@pytest.mark.xfail(strict=True, reason="known: aggregation can make an entry at the block's network (see above)")
 def test_a_block_under_a_satisfying_supernet_is_idempotent_across_a_compaction():
     before, todo = BLOCK_UNDER_A_SATISFYING_SUPERNET
     first = plan_reconcile(read_band(before.values(), BAND), todo, NOW, BAND, compact=True, seed=1)

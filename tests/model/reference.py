@@ -200,10 +200,10 @@ class Reference:
         if k.escalate > 1 and expiry is not None and seen is not None and ttl is not None and ttl > timedelta(0):
             want = self._escalate(net, want, seen, ttl, k, now)
         covers = self._covers(net, now)
+        if any(says_at_least(c, want) for c in covers):
+            return True
         if net in self.entries:
             self.entries[net] = merge(self.entries[net], want)
-            return True
-        if any(says_at_least(c, want) for c in covers):
             return True
         for c in covers:
             want = merge(c, want)
