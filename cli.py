@@ -13,7 +13,7 @@ Works against Google (Application Default Credentials) or, with
   restore                   rebuild the band from the audit trail after a wipe (--since, --yes)
   validate-config           load and check the configuration file
   bootstrap-policy          create the cluster's base policy when it does not exist
-  capacity                  the configured feeds' rules against band.max_rules and the rule quota
+  capacity                  the configured feeds' rules against band.max_rules and the rule quota, and their address groups
 
 Global options (before or after the command): --config FILE, --endpoint URL,
 --json (read commands: a stable JSON document, see README "The command
@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import settings as config
 from handlers.runtime import load_settings
@@ -62,6 +62,9 @@ from responder.errors import (
     Unresolvable,
 )
 from responder.policy import DEFAULT_RULE_PRIORITY, PolicyRule, PolicySnapshot
+
+if TYPE_CHECKING:
+    from responder.groupstore import GroupStore
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # unexpected: a bug, or an API answer the command cannot classify
@@ -871,6 +874,9 @@ def cmd_bootstrap(args: argparse.Namespace, settings: config.Settings) -> int:
 
 #: SECURITY_POLICY_RULES as commonly seen; not confirmed (README, "Capacity").
 DEFAULT_QUOTA = 200
+#: SECURITY_POLICY_CEVAL_RULES (rules with an expression, a group rule among
+#: them) as seen as a default; not confirmed (README, "Address groups").
+DEFAULT_CEVAL_QUOTA = 20
 #: Priorities for planning without a band limit ("rules needed").
 _UNBOUNDED = 10_000_000
 
@@ -934,12 +940,22 @@ def _rules_for(entries: Iterable[planner.Entry]) -> tuple[int, int]:
 
 
 def capacity_data(snap: PolicySnapshot, settings: config.Settings, lists: Sequence[FeedList], quota: int,
-                  now: datetime, unchecked: Sequence[Mapping[str, str]] = ()) -> dict[str, Any]:
+                  now: datetime, unchecked: Sequence[Mapping[str, str]] = (), *,
+                  store: GroupStore, ceval_quota: int = DEFAULT_CEVAL_QUOTA,
+                  tier: str | None = None) -> dict[str, Any]:
     """The ``capacity`` document: per feed its entries, ranges after
     aggregation and rules; the band as it would be with every list loaded
     (the band's other entries kept, each checked feed's old claims replaced
     by its list) against band.max_rules, the free band priorities and the
-    rule quota; and what the planner's capacity policy would evict."""
+    rule quota; and what the planner's capacity policy would evict.
+
+    A feed the responder would keep in address groups (``store``, decided by
+    ``GroupStore.wanted`` as a snapshot decides it) takes one band rule per
+    IP version instead of its range rules; each such group's items, the
+    capacity the responder would give it, and the advanced-rule quota those
+    rules use are reported under ``groups`` and ``ceval``. On the Standard
+    tier (``tier``, else the policy's tier label) these feeds are counted
+    as band rules, as the responder falls back to them."""
     from handlers.formats import FormatError, parse_feed
     from handlers.threat_feed import feed_intents
     from responder import guards
@@ -947,8 +963,10 @@ def capacity_data(snap: PolicySnapshot, settings: config.Settings, lists: Sequen
 
     band_settings = settings.band
     band = planner.read_band(snap.rules, band_settings)
+    tier_doc = _tier(snap, settings, store, tier)
     feeds: list[dict[str, Any]] = []
     blocks: list[Intent] = []
+    grouped: list[dict[str, Any]] = []
     for item in lists:
         feed = settings.feed(item.name)
         fmt = feed.format if feed.format != "auto" else None
@@ -965,13 +983,19 @@ def capacity_data(snap: PolicySnapshot, settings: config.Settings, lists: Sequen
         own, _, _ = planner.apply_intents({}, accepted, now, band_settings.expiry_granularity)
         ranges, rules = _rules_for(own.values())
         expiries = sorted({e.meta.expiry for e in own.values() if e.meta.expiry is not None})
+        networks = [i.network for i in accepted if i.verb is Verb.BLOCK]
+        stored, why = _store_of(feed, networks, snap, settings, store, tier_doc)
         feeds.append({
             "name": item.name, "format": parsed.notes[0].split("=", 1)[1], "source": item.source,
             "location": item.location, "entries": len(wanted), "bad_items": len(parsed.errors) + len(errors) + skipped,
             "refused": len(refused), "ranges": ranges, "rules": rules,
             "expiry": _iso(expiries[0]) if len(expiries) == 1 else None,
+            "store": feed.store, "stored_in": stored, "store_why": why,
         })
-        blocks += accepted
+        if stored == "address-group":
+            grouped += _group_plans(store, band, feed, networks)
+        else:
+            blocks += accepted
     checked = {f["name"] for f in feeds}
     live = band.entries(now)
     # Each checked feed's list replaces its claims in the band.
@@ -981,11 +1005,18 @@ def capacity_data(snap: PolicySnapshot, settings: config.Settings, lists: Sequen
     other_ranges, other_rules = _rules_for(others.entries.values())
     whole = planner.plan_reconcile(band, [*withdraw, *blocks], now, unbounded)
     total_ranges, needed = _rules_for(whole.entries.values())
-    outside = len(snap.rules) - len(band.rules)  # operator rules, the default rule, foreign rules in the band
+    # Operator rules, the default rule, foreign rules in the band (group rules are counted apart).
+    outside = len(snap.rules) - len(band.rules) - len(band.groups)
+    group_feeds = {g["feed"] for g in grouped}
+    other_group_rules = [r for r in band.groups if _group_feed(r, settings) not in group_feeds]
+    group_rules = sum(1 for g in grouped if g["rule"]) + len(other_group_rules)
     max_rules = band_settings.max_rules or band_settings.size
-    free = band_settings.size - len(band.foreign)
-    room = quota - outside
+    free = band_settings.size - len(band.foreign) - group_rules
+    room = quota - outside - group_rules
     limit = max(0, min(max_rules, free, room))
+    mine = {r.rule.priority for r in _feed_group_rules(band, settings, group_feeds)}
+    ceval_others = sum(1 for r in snap.rules if r.expression and r.priority not in mine)
+    ceval_groups = sum(1 for g in grouped if g["rule"])
     capped = planner.plan_reconcile(band, [*withdraw, *blocks], now, band_settings, capacity=limit)
     evicted: dict[str, int] = {}
     for entry in capped.evicted:
@@ -1000,17 +1031,22 @@ def capacity_data(snap: PolicySnapshot, settings: config.Settings, lists: Sequen
     for entry in capped.evicted:
         key = ("+".join(sorted(entry.meta.sources)), entry.meta.severity.name.lower(), _iso(entry.meta.expiry))
         groups[key] = groups.get(key, 0) + 1
+    ceval_fits = ceval_groups <= ceval_quota - ceval_others
     return {
         "policy": _policy_doc(settings),
         "feeds": feeds,
         "unchecked": list(unchecked),
-        "others": {"ranges": other_ranges, "rules": other_rules},
+        "others": {"ranges": other_ranges, "rules": other_rules, "group_rules": len(other_group_rules)},
         "total": {"ranges": total_ranges, "rules": needed},
         "limits": {
             "max_rules": max_rules, "band_free": free, "quota": quota, "rules_outside_band": outside,
-            "quota_room": room, "capacity": limit,
+            "group_rules": group_rules, "quota_room": room, "capacity": limit,
         },
-        "fits": needed <= limit and not capped.evicted,
+        "tier": tier_doc,
+        "groups": grouped,
+        "ceval": {"quota": ceval_quota, "other_rules": ceval_others, "group_rules": ceval_groups,
+                  "used": ceval_others + ceval_groups, "fits": ceval_fits},
+        "fits": needed <= limit and not capped.evicted and ceval_fits and not any(g["refused"] for g in grouped),
         "over": max(0, needed - limit),
         "evicted": {
             "ranges": len(capped.evicted), "by_source": dict(sorted(evicted.items())),
@@ -1019,6 +1055,104 @@ def capacity_data(snap: PolicySnapshot, settings: config.Settings, lists: Sequen
         "kept": {"ranges": kept_ranges, "rules": kept_rules,
                  "by_feed": {f["name"]: kept.get(f["name"], 0) for f in feeds}},
     }
+
+
+def _tier(snap: PolicySnapshot, settings: config.Settings, store: GroupStore, given: str | None) -> dict[str, Any]:
+    """The Cloud Armor tier as capacity knows it: ``--tier``, else the
+    policy's tier label (set by the responder when the API said Standard,
+    trusted for a day as the responder trusts it), else unknown."""
+    label = store.tier_label
+    if given:
+        return {"tier": given, "from": "--tier", "label": None}
+    value = snap.labels.get(label)
+    if store.standard_tier(snap):
+        return {"tier": "standard", "from": f"policy label {label}", "label": value}
+    return {"tier": "unknown", "from": "none", "label": value}
+
+
+def _store_of(feed: config.FeedSettings, networks: Sequence[Any], snap: PolicySnapshot, settings: config.Settings,
+              store: GroupStore, tier: Mapping[str, Any]) -> tuple[str, str]:
+    """Where a snapshot of the feed would go ("band" or "address-group"),
+    as ``GroupStore.wanted`` decides, and why."""
+    from responder.groupstore import band_rules_needed
+
+    if feed.store == "band":
+        return "band", 'store = "band"'
+    if not feed.snapshot:  # refused by the configuration; kept for a --file of an unconfigured name
+        return "band", f'store = "{feed.store}" without snapshot = true'
+    if tier["tier"] == "standard":
+        return "band", f'store = "{feed.store}", but the project is on the Standard tier: falls back to band rules'
+    needed = band_rules_needed(networks)
+    auto = settings.groups.auto_rules
+    if not store.wanted(feed, networks, snap):
+        return "band", f'store = "auto": {needed:,} band rules, not more than groups.auto_rules ({auto})'
+    if feed.store == "address-group":
+        return "address-group", 'store = "address-group"'
+    if needed > auto:
+        return "address-group", f'store = "auto": {needed:,} band rules, more than groups.auto_rules ({auto})'
+    return "address-group", f'store = "auto": {needed:,} band rules, but the feed already has a group rule'
+
+
+def _feed_group_rules(band: planner.Band, settings: config.Settings, feeds: Iterable[str]) -> list[Any]:
+    from responder.groupstore import group_rules
+
+    wanted = set(feeds)
+    return [r for r in group_rules(band, settings.band.owner_tag) if r.meta.feed in wanted]
+
+
+def _group_feed(rule: PolicyRule, settings: config.Settings) -> str | None:
+    from responder.codec import decode_group
+
+    meta = decode_group(settings.band.owner_tag, rule.description)
+    return meta.feed if meta is not None else None
+
+
+def _group_plans(store: GroupStore, band: planner.Band, feed: config.FeedSettings,
+                 networks: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per IP version, what the feed's group would hold after this list: its
+    items (aggregated as the store aggregates them), the group (the one in
+    place when the items fit its capacity, else a new one of
+    ``groups.capacity_for(items)``) and the item calls of the diff."""
+    from responder.groupstore import generation_of, group_name, items_by_version, plan_items
+
+    gs = store.settings.groups
+    want = items_by_version(networks)
+    mine = _feed_group_rules(band, store.settings, [feed.name])
+    out = []
+    for version in (4, 6):
+        items = want[version]
+        current = store.current(feed.name, version, mine)
+        rule, group = current if current is not None else (None, None)
+        if not items and rule is None:
+            continue
+        doc: dict[str, Any] = {
+            "feed": feed.name, "ip_version": version, "items": len(items),
+            "band_rules": math.ceil(len(items) / planner.MAX_RANGES_PER_RULE),
+            "current": None if rule is None else {
+                "group": rule.group, "items": group.size if group else None,
+                "capacity": group.capacity if group else None},
+            "group": None, "capacity": None, "add": 0, "remove": 0, "item_calls": 0,
+            "rule": True, "refused": False,
+        }
+        if not items:
+            doc.update(action="removed", rule=False)  # the rule, then the group, go
+        elif len(items) > gs.max_capacity:
+            doc.update(action="refused", refused=True, rule=rule is not None,
+                       group=rule.group if rule else None, capacity=group.capacity if group else None)
+        else:
+            diff = plan_items(group, items, gs.capacity_for)
+            if diff.replace:
+                taken = generation_of(gs.prefix, feed.name, version, rule.group) if rule else 0
+                doc.update(action="replaced" if rule else "created", capacity=diff.capacity,
+                           group=group_name(gs.prefix, feed.name, version, (taken or 0) + 1))
+            else:
+                assert group is not None
+                doc.update(action="kept", group=group.name, capacity=group.capacity)
+            doc.update(add=len(diff.add), remove=len(diff.remove),
+                       item_calls=math.ceil(len(diff.add) / gs.max_items_per_call)
+                       + math.ceil(len(diff.remove) / gs.max_items_per_call))
+        out.append(doc)
+    return out
 
 
 def capacity_text(data: Mapping[str, Any]) -> str:
@@ -1035,26 +1169,83 @@ def capacity_text(data: Mapping[str, Any]) -> str:
     for u in data["unchecked"]:
         lines.append(f"{u['name']}: not checked: {u['why']}")
     o, t = data["others"], data["total"]
+    lines.append("ranges: after aggregation (collapse_addresses per expiry and severity); rules: at most 10 ranges each")
+    lines += _groups_text(data)
+    grouped = {g["feed"] for g in data["groups"]}
+    in_groups = f" (feeds in address groups: {', '.join(sorted(grouped))})" if grouped else ""
+    group_rules = (f" - {lim['group_rules']:,} group rules" if lim["group_rules"] else "")
     lines += [
-        "ranges: after aggregation (collapse_addresses per expiry and severity); rules: at most 10 ranges each",
-        f"the band's other entries (sources not checked here): {o['ranges']:,} ranges, {o['rules']:,} rules",
-        f"total: {t['ranges']:,} ranges in {t['rules']:,} rules; the band may hold {lim['capacity']:,} "
-        f"(band.max_rules {lim['max_rules']:,}; free band priorities {lim['band_free']:,}; "
-        f"rule quota {lim['quota']:,} - {lim['rules_outside_band']:,} rules outside the band = {lim['quota_room']:,})",
+        f"the band's other entries (sources not checked here): {o['ranges']:,} ranges, {o['rules']:,} rules"
+        + (f", and {o['group_rules']:,} group rules" if o["group_rules"] else ""),
+        f"total: {t['ranges']:,} ranges in {t['rules']:,} rules{in_groups}; the band may hold {lim['capacity']:,} "
+        f"(band.max_rules {lim['max_rules']:,}; free band priorities {lim['band_free']:,}"
+        + (f" after {lim['group_rules']:,} group rules" if lim["group_rules"] else "")
+        + f"; rule quota {lim['quota']:,} - {lim['rules_outside_band']:,} rules outside the band{group_rules}"
+        f" = {lim['quota_room']:,})",
     ]
     if data["fits"]:
         lines.append(f"fits: {lim['capacity'] - t['rules']:,} rules to spare")
         return "\n".join(lines)
-    ev = data["evicted"]
-    lines.append(f"DOES NOT FIT: {data['over']:,} rules over. The capacity policy (lowest severity first, then "
-                 f"soonest expiry; never manual) would evict {ev['ranges']:,} ranges:")
-    for g in ev["order"]:
-        lines.append(f"  {g['ranges']:>7,}  {g['sources']} ({g['severity']}, until {g['expiry'] or 'permanent'})")
-    kept = data["kept"]
-    lines.append(f"what stays: {kept['ranges']:,} ranges in {kept['rules']:,} rules; per feed: " +
-                 ", ".join(f"{name} {n:,} of {next(f['ranges'] for f in data['feeds'] if f['name'] == name):,}"
-                           for name, n in kept["by_feed"].items()))
+    if not data["ceval"]["fits"]:
+        c = data["ceval"]
+        lines.append(f"DOES NOT FIT: the group rules need {c['group_rules']:,} advanced rules and "
+                     f"{c['quota'] - c['other_rules']:,} are left of SECURITY_POLICY_CEVAL_RULES ({c['quota']:,}): "
+                     "the rules past it would be refused (--ceval-quota N if yours is larger)")
+    for g in data["groups"]:
+        if g["refused"]:
+            lines.append(f"DOES NOT FIT: {g['feed']}'s {g['items']:,} IPv{g['ip_version']} items exceed "
+                         "groups.max_capacity: the responder refuses the whole list (nothing changes)")
+    if data["over"] or data["evicted"]["ranges"]:
+        ev = data["evicted"]
+        lines.append(f"DOES NOT FIT: {data['over']:,} rules over. The capacity policy (lowest severity first, then "
+                     f"soonest expiry; never manual) would evict {ev['ranges']:,} ranges:")
+        for g in ev["order"]:
+            lines.append(f"  {g['ranges']:>7,}  {g['sources']} ({g['severity']}, until {g['expiry'] or 'permanent'})")
+        kept = data["kept"]
+        lines.append(f"what stays: {kept['ranges']:,} ranges in {kept['rules']:,} rules; per feed: " +
+                     ", ".join(f"{name} {n:,} of {next(f['ranges'] for f in data['feeds'] if f['name'] == name):,}"
+                               for name, n in kept["by_feed"].items() if name not in grouped))
     return "\n".join(lines)
+
+
+def _groups_text(data: Mapping[str, Any]) -> list[str]:
+    """The address-group lines of ``capacity``: the tier, where each feed
+    with a group store would go, each group's items against its capacity,
+    and the advanced-rule quota."""
+    asked = [f for f in data["feeds"] if f["store"] != "band"]
+    if not asked and not data["groups"]:
+        return []
+    tier = data["tier"]
+    lines = []
+    if tier["tier"] == "standard":
+        lines.append(f"Cloud Armor tier: STANDARD ({tier['from']}): address groups need Enterprise; the feeds below "
+                     "fall back to band rules and are counted as band rules")
+    elif tier["tier"] == "unknown":
+        lines.append("Cloud Armor tier: not known (no Standard label on the policy; --tier standard|enterprise to "
+                     "say): counted as Enterprise, as the responder tries address groups first")
+    for f in asked:
+        lines.append(f"{f['name']}: {f['store_why']}" + (": address groups" if f["stored_in"] != "band" else ""))
+    for g in data["groups"]:
+        head = f"  {g['feed']} IPv{g['ip_version']}: {g['items']:,} items"
+        cur = g["current"]
+        now = (f" (now {cur['group']}: {cur['items'] if cur['items'] is not None else '?'} / "
+               f"{cur['capacity'] if cur['capacity'] is not None else '?'})") if cur else ""
+        if g["action"] == "removed":
+            lines.append(f"{head}{now}: the rule, then the group, are removed")
+            continue
+        if g["action"] == "refused":
+            lines.append(f"{head}{now}: more than groups.max_capacity: refused")
+            continue
+        what = {"kept": "in", "created": "in a new group", "replaced": "in a larger group replacing it:"}[g["action"]]
+        lines.append(f"{head}{now} {what} {g['group']} of capacity {g['capacity']:,}; "
+                     f"{g['add']:,} to add, {g['remove']:,} to remove in {g['item_calls']:,} item call(s); "
+                     f"1 band rule instead of {g['band_rules']:,}")
+    c = data["ceval"]
+    if data["groups"]:
+        lines.append(f"advanced rules (SECURITY_POLICY_CEVAL_RULES, --ceval-quota {c['quota']:,}): "
+                     f"{c['group_rules']:,} group rules + {c['other_rules']:,} other rules with an expression "
+                     f"= {c['used']:,} of {c['quota']:,} (other policies of the project count too, not read)")
+    return lines
 
 
 def cmd_capacity(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -1064,8 +1255,20 @@ def cmd_capacity(args: argparse.Namespace, settings: config.Settings) -> int:
     lists, unchecked = read_feeds(settings, files)
     if not lists:
         raise Failure(EXIT_USAGE, "capacity: no feed to check: configure [feeds.NAME] with a url, or give --file NAME=PATH")
-    snap = _api(settings).get_policy()
-    data = capacity_data(snap, settings, lists, args.quota, datetime.now(tz=UTC), unchecked)
+    if args.ceval_quota < 0:
+        raise Failure(EXIT_USAGE, f"capacity: --ceval-quota must not be negative, got {args.ceval_quota}")
+    from responder.groups import AddressGroups
+    from responder.groupstore import GroupStore
+
+    api = _api(settings)
+    snap = api.get_policy()
+
+    def groups() -> AddressGroups:
+        return AddressGroups(settings.policy, settings.groups, retry_deadline=settings.policy.retry_deadline)
+
+    store = GroupStore(settings, api, groups, Audit(file=None))
+    data = capacity_data(snap, settings, lists, args.quota, datetime.now(tz=UTC), unchecked, store=store,
+                         ceval_quota=args.ceval_quota, tier=args.tier)
     emit(args, "capacity", data, capacity_text)
     if not data["fits"]:
         return EXIT_OVER
@@ -1262,6 +1465,11 @@ def _capacity_args(p: argparse.ArgumentParser) -> None:
                    help="read feed NAME's list from PATH instead of its url (repeatable; NAME need not be configured)")
     p.add_argument("--quota", type=int, default=DEFAULT_QUOTA,
                    help=f"the project's SECURITY_POLICY_RULES quota (default {DEFAULT_QUOTA}, as commonly seen; check yours)")
+    p.add_argument("--ceval-quota", type=int, default=DEFAULT_CEVAL_QUOTA,
+                   help=f"the project's SECURITY_POLICY_CEVAL_RULES quota, which each address-group rule uses "
+                        f"(default {DEFAULT_CEVAL_QUOTA}, as seen; check yours)")
+    p.add_argument("--tier", choices=("standard", "enterprise"),
+                   help="the project's Cloud Armor tier (default: the policy's tier label, else not known)")
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (

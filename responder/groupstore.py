@@ -280,7 +280,7 @@ class GroupStore:
         # writes nothing, not even the lease's labels.
         band = read_band(snap.rules, self.settings.band)
         mine = [r for r in group_rules(band, self.tag) if r.meta.feed == feed.name]
-        current = {v: self._current(feed.name, v, mine) for v in (4, 6)}
+        current = {v: self.current(feed.name, v, mine) for v in (4, 6)}
         self._check_drop(feed, current, want)
         if self._settled(feed.name, mine, current, want, expiry, action, preview):
             outcome.band_claims = sum(1 for r in band.rules if feed.name in r.meta.sources)
@@ -295,7 +295,7 @@ class GroupStore:
             band = read_band(snap.rules, self.settings.band)
             outcome.band_claims = sum(1 for r in band.rules if feed.name in r.meta.sources)
             mine = [r for r in group_rules(band, self.tag) if r.meta.feed == feed.name]
-            current = {v: self._current(feed.name, v, mine) for v in (4, 6)}
+            current = {v: self.current(feed.name, v, mine) for v in (4, 6)}
             self._check_drop(feed, current, want)
             used = set(band.used)
             for version in (4, 6):
@@ -351,7 +351,7 @@ class GroupStore:
         now = self.clock()
         return rule.meta.expiry if rule.meta.expiry - now >= (expiry - now) / 2 else expiry
 
-    def _current(self, feed: str, version: int, mine: Sequence[GroupRule]) -> tuple[GroupRule, AddressGroup | None] | None:
+    def current(self, feed: str, version: int, mine: Sequence[GroupRule]) -> tuple[GroupRule, AddressGroup | None] | None:
         """The newest rule of (feed, version) and the group it references."""
         rules = [r for r in mine if r.meta.version == version]
         if not rules:

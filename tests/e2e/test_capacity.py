@@ -187,3 +187,185 @@ def test_bad_arguments_are_usage_errors(env: LocalCloudArmor, tmp_path: Path, ca
     assert cli.EXIT_USAGE == cli.main(["capacity", "--file", "no-equals-sign"])
     assert cli.EXIT_USAGE == cli.main(["capacity", "--file", f"drop={tmp_path / 'missing.txt'}"])
     assert "cannot read" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# Feeds stored in address groups (README, "Address groups"): the figures are
+# computed here from the lists (collapse_addresses, ceil(n x 1.25)), not with
+# the store's own arithmetic.
+
+HEADROOM, MIN_CAPACITY = 0.25, 50
+GROUPS_CONFIG = f"""
+[feeds.firehol-l1]
+format = "netset"
+snapshot = true
+store = "address-group"
+ttl = "1d"
+max_entries = 1000000
+
+[feeds.tor-exits]
+format = "tor"
+snapshot = true
+store = "auto"
+ttl = "3h"
+max_entries = 1000000
+
+[feeds.tiny]
+format = "plain"
+snapshot = true
+store = "auto"
+ttl = "1d"
+
+[feeds.mixed]
+format = "plain"
+snapshot = true
+store = "address-group"
+ttl = "1d"
+
+[groups]
+capacity_headroom = {HEADROOM}
+min_capacity = {MIN_CAPACITY}
+max_items_per_call = 500
+auto_rules = 20
+"""
+TINY = ["185.7.0.0/24", "45.9.149.0/24"]  # 1 band rule: stays in the band (auto)
+MIXED = ["91.198.0.0/24", "62.1.2.0/24", "62.1.3.0/24", "2a0b:4142::/32", "2a0c:1::/48"]
+
+
+def by_version(items: list[str], version: int) -> int:
+    return len(list(ipaddress.collapse_addresses(
+        n for n in (ipaddress.ip_network(i) for i in items) if n.version == version)))
+
+
+def group_capacity(items: int) -> int:
+    return max(MIN_CAPACITY, math.ceil(items * (1 + HEADROOM)))
+
+
+@pytest.fixture
+def ent() -> Iterator[LocalCloudArmor]:
+    server = LocalCloudArmor(op_delay=0.01, wait_timeout=10.0, seed=3, project=PROJECT, tier="enterprise").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def grouped_files(files: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    out = {name: files[name] for name in ("firehol-l1", "tor-exits")}
+    for name, items in (("tiny", TINY), ("mixed", MIXED)):
+        out[name] = tmp_path / f"{name}.txt"
+        out[name].write_text("\n".join(items) + "\n")
+    return out
+
+
+def harness(server: LocalCloudArmor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    from tests.e2e.support import configured
+
+    return configured(server, monkeypatch, tmp_path, GROUPS_CONFIG)
+
+
+def expression_rules(server: LocalCloudArmor) -> int:
+    server.settle()
+    policy = server.policy(PROJECT, POLICY)
+    assert policy is not None
+    return sum(1 for r in policy["rules"] if "expr" in r.get("match", {}))
+
+
+def test_feeds_stored_in_groups_take_one_band_rule_per_group_and_the_groups_hold_the_lists(
+    ent: LocalCloudArmor, grouped_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    harness(ent, monkeypatch, tmp_path)
+    expressions = expression_rules(ent)  # the operator's WAF rule
+
+    code, doc = run(capsys, *file_args(grouped_files))
+
+    firehol, tor = aggregated(FEEDS["firehol-l1"]), aggregated(FEEDS["tor-exits"])
+    v4, v6 = by_version(MIXED, 4), by_version(MIXED, 6)
+    assert {"firehol-l1": "address-group", "tor-exits": "address-group", "tiny": "band", "mixed": "address-group"} == {
+        f["name"]: f["stored_in"] for f in doc["feeds"]}
+    assert [0, 0, 0, 0] == [f["refused"] for f in doc["feeds"]]
+    assert [("firehol-l1", 4, firehol, "created", "car-firehol-l1-v4-1", group_capacity(firehol), math.ceil(firehol / 10)),
+            ("tor-exits", 4, tor, "created", "car-tor-exits-v4-1", group_capacity(tor), math.ceil(tor / 10)),
+            ("mixed", 4, v4, "created", "car-mixed-v4-1", MIN_CAPACITY, 1),
+            ("mixed", 6, v6, "created", "car-mixed-v6-1", MIN_CAPACITY, 1)] == [
+        (g["feed"], g["ip_version"], g["items"], g["action"], g["group"], g["capacity"], g["band_rules"])
+        for g in doc["groups"]]
+    assert [math.ceil(firehol / 500), math.ceil(tor / 500), 1, 1] == [g["item_calls"] for g in doc["groups"]]
+    # The band holds the tiny list's ranges in range rules, and one rule per group.
+    assert {"ranges": len(TINY), "rules": 1} == doc["total"]
+    assert (4, 200 - OUTSIDE - 4) == (doc["limits"]["group_rules"], doc["limits"]["quota_room"])
+    assert {"quota": 20, "other_rules": expressions, "group_rules": 4, "used": expressions + 4, "fits": True} == doc["ceval"]
+    assert ("unknown", True, cli.EXIT_OK) == (doc["tier"]["tier"], doc["fits"], code)
+    assert [] == band_rules(ent) and {} == dict(ent.state.groups), "capacity changed something"
+
+    assert cli.EXIT_OK == cli.main(["capacity", *file_args(grouped_files)])
+    out = capsys.readouterr().out
+    assert (f"  firehol-l1 IPv4: {firehol:,} items in a new group car-firehol-l1-v4-1 of capacity "
+            f"{group_capacity(firehol):,}; {firehol:,} to add, 0 to remove in {math.ceil(firehol / 500)} item call(s); "
+            f"1 band rule instead of {math.ceil(firehol / 10)}") in out
+    assert 'tiny: store = "auto": 1 band rules, not more than groups.auto_rules (20)' in out
+    assert f"= {expressions + 4} of 20" in out and "Cloud Armor tier: not known" in out
+
+
+def test_a_loaded_group_is_kept_while_the_list_fits_and_replaced_when_it_outgrows_it(
+    ent: LocalCloudArmor, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    fx = harness(ent, monkeypatch, tmp_path)
+    firehol = FEEDS["firehol-l1"]
+    assert 200 == fx.publish("on_threat_feed", firehol.body, message_id="f1",
+                             attributes={"feed": "firehol-l1", "format": "netset", "snapshot": "true"})
+    ent.settle()
+    held = ent.group(PROJECT, "car-firehol-l1-v4-1")
+    assert held is not None and len(held["items"]) == aggregated(firehol)
+
+    code, doc = run(capsys, *file_args(files, "firehol-l1"))
+
+    ((name, current, action, capacity, add, remove),) = [
+        (g["group"], g["current"], g["action"], g["capacity"], g["add"], g["remove"]) for g in doc["groups"]]
+    assert ("car-firehol-l1-v4-1", "kept", int(held["capacity"]), 0, 0) == (name, action, capacity, add, remove)
+    assert {"group": name, "items": len(held["items"]), "capacity": int(held["capacity"])} == current
+    assert (0, 1, cli.EXIT_OK) == (doc["limits"]["group_rules"] - 1, doc["ceval"]["group_rules"], code)
+
+    grown = tmp_path / "grown.txt"  # firehol + tor: more items than the group's capacity
+    grown.write_bytes(firehol.body + FEEDS["tor-exits"].body)
+    code, doc = run(capsys, f"--file=firehol-l1={grown}")
+    items = len(list(ipaddress.collapse_addresses([*firehol.networks, *FEEDS["tor-exits"].networks])))
+    assert items > int(held["capacity"])
+    assert [("replaced", "car-firehol-l1-v4-2", group_capacity(items), items)] == [
+        (g["action"], g["group"], g["capacity"], g["items"]) for g in doc["groups"]]
+    assert held == ent.group(PROJECT, "car-firehol-l1-v4-1"), "capacity changed the group"
+
+
+def test_on_the_standard_tier_group_feeds_count_as_band_rules(
+    local_api: LocalCloudArmor, grouped_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    fx = harness(local_api, monkeypatch, tmp_path)
+    both = file_args(grouped_files, "tiny", "mixed")
+    code, doc = run(capsys, *both, "--tier", "standard")
+    assert (["band", "band"], [], 0) == ([f["stored_in"] for f in doc["feeds"]], doc["groups"], doc["ceval"]["group_rules"])
+    ranges = len(TINY) + by_version(MIXED, 4) + by_version(MIXED, 6)
+    assert (ranges, 2) == (doc["total"]["ranges"], doc["total"]["rules"])  # one range rule per feed
+
+    # What the responder learned from the API (its tier label) is what capacity reads without --tier.
+    assert 200 == fx.publish("on_threat_feed", "\n".join(MIXED).encode(), message_id="m1",
+                             attributes={"feed": "mixed", "format": "plain", "snapshot": "true"})
+    assert fx.policy()["labels"]["car-tier"].startswith("standard-")
+    code, doc = run(capsys, *both)
+    assert ("standard", "policy label car-tier") == (doc["tier"]["tier"], doc["tier"]["from"])
+    assert ([], 2) == (doc["groups"], doc["total"]["rules"])
+    assert cli.EXIT_OK == cli.main(["capacity", *both])
+    assert "Cloud Armor tier: STANDARD (policy label car-tier): address groups need Enterprise" in capsys.readouterr().out
+
+
+def test_group_rules_past_the_advanced_rule_quota_do_not_fit(
+    ent: LocalCloudArmor, grouped_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    harness(ent, monkeypatch, tmp_path)
+    expressions = expression_rules(ent)
+    code, doc = run(capsys, *file_args(grouped_files, "mixed"), "--ceval-quota", str(expressions + 1))
+    assert (cli.EXIT_OVER, False, 2) == (code, doc["ceval"]["fits"], doc["ceval"]["group_rules"])
+    assert cli.EXIT_OVER == cli.main(["capacity", *file_args(grouped_files, "mixed"), "--ceval-quota", str(expressions + 1)])
+    assert "DOES NOT FIT: the group rules need 2 advanced rules and 1 are left" in capsys.readouterr().out
