@@ -159,12 +159,12 @@ def test_only_the_policy_when_the_responder_is_not_deployed() -> None:
 
 # ------------------------------------------------------ the responder component
 
-def _dry_run() -> list[list[str]]:
+def _dry_run(*options: str) -> list[list[str]]:
     """deploy.sh's plan, one gcloud argv per planned command."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESPONDER_")}
     env["PYTHON"] = sys.executable
     out = subprocess.run(
-        ["bash", str(ROOT / "deploy.sh"), "--region", "us-central1", "--dry-run"],
+        ["bash", str(ROOT / "deploy.sh"), "--region", "us-central1", "--dry-run", *options],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     return [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("+ gcloud ")]
@@ -189,6 +189,28 @@ def responder() -> list[Registered]:
     return run_program({"deployResponder": True, "region": "us-central1"})
 
 
+@pytest.fixture(scope="module")
+def group_plan() -> list[list[str]]:
+    return _dry_run("--with-address-groups")
+
+
+@pytest.fixture(scope="module")
+def group_responder() -> list[Registered]:
+    return run_program({"deployResponder": True, "region": "us-central1", "addressGroups": True})
+
+
+#: Both variants: deploy.sh without and with --with-address-groups, the
+#: component without and with addressGroups: true.
+BOTH = pytest.mark.parametrize("groups", [False, True], ids=["band-only", "with-address-groups"])
+
+
+def _variant(request: pytest.FixtureRequest, groups: bool) -> tuple[list[list[str]], list[Registered]]:
+    """(deploy.sh's plan, the component's resources) of one variant."""
+    if groups:
+        return request.getfixturevalue("group_plan"), request.getfixturevalue("group_responder")
+    return request.getfixturevalue("plan"), request.getfixturevalue("responder")
+
+
 def test_every_responder_resource_is_a_child_of_the_component(responder: list[Registered]) -> None:
     (component,) = of_type(responder, COMPONENT)
     others = [r for r in responder if r.type not in (POLICY, RULE, COMPONENT)]
@@ -196,7 +218,9 @@ def test_every_responder_resource_is_a_child_of_the_component(responder: list[Re
     assert [] == [r.name for r in others if r.parent_type != COMPONENT]
 
 
-def test_custom_role_matches_deploy_sh(plan: list[list[str]], responder: list[Registered]) -> None:
+@BOTH
+def test_custom_role_matches_deploy_sh(request: pytest.FixtureRequest, groups: bool) -> None:
+    plan, responder = _variant(request, groups)
     (create,) = _commands(plan, "iam", "roles", "create")
     flags = _flags(create)
     (role,) = of_type(responder, "gcp:projects/iAMCustomRole:IAMCustomRole")
@@ -205,6 +229,9 @@ def test_custom_role_matches_deploy_sh(plan: list[list[str]], responder: list[Re
     assert flags["permissions"].split(",") == role.inputs["permissions"]
     assert (flags["title"], flags["description"], flags["stage"]) == (
         role.inputs["title"], role.inputs["description"], role.inputs["stage"])
+    granted = [p for p in role.inputs["permissions"] if p.startswith("networksecurity.")]
+    assert groups == ("networksecurity.addressGroups.use" in granted)
+    assert groups == bool(granted)
 
 
 def test_role_permissions_match_deploy_sh_for_global_and_regional_policies() -> None:
@@ -216,6 +243,10 @@ def test_role_permissions_match_deploy_sh_for_global_and_regional_policies() -> 
     (extra,) = set(re.findall(r'ROLE_PERMISSIONS="\$(?:REGIONAL|GLOBAL)_PERMISSIONS,([^"]+)"', text))
     assert [*global_.split(","), *extra.split(",")] == list(role_permissions(""))
     assert [*regional.split(","), *extra.split(",")] == list(role_permissions("us-central1"))
+    # --with-address-groups appends its permissions to the global role (deploy.sh refuses it for a regional policy).
+    block = text.split("if [[ $WITH_ADDRESS_GROUPS -eq 1 ]]; then", 1)[1].split("\nfi\n", 1)[0]
+    groups = ",".join(re.findall(r'ROLE_PERMISSIONS\+=",([^"]+)"', block)).split(",")
+    assert [*global_.split(","), *extra.split(","), *groups] == list(role_permissions("", address_groups=True))
 
 
 def test_role_and_trigger_bindings_match_deploy_sh(plan: list[list[str]], responder: list[Registered]) -> None:
@@ -305,10 +336,20 @@ def test_log_sinks_match_deploy_sh(plan: list[list[str]], responder: list[Regist
     assert {f"serviceAccount:sink-{name}@logging.example" for name in sinks} == publishers
 
 
-def test_apis_match_deploy_sh(plan: list[list[str]], responder: list[Registered]) -> None:
+@BOTH
+def test_apis_match_deploy_sh(request: pytest.FixtureRequest, groups: bool) -> None:
+    plan, responder = _variant(request, groups)
     (enable,) = _commands(plan, "services", "enable")
     apis = [a for a in enable[3:] if not a.startswith("--")]
     assert set(apis) == {r.inputs["service"] for r in of_type(responder, "gcp:projects/service:Service")}
+    assert groups == ("networksecurity.googleapis.com" in apis)
+
+
+def test_address_groups_need_the_responder_deployed() -> None:
+    from car_iac.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="addressGroups: .*deployResponder"):
+        run_program({"addressGroups": True})
 
 
 def test_function_source_carries_the_runtime_files_and_the_chosen_configuration(tmp_path: Path) -> None:

@@ -33,6 +33,18 @@ REGIONAL_ROLE_PERMISSIONS = (
     "compute.regionOperations.get",
     "logging.logEntries.list",
 )
+# `addressGroups: true` (deploy.sh --with-address-groups; README "Address
+# groups"): manage the responder's groups, reference them from rules
+# (...use), poll their operations. Global policies only.
+ADDRESS_GROUP_PERMISSIONS = (
+    "networksecurity.addressGroups.create",
+    "networksecurity.addressGroups.delete",
+    "networksecurity.addressGroups.get",
+    "networksecurity.addressGroups.list",
+    "networksecurity.addressGroups.update",
+    "networksecurity.addressGroups.use",
+    "networksecurity.operations.get",
+)
 ROLE_TITLE = "Cloud Armor responder"
 ROLE_DESCRIPTION = "Read and update one Cloud Armor policy's rules and labels; wait on operations."
 
@@ -53,13 +65,23 @@ SERVICES = (
     "monitoring.googleapis.com",
 )
 
+# The API address groups need (deploy.sh --with-address-groups enables it).
+ADDRESS_GROUP_SERVICES = ("networksecurity.googleapis.com",)
+
 LABELS = {"app": "cloud-armor-responder"}
 CLEANUP_MESSAGE = '{"action":"cleanup"}'
 
 
-def role_permissions(policy_region: str) -> tuple[str, ...]:
-    """The custom role's permissions for a global ("") or regional policy."""
-    return REGIONAL_ROLE_PERMISSIONS if policy_region else GLOBAL_ROLE_PERMISSIONS
+def role_permissions(policy_region: str, address_groups: bool = False) -> tuple[str, ...]:
+    """The custom role's permissions for a global ("") or regional policy,
+    with the address-group permissions when ``address_groups``."""
+    base = REGIONAL_ROLE_PERMISSIONS if policy_region else GLOBAL_ROLE_PERMISSIONS
+    return base + ADDRESS_GROUP_PERMISSIONS if address_groups else base
+
+
+def services(address_groups: bool = False) -> tuple[str, ...]:
+    """The APIs to enable, with the Network Security API when ``address_groups``."""
+    return SERVICES + ADDRESS_GROUP_SERVICES if address_groups else SERVICES
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ def run(values: dict[str, Any]) -> Settings:
                 band_end=settings.band_end,
                 deploy=settings.deploy,
                 source=source_archive(REPO_ROOT, config_path),
+                address_groups=settings.address_groups,
             ),
             opts=pulumi.ResourceOptions(depends_on=[edge.policy]),
         )

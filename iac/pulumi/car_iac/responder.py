@@ -52,12 +52,14 @@ class ResponderArgs:
     band_end: int
     deploy: DeploySettings
     source: pulumi.Archive
+    address_groups: bool = False  # deploy.sh --with-address-groups
 
 
 class Responder(pulumi.ComponentResource):
     """Topics, dead-letter topic and hold subscription, service accounts,
     custom role and bindings, the five functions, the cleanup schedule and
-    the log sinks of the Cloud Armor responder."""
+    the log sinks of the Cloud Armor responder; with ``address_groups``
+    also the Network Security API and the role's address-group permissions."""
 
     def __init__(self, name: str, args: ResponderArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("car:responder:Responder", name, None, opts)
@@ -68,7 +70,7 @@ class Responder(pulumi.ComponentResource):
 
         services = [
             gcp.projects.Service(f"api-{api.split('.')[0]}", project=project, service=api, disable_on_destroy=False, opts=child)
-            for api in n.SERVICES
+            for api in n.services(args.address_groups)
         ]
         after_apis = pulumi.ResourceOptions(parent=self, depends_on=services)
         number = gcp.organizations.get_project_output(project_id=project, opts=pulumi.InvokeOutputOptions(parent=self)).number
@@ -85,7 +87,7 @@ class Responder(pulumi.ComponentResource):
         )
         self.role = gcp.projects.IAMCustomRole(
             "role", project=project, role_id=names.role_id, title=n.ROLE_TITLE,
-            description=n.ROLE_DESCRIPTION, permissions=list(n.role_permissions(args.policy_region)),
+            description=n.ROLE_DESCRIPTION, permissions=list(n.role_permissions(args.policy_region, args.address_groups)),
             stage="GA", opts=after_apis,
         )
         runtime_member = self.runtime_sa.email.apply(lambda e: f"serviceAccount:{e}")

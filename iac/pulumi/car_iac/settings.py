@@ -19,6 +19,7 @@ Pulumi configuration keys (namespace `car-edge`):
 | `bandStart`, `bandEnd` | `[band].start`, `[band].end` | the responder's band: no rule of this program may fall in it |
 | `deployResponder` | false | also create the responder's own resources |
 | `region` | `[deploy].region`, else `[policy].region` | the functions' region |
+| `addressGroups` | false | as `deploy.sh --with-address-groups`: enable the Network Security API and grant the custom role the `networksecurity.addressGroups.*` permissions (feeds with `store = "address-group"` or `"auto"`) |
 
 `gcp:project` names the project (default `[policy].project`).
 """
@@ -91,6 +92,7 @@ class Settings:
     rules: tuple[RuleSpec, ...] = field(default=())
     deploy_responder: bool = False
     deploy: DeploySettings | None = None
+    address_groups: bool = False  # addressGroups: the Network Security API and the group permissions
 
     def in_band(self, priority: int) -> bool:
         return self.band_start <= priority <= self.band_end
@@ -260,6 +262,10 @@ def from_sources(values: Mapping[str, Any], responder_doc: Mapping[str, Any]) ->
         names.add(rule.name)
 
     deploy_responder = _bool(values.get("deployResponder", False), "deployResponder")
+    address_groups = _bool(values.get("addressGroups", False), "addressGroups")
+    if address_groups and not deploy_responder:
+        raise ConfigError("addressGroups: grants the responder's role the address-group permissions; "
+                          "set deployResponder: true too")
     deploy = None
     if deploy_responder:
         region = values.get("region") or responder_doc.get("deploy", {}).get("region") or policy_region
@@ -286,4 +292,5 @@ def from_sources(values: Mapping[str, Any], responder_doc: Mapping[str, Any]) ->
         rules=tuple(rules),
         deploy_responder=deploy_responder,
         deploy=deploy,
+        address_groups=address_groups,
     )
