@@ -28,7 +28,7 @@ takes ranges.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from config.settings import ConfigError, parse_duration
@@ -116,7 +116,28 @@ def handle(message: Message, rt: Runtime) -> Outcome:
     if not intents:
         raise BadEvent(f"manual command: no valid range ({errors[0].error})")
     common.report_items(rt, message, KIND, errors)
-    return common.apply(rt, message, KIND, intents, force=force, actor=actor.strip(), reason=reason, targets=targets)
+    accepted, refused = common.screen(rt, message, KIND, intents, force=force)
+    outcome = common.apply_screened(rt, message, KIND, accepted, refused, actor=actor.strip(), reason=reason,
+                                    targets=targets)
+    if verb is Verb.UNBLOCK and accepted and rt.uses_groups and rt.settings.default_target in targets:
+        outcome = _lift_groups(rt, message, accepted, outcome, actor.strip(), reason)
+    return outcome
+
+
+def _lift_groups(rt: Runtime, message: Message, accepted: Sequence[Intent], outcome: Outcome, actor: str,
+                 reason: str) -> Outcome:
+    """An unblock lifts the ranges from the feeds' address groups too
+    (responder.groupstore.GroupStore.lift: items inside removed, broader
+    items split around them), on the default target, whose policy the
+    groups' rules are in."""
+    validate_only = rt.settings.band.validate_only or rt.settings.source(KIND).validate_only
+    lifted = rt.group_store.lift([i.network for i in accepted], event_ref(message, KIND, actor, reason),
+                                 validate_only=validate_only)
+    outcome.removed += lifted.removed
+    outcome.refused += lifted.refused
+    outcome.ops += lifted.ops
+    outcome.leased = outcome.leased or lifted.leased
+    return outcome
 
 
 def _targets(message: Message, rt: Runtime) -> tuple[str, ...]:

@@ -58,7 +58,7 @@ from responder.audit import Audit
 from responder.codec import GroupMeta, decode_group, encode_group
 from responder.errors import BadEvent, GroupFull, GroupNotFound, OutOfTime, PriorityTaken, TierRequired
 from responder.groups import AddressGroup, request_id
-from responder.model import Network
+from responder.model import Network, minus
 from responder.planner import MAX_RANGES_PER_RULE, Band, read_band
 from responder.policy import PolicyRule, PolicySnapshot
 from responder.service import EventRef, Lease, Outcome, PolicyApi, guard_for, utcnow
@@ -192,6 +192,52 @@ def plan_items(current: AddressGroup | None, want: Sequence[str], capacity_for: 
 def _order(item: str) -> tuple[int, Any]:
     net = ipaddress.ip_network(item)
     return (net.version, net)
+
+
+@dataclass(frozen=True)
+class Lift:
+    """What a manual unblock does to one group (pure; ``plan_lift``): the
+    items inside a lifted range go, an item holding one is split around it
+    (its ``parts`` are added first, then it goes), so the rest of it stays
+    blocked at every moment."""
+
+    group: str
+    holes: tuple[str, ...]  # the lifted ranges that touch the group
+    inside: tuple[str, ...]  # items inside a lifted range: removed
+    broad: tuple[str, ...]  # items holding a lifted range: removed after their parts are added
+    parts: tuple[str, ...]  # what is left of the broad items: added
+    size: int  # the group's items before
+    capacity: int
+
+    @property
+    def peak(self) -> int:
+        """Items while the parts and the broad items are both held."""
+        return self.size - len(self.inside) + len(self.parts)
+
+    @property
+    def after(self) -> int:
+        return self.peak - len(self.broad)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= self.capacity
+
+
+def plan_lift(group: AddressGroup, holes: Iterable[Network]) -> Lift | None:
+    """The items of ``group`` to remove and add so that no item covers an
+    address of ``holes`` any more; None when no item touches them."""
+    mine = [h for h in holes if h.version == group.version]
+    items = [ipaddress.ip_network(i) for i in group.items]
+    inside = [n for n in items if any(n.subnet_of(h) for h in mine)]  # type: ignore[arg-type]
+    broad = [n for n in items if n not in inside and any(h.subnet_of(n) for h in mine)]  # type: ignore[arg-type]
+    if not inside and not broad:
+        return None
+    held = set(items)
+    parts = sorted({p for b in broad for p in minus(b, [h for h in mine if h.subnet_of(b)])  # type: ignore[arg-type]
+                    if p not in held}, key=lambda n: (n.version, n))
+    touched = [h for h in mine if any(n.subnet_of(h) or h.subnet_of(n) for n in [*inside, *broad])]  # type: ignore[arg-type]
+    return Lift(group.name, tuple(map(str, touched)), tuple(map(str, inside)), tuple(map(str, broad)),
+                tuple(map(str, parts)), group.size, group.capacity)
 
 
 @dataclass
@@ -533,6 +579,92 @@ class GroupStore:
                 level=logging.WARNING, message_id=event.message_id, source=feed.name, reason=why,
                 label=self.tier_label,
             )
+
+    # ----------------------------------------------------------------- lift
+    def lift(self, networks: Sequence[Network], event: EventRef, *, validate_only: bool = False) -> Outcome:
+        """A manual unblock in the groups, with the meaning it has in the
+        band: every item inside a lifted range is removed now, and an item
+        holding one is split around it (``plan_lift``: the parts are added,
+        then the item is removed). A later snapshot of the feed that lists
+        the address again blocks it again. When a group cannot hold the
+        parts (its capacity), nothing changes in any group and one
+        ``refused`` record says so. Writes run under the lease, with the
+        message's deterministic requestIds (a redelivery repeats nothing,
+        and recomputes the rest of an interrupted lift from the groups)."""
+        outcome = Outcome()
+        snap = self.api.get_policy()
+        rules = group_rules(read_band(snap.rules, self.settings.band), self.tag)
+        planned = self._lifts(rules, networks) if rules else []
+        if not planned:  # no item of ours covers them: no lease
+            return outcome
+        if validate_only:
+            for rule, lift in planned:
+                self._record_lift(rule, lift, event, outcome="validate_only")
+            return outcome
+        lease = Lease(self.api, self.settings, self.holder, self.clock, self.sleep)
+        snap = lease.acquire()
+        outcome.leased = True
+        guard = guard_for(lease)
+        try:
+            lifts = self._lifts(group_rules(read_band(snap.rules, self.settings.band), self.tag), networks)
+            full = [(r, lift) for r, lift in lifts if not lift.fits]
+            if full:
+                rule, lift = full[0]
+                self.audit.record(
+                    "refused", f"refused unblock of {', '.join(lift.holes)} in address group {lift.group} (feed "
+                    f"{rule.meta.feed}): splitting {', '.join(lift.broad)} around it needs {lift.peak} items, over "
+                    f"the group's capacity {lift.capacity}; nothing changed in the address groups (add the range "
+                    "to guards.allowlist: the next snapshot leaves it out)", level=logging.WARNING,
+                    message_id=event.message_id, source=event.source, actor=event.actor or None,
+                    ranges=list(lift.holes), group=lift.group, capacity=lift.capacity, needed=lift.peak,
+                    reason="over the address group's capacity")
+                outcome.refused += len({h for _, lift in lifts for h in lift.holes})
+                return outcome
+            for rule, lift in lifts:
+                try:
+                    for items in (lift.inside, lift.parts, lift.broad):  # the parts before the broad items go
+                        if not items:
+                            continue
+                        lease.keep()
+                        write = self.groups.add_items if items is lift.parts else self.groups.remove_items
+                        write(lift.group, items, message_id=event.message_id, guard=guard)
+                        outcome.ops += -(-len(items) // self.settings.groups.max_items_per_call)
+                except GroupFull as exc:
+                    raise BadEvent(f"address group {lift.group} refused the parts of {', '.join(lift.broad)} as over "
+                                   f"its capacity ({exc}): nothing more changed") from exc
+                outcome.removed += len(lift.holes)
+                self._record_lift(rule, lift, event)
+            return outcome
+        finally:
+            lease.release()
+
+    def _lifts(self, rules: Sequence[GroupRule], networks: Sequence[Network]) -> list[tuple[GroupRule, Lift]]:
+        """Each referenced group (every generation) that an unblock touches."""
+        out, seen = [], set()
+        for rule in sorted(rules, key=lambda r: r.priority):
+            if rule.group in seen:
+                continue
+            seen.add(rule.group)
+            try:
+                group = self.groups.get_group(rule.group)
+            except GroupNotFound:
+                group = None
+            lift = plan_lift(group, networks) if group is not None else None
+            if lift is not None:
+                out.append((rule, lift))
+        return out
+
+    def _record_lift(self, rule: GroupRule, lift: Lift, event: EventRef, *, outcome: str | None = None) -> None:
+        done = "would be unblocked" if outcome else "unblocked"
+        split = (f"; {', '.join(lift.broad)} split around it into {len(lift.parts)} part(s) that stay blocked"
+                 if lift.broad else "")
+        self.audit.record(
+            "group", f"address group {lift.group} of feed {rule.meta.feed}: {', '.join(lift.holes)} "
+            f"{done} on request{split}: {lift.after} / {lift.capacity} items",
+            message_id=event.message_id, source=rule.meta.feed, op="lifted", group=lift.group,
+            ip_version=rule.meta.version, ranges=list(lift.holes), removed=[*lift.inside, *lift.broad],
+            added=list(lift.parts), size=lift.after, capacity=lift.capacity, priority=rule.priority,
+            actor=event.actor or None, reason=event.reason or None, outcome=outcome)
 
     # -------------------------------------------------------------- cleanup
     def cleanup(self, event: EventRef, *, orphans: bool = True) -> Outcome:

@@ -408,3 +408,104 @@ def test_an_item_call_whose_operation_failed_succeeds_on_redelivery(fx: Harness,
     # spent requestId with its failed operation, so the retry takes the next id.
     assert send(fx, second, "m2") == 200
     assert groups_of(ent)[V4_1][1] == norm(second)
+
+
+# A manual unblock lifts the address from the feeds' groups too (README, "Address groups").
+LISTED = "45.9.148.0/24"
+AROUND_7 = ["45.9.148.0/30", "45.9.148.4/31", "45.9.148.6/32", "45.9.148.8/29", "45.9.148.16/28",
+            "45.9.148.32/27", "45.9.148.64/26", "45.9.148.128/25"]  # the /24 minus 45.9.148.7
+
+
+def trail() -> list[dict[str, Any]]:
+    """The audit file every process of the test writes (RESPONDER_AUDIT_FILE)."""
+    import os
+
+    from responder.audit import read_file
+
+    return list(read_file(os.environ["RESPONDER_AUDIT_FILE"]))
+
+
+def unblock(capsys: pytest.CaptureFixture[str], *ranges: str) -> int:
+    import cli
+
+    code = cli.main(["unblock", *ranges, "--actor", "ops", "--reason", "false positive"])
+    capsys.readouterr()
+    return code
+
+
+def test_a_manual_unblock_splits_a_group_item_around_the_address_and_the_rule_stays(
+        fx: Harness, ent: LocalCloudArmor, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import cli
+
+    other = addresses(1)
+    assert 200 == send(fx, [LISTED, *other], "m1")
+    rules = group_rules(fx)
+    assert groups_of(ent) == {V4_1: (10, norm([LISTED, *other]))}
+
+    assert 0 == unblock(capsys, "45.9.148.7")
+
+    assert groups_of(ent) == {V4_1: (10, norm([*AROUND_7, *other]))}
+    assert group_rules(fx) == rules  # the band rule still references the group
+    assert 0 == cli.main(["explain", "45.9.148.7", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert (False, []) == (doc["blocked"], doc["covered_by"])
+    assert 0 == cli.main(["explain", "45.9.148.6", "--json"])  # its neighbour stays blocked by the group
+    assert [(c["group"], c["range"]) for c in json.loads(capsys.readouterr().out)["covered_by"]] == [
+        (V4_1, "45.9.148.6/32")]
+    lifted = [r for r in trail() if r["change"] == "group" and r.get("op") == "lifted"]
+    assert [(r["group"], r["ranges"], r["removed"], sorted(r["added"]), r["actor"])
+            for r in lifted] == [(V4_1, ["45.9.148.7/32"], [LISTED], norm(AROUND_7), "ops")]
+    # Writes: the parts are added (two batches of 4) before the /24 goes.
+    sent = [(r["route"], sorted(r["body"]["items"])) for r in ent.requests
+            if r.get("route") in ("addressGroups.addItems", "addressGroups.removeItems") and r["status"] == 200][1:]
+    assert [route for route, _ in sent] == ["addressGroups.addItems"] * 2 + ["addressGroups.removeItems"]
+    assert (norm(AROUND_7), [LISTED]) == (sorted(i for _, items in sent[:2] for i in items), sent[2][1])
+
+
+def test_a_later_snapshot_that_lists_the_address_blocks_it_again(
+        fx: Harness, ent: LocalCloudArmor, capsys: pytest.CaptureFixture[str]) -> None:
+    listed = [LISTED, *addresses(1)]
+    assert 200 == send(fx, listed, "m1")
+    assert 0 == unblock(capsys, "45.9.148.7")
+
+    assert 200 == send(fx, listed, "m2")
+
+    assert groups_of(ent) == {V4_1: (10, norm(listed))}
+
+
+def test_an_unblock_message_through_the_manual_function_removes_exact_items(fx: Harness, ent: LocalCloudArmor) -> None:
+    items = addresses(4)
+    assert 200 == send(fx, [LISTED, *items], "m1")
+    rules = group_rules(fx)
+    before = len(ent.requests)
+
+    assert 200 == fx.publish("on_manual", {"action": "unblock", "ranges": [items[2], LISTED], "actor": "ops"},
+                             message_id="u1")
+
+    assert groups_of(ent) == {V4_1: (10, norm([*items[:2], items[3]]))}
+    assert group_rules(fx) == rules
+    (lifted,) = [r for r in fx.audit if r["change"] == "group" and r.get("op") == "lifted"]
+    assert (sorted(lifted["ranges"]), sorted(lifted["removed"]), lifted["added"]) == (
+        norm([LISTED, items[2]]), norm([LISTED, items[2]]), [])
+    writes = [r["route"] for r in ent.requests[before:] if r["status"] == 200 and r.get("route") in (
+        "securityPolicies.setLabels", "addressGroups.removeItems")]
+    assert writes == ["securityPolicies.setLabels", "addressGroups.removeItems", "securityPolicies.setLabels"]
+
+
+def test_an_unblock_whose_parts_do_not_fit_the_group_changes_nothing_and_says_why(
+        fx: Harness, ent: LocalCloudArmor, capsys: pytest.CaptureFixture[str]) -> None:
+    import cli
+
+    items = [LISTED, *addresses(3)]  # 4 items, capacity 10: splitting the /24 around a /32 needs 12
+    assert 200 == send(fx, items, "m1")
+    before = len(ent.requests)
+
+    assert cli.EXIT_REFUSED == unblock(capsys, "45.9.148.7")
+
+    assert groups_of(ent) == {V4_1: (10, norm(items))}
+    assert not [r for r in ent.requests[before:] if (r.get("route") or "").endswith("Items")]
+    (refused,) = [r for r in trail() if r["change"] == "refused" and r.get("group")]
+    assert (V4_1, ["45.9.148.7/32"], 10, 12) == (refused["group"], refused["ranges"], refused["capacity"],
+                                                   refused["needed"])
