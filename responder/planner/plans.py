@@ -26,6 +26,7 @@ from responder.planner.entry import Entry, Group, weaker
 from responder.planner.index import EntryIndex
 from responder.planner.intents import apply
 from responder.planner.keys import Key, key_of
+from responder.planner.nogc import gc_paused
 from responder.planner.packing import (
     MAX_RANGES_PER_RULE,
     build_rule,
@@ -40,6 +41,7 @@ from responder.planner.priorities import Priorities
 NEEDS_REMOVAL = "an entry must be removed or narrowed"
 
 
+@gc_paused
 def plan_append(
     band: Band,
     intents: Sequence[Intent],
@@ -77,6 +79,7 @@ def plan_append(
     return Plan(tuple(ops), entries, tuple(refused), satisfied)
 
 
+@gc_paused
 def plan_reconcile(
     band: Band,
     intents: Sequence[Intent],
@@ -117,13 +120,11 @@ def plan_reconcile(
     packed: dict[Key, Entry] = {}  # no key is in two groups (pack_merged)
     known = index.by_key.get
     for g, keys in groups.items():
+        # An entry aggregated with nothing stays as it is; the others are
+        # made for their group (a comprehension: this runs once per entry).
         meta, action, preview = g
-        for k in keys:
-            entry = known(k)
-            # An entry aggregated with nothing stays as it is (an equal Entry).
-            if entry is None or entry.meta is not meta or entry.action != action or entry.preview != preview:
-                entry = Entry(network(k), meta, action, preview)
-            packed[k] = entry
+        packed.update({k: e if (e := known(k)) is not None and e.meta is meta and e.action == action and e.preview == preview
+                       else Entry(network(k), meta, action, preview) for k in keys})
 
     by_group: dict[Group, list[BandRule]] = defaultdict(list)
     for rule in band.rules:
