@@ -120,11 +120,13 @@ def plan_reconcile(
     packed: dict[Key, Entry] = {}  # no key is in two groups (pack_merged)
     known = index.by_key.get
     for g, keys in groups.items():
-        # An entry aggregated with nothing stays as it is; the others are
-        # made for their group (a comprehension: this runs once per entry).
         meta, action, preview = g
-        packed.update({k: e if (e := known(k)) is not None and e.meta is meta and e.action == action and e.preview == preview
-                       else Entry(network(k), meta, action, preview) for k in keys})
+        for k in keys:
+            entry = known(k)
+            # An entry aggregated with nothing stays as it is (an equal Entry).
+            if entry is None or entry.meta is not meta or entry.action != action or entry.preview != preview:
+                entry = Entry(network(k), meta, action, preview)
+            packed[k] = entry
 
     by_group: dict[Group, list[BandRule]] = defaultdict(list)
     for rule in band.rules:
