@@ -23,7 +23,8 @@ from responder.codec import RuleMeta, decode, decode_group
 from responder.model import Intent, Network
 from responder.planner.entry import Entry, Group, merge
 from responder.planner.index import EntryIndex, EntryView
-from responder.planner.keys import key_of, text
+from responder.planner.keys import key_of, text, to_network
+from responder.planner.nogc import gc_paused
 from responder.planner.packing import MAX_RANGES_PER_RULE
 from responder.policy import PolicyRule
 
@@ -113,6 +114,7 @@ class Plan:
         return len(self.ops)
 
 
+@gc_paused
 def read_band(rules: Iterable[PolicyRule], band: BandSettings) -> Band:
     """Splits the rules inside the band into ours and foreign ones."""
     ours: list[BandRule] = []
@@ -155,6 +157,9 @@ def _parse(range_text: str) -> Network:
         k = (4, int.from_bytes(socket.inet_aton(address)), int(prefix))
     except (OSError, ValueError):
         return ipaddress.ip_network(range_text, strict=True)
-    if text(k) != range_text:  # inet_aton and int take more spellings than ip_network
+    first, length = k[1], k[2]
+    if text(k) != range_text or not 0 <= length <= 32 or first & ((1 << 32 - length) - 1):
+        # inet_aton and int take more spellings than ip_network, and a key
+        # must be a strict network: ip_network parses it, or says why not
         return ipaddress.ip_network(range_text, strict=True)
-    return ipaddress.IPv4Network(k[1:])
+    return to_network(k)

@@ -26,6 +26,7 @@ from responder.planner.entry import Entry, Group, weaker
 from responder.planner.index import EntryIndex
 from responder.planner.intents import apply
 from responder.planner.keys import Key, key_of
+from responder.planner.nogc import gc_paused
 from responder.planner.packing import (
     MAX_RANGES_PER_RULE,
     build_rule,
@@ -40,6 +41,7 @@ from responder.planner.priorities import Priorities
 NEEDS_REMOVAL = "an entry must be removed or narrowed"
 
 
+@gc_paused
 def plan_append(
     band: Band,
     intents: Sequence[Intent],
@@ -77,6 +79,7 @@ def plan_append(
     return Plan(tuple(ops), entries, tuple(refused), satisfied)
 
 
+@gc_paused
 def plan_reconcile(
     band: Band,
     intents: Sequence[Intent],
