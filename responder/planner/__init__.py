@@ -60,6 +60,7 @@ list, none back up:
 - ``priorities``: free band priorities handed out;
 - ``band``: the band read from a policy, and the plan types;
 - ``plans``: ``plan_append`` and ``plan_reconcile``.
+- ``nogc``: the garbage collector paused while a plan is made (it makes no cycles).
 """
 
 from responder.planner.band import Add, Band, BandRule, Op, Patch, Plan, Remove, read_band
