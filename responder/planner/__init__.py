@@ -50,6 +50,7 @@ The package
 Each module keeps one invariant, stated at its top; imports point down this
 list, none back up:
 
+- ``nogc``: the garbage collector paused while a plan is made (it makes no cycles).
 - ``keys``: networks as ``(version, first address, prefix length)`` tuples;
 - ``entry``: an entry and how two records of one network merge;
 - ``index``: ``EntryIndex``, the one owner of entries by key and of the
@@ -60,7 +61,6 @@ list, none back up:
 - ``priorities``: free band priorities handed out;
 - ``band``: the band read from a policy, and the plan types;
 - ``plans``: ``plan_append`` and ``plan_reconcile``.
-- ``nogc``: the garbage collector paused while a plan is made (it makes no cycles).
 """
 
 from responder.planner.band import Add, Band, BandRule, Op, Patch, Plan, Remove, read_band
