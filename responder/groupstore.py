@@ -24,8 +24,8 @@ Writes (all under the band lease, ``responder.service.Lease``):
   matters when an item is replaced by a covering one or split into parts
   (a manual unblock split it, a snapshot lists it whole again): an address
   both lists block is never unblocked between two calls. When the group
-  cannot hold the adds on top of its items, the true withdrawals (items no
-  wanted item overlaps) go first; when even that does not fit, the change
+  cannot hold the adds on top of its items, the true withdrawals (removed
+  items no added item overlaps) go first; when even that does not fit, the change
   is made by replacement, as growth is (``plan_items``);
 * growth past the group's capacity is a *replacement*: a new group (name
   suffix: the next generation) is created with ``groups.capacity_for(n)``
@@ -182,7 +182,7 @@ class ItemDiff:
 
     In place, the calls go in an order that never unblocks an address both
     the old and the new list block: ``first`` (the true withdrawals, removed
-    items no wanted item overlaps), then ``add``, then the rest of
+    items no added item overlaps), then ``add``, then the rest of
     ``remove`` (``last``: items replaced by a covering item or split into
     parts). ``first`` is empty when the group can hold the adds on top of
     every current item."""
@@ -228,19 +228,23 @@ def plan_items(current: AddressGroup | None, want: Sequence[str], capacity_for: 
     peak = current.size + len(add)
     if not add or peak <= current.capacity:
         return ItemDiff(add, remove, False, current.capacity, peak=peak)
-    first = _withdrawals(remove, want)
+    first = _withdrawals(remove, add)
     peak -= len(first)
     if peak <= current.capacity:
         return ItemDiff(add, remove, False, current.capacity, first, peak)
     return ItemDiff(tuple(want), (), True, capacity_for(len(want)), peak=peak, why="order")
 
 
-def _withdrawals(remove: Sequence[str], want: Sequence[str]) -> tuple[str, ...]:
-    """The items of ``remove`` that share no address with any of ``want``
-    (disjoint items, as ``items_by_version`` makes them)."""
+def _withdrawals(remove: Sequence[str], add: Sequence[str]) -> tuple[str, ...]:
+    """The items of ``remove`` that share no address with any of ``add``
+    (disjoint items, as ``items_by_version`` makes them). Enough to keep
+    every address both lists block: such an address lies in a wanted item
+    that is either kept (never removed) or added, and a removed item
+    holding it overlaps that added item. It costs O(k log k) for k changes,
+    whatever the group's size."""
     firsts: dict[int, list[int]] = {4: [], 6: []}
     lasts: dict[int, list[int]] = {4: [], 6: []}
-    for net in sorted((ipaddress.ip_network(i) for i in want), key=lambda n: (n.version, n)):
+    for net in sorted((ipaddress.ip_network(i) for i in add), key=lambda n: (n.version, n)):
         firsts[net.version].append(int(net.network_address))
         lasts[net.version].append(int(net.broadcast_address))
     out = []
