@@ -558,7 +558,7 @@ class GroupStore:
                 self.groups.delete_group(name, request_id=request_id(event.message_id, name, "delete", 0),
                                          guard=guard)
                 outcome.ops += 1
-            except (GroupNotFound, PermanentError) as gone:  # cleanup deletes what no rule references
+            except PermanentError as gone:  # cleanup deletes what no rule references
                 log.warning("could not delete the unreferenced address group %s: %s", name, gone)
         self.audit.record(
             "refused", f"refused snapshot of feed {feed} in address group {group.name}: splitting or merging its "
