@@ -16,15 +16,24 @@ cleanup of the range band leave them alone. This module alone writes them.
 
 Writes (all under the band lease, ``responder.service.Lease``):
 
-* a snapshot becomes an exact diff of the group: ``removeItems`` of what
-  left the list, then ``addItems`` of what joined, in batches of
+* a snapshot becomes an exact diff of the group: ``addItems`` of what
+  joined, then ``removeItems`` of what left the list, in batches of
   ``groups.max_items_per_call``, each call with a requestId derived from
   the message id (``responder.groups.request_id``): a retry after a lost
-  answer, or the redelivery of the message, repeats nothing;
+  answer, or the redelivery of the message, repeats nothing. Adding first
+  matters when an item is replaced by a covering one or split into parts
+  (a manual unblock split it, a snapshot lists it whole again): an address
+  both lists block is never unblocked between two calls. When the group
+  cannot hold the adds on top of its items, the true withdrawals (removed
+  items no added item overlaps) go first; when even that does not fit, the change
+  is made by replacement, as growth is (``plan_items``);
 * growth past the group's capacity is a *replacement*: a new group (name
   suffix: the next generation) is created with ``groups.capacity_for(n)``
   and filled, a rule referencing it is added, and only then are the old
-  rule and the old group removed: the feed is enforced at every moment;
+  rule and the old group removed: the feed is enforced at every moment.
+  If a replacement made for the order cannot be put in place (e.g. the
+  policy's attribute limit refuses the second rule), the old group keeps
+  the old list whole and one ``refused`` record says why;
 * cleanup removes the rule, then the group, of a feed whose expiry passed,
   and deletes our groups no rule references (left by a crash between
   creation and reference, or between the rule's removal and the delete).
@@ -44,6 +53,7 @@ is written once, when the label is first set.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import logging
 import re
@@ -56,7 +66,7 @@ from typing import Any, Protocol
 from config.settings import FeedSettings, Settings
 from responder.audit import Audit
 from responder.codec import GroupMeta, decode_group, encode_group
-from responder.errors import BadEvent, GroupFull, GroupNotFound, OutOfTime, PriorityTaken, TierRequired
+from responder.errors import BadEvent, GroupFull, GroupNotFound, OutOfTime, PermanentError, PriorityTaken, TierRequired
 from responder.groups import AddressGroup, request_id
 from responder.model import Network, minus
 from responder.planner import MAX_RANGES_PER_RULE, Band, read_band
@@ -66,6 +76,8 @@ from responder.service import EventRef, Lease, Outcome, PolicyApi, guard_for, ut
 log = logging.getLogger(__name__)
 
 ADD_ATTEMPTS = 5
+REPLACED = {"capacity": "the list outgrew the group's capacity",
+            "order": "no in-place order of the item calls fits the group's capacity"}
 TIER_RECHECK = timedelta(days=1)
 STANDARD = "standard"
 _CALL = re.compile(r"evaluateAddressGroup\('([^']+)', origin\.ip\)")
@@ -166,27 +178,83 @@ def band_rules_needed(networks: Iterable[Network]) -> int:
 
 @dataclass(frozen=True)
 class ItemDiff:
-    """What turns a group's items into the wanted ones (pure; ``plan_items``)."""
+    """What turns a group's items into the wanted ones (pure; ``plan_items``).
+
+    In place, the calls go in an order that never unblocks an address both
+    the old and the new list block: ``first`` (the true withdrawals, removed
+    items no added item overlaps), then ``add``, then the rest of
+    ``remove`` (``last``: items replaced by a covering item or split into
+    parts). ``first`` is empty when the group can hold the adds on top of
+    every current item."""
 
     add: tuple[str, ...]
     remove: tuple[str, ...]
-    replace: bool  # the wanted items do not fit the group: a larger one replaces it
+    replace: bool  # the change does not fit the group in place: a new group replaces it
     capacity: int  # the new group's capacity when replacing (else the group's)
+    first: tuple[str, ...] = ()  # of ``remove``: removed before the adds
+    peak: int = 0  # items held at the fullest moment of the in-place order
+    why: str = ""  # when replacing: "new", "capacity" (the list outgrew it) or "order" (see plan_items)
 
     @property
     def changes(self) -> int:
         return len(self.add) + len(self.remove)
 
+    @property
+    def last(self) -> tuple[str, ...]:
+        """The removals made after the adds."""
+        if not self.first:
+            return self.remove
+        early = set(self.first)
+        return tuple(i for i in self.remove if i not in early)
+
 
 def plan_items(current: AddressGroup | None, want: Sequence[str], capacity_for: Callable[[int], int]) -> ItemDiff:
     """The exact diff from ``current`` (None: no group yet) to ``want``
-    (normalised items), or a replacement when ``want`` exceeds its capacity."""
+    (normalised, aggregated items), or a replacement when ``want`` exceeds
+    its capacity.
+
+    Order: the adds go first when the group holds them on top of its current
+    items; otherwise the true withdrawals go first, then the adds, then the
+    rest. When even that exceeds the capacity (the group is nearly full and
+    items are split or merged), no in-place order keeps every address both
+    lists block, and the plan is a replacement (``why = "order"``): a new
+    group filled with ``want`` takes over, as for growth."""
     if current is None or len(want) > current.capacity:
-        return ItemDiff(tuple(want), (), True, capacity_for(len(want)))
+        return ItemDiff(tuple(want), (), True, capacity_for(len(want)), why="capacity" if current else "new")
     have = set(current.items)
     wanted = set(want)
-    return ItemDiff(tuple(sorted(wanted - have, key=_order)), tuple(sorted(have - wanted, key=_order)),
-                    False, current.capacity)
+    add = tuple(sorted(wanted - have, key=_order))
+    remove = tuple(sorted(have - wanted, key=_order))
+    peak = current.size + len(add)
+    if not add or peak <= current.capacity:
+        return ItemDiff(add, remove, False, current.capacity, peak=peak)
+    first = _withdrawals(remove, add)
+    peak -= len(first)
+    if peak <= current.capacity:
+        return ItemDiff(add, remove, False, current.capacity, first, peak)
+    return ItemDiff(tuple(want), (), True, capacity_for(len(want)), peak=peak, why="order")
+
+
+def _withdrawals(remove: Sequence[str], add: Sequence[str]) -> tuple[str, ...]:
+    """The items of ``remove`` that share no address with any of ``add``
+    (disjoint items, as ``items_by_version`` makes them). Enough to keep
+    every address both lists block: such an address lies in a wanted item
+    that is either kept (never removed) or added, and a removed item
+    holding it overlaps that added item. It costs O(k log k) for k changes,
+    whatever the group's size."""
+    firsts: dict[int, list[int]] = {4: [], 6: []}
+    lasts: dict[int, list[int]] = {4: [], 6: []}
+    for net in sorted((ipaddress.ip_network(i) for i in add), key=lambda n: (n.version, n)):
+        firsts[net.version].append(int(net.network_address))
+        lasts[net.version].append(int(net.broadcast_address))
+    out = []
+    for item in remove:
+        net = ipaddress.ip_network(item)
+        first, last = int(net.network_address), int(net.broadcast_address)
+        at = bisect.bisect_right(firsts[net.version], last) - 1  # the last wanted item starting within reach
+        if at < 0 or lasts[net.version][at] < first:
+            out.append(item)
+    return tuple(out)
 
 
 def _order(item: str) -> tuple[int, Any]:
@@ -448,22 +516,58 @@ class GroupStore:
             outcome.removed += len(diff.remove)
             leftovers = [r for r in rules if r is not newest]
         else:
-            name, fresh = self._new_group(feed.name, version, diff.capacity, rules, event, lease, guard, outcome)
-            fill = plan_items(fresh, want, self.settings.groups.capacity_for)
-            if fill.replace:  # an orphan from an earlier attempt, too small now: make another
-                name, fresh = self._new_group(feed.name, version, diff.capacity, rules, event, lease, guard, outcome,
-                                              after=generation_of(self.prefix, feed.name, version, fresh.name) or 0)
+            made: list[str] = []
+            try:
+                name, fresh = self._new_group(feed.name, version, diff.capacity, rules, event, lease, guard, outcome)
+                made.append(name)
                 fill = plan_items(fresh, want, self.settings.groups.capacity_for)
-            self._write_items(name, fill, lease, guard, event, outcome)
-            rule = self._add_rule(name, meta, action, preview, used, lease, guard)
+                if fill.replace:  # an orphan from an earlier attempt, too small now: make another
+                    name, fresh = self._new_group(
+                        feed.name, version, diff.capacity, rules, event, lease, guard, outcome,
+                        after=generation_of(self.prefix, feed.name, version, fresh.name) or 0)
+                    made.append(name)
+                    fill = plan_items(fresh, want, self.settings.groups.capacity_for)
+                self._write_items(name, fill, lease, guard, event, outcome)
+                rule = self._add_rule(name, meta, action, preview, used, lease, guard)
+            except PermanentError as exc:
+                if diff.why != "order" or group is None or isinstance(exc, TierRequired):
+                    raise
+                self._refuse_order(feed.name, group, diff, made, exc, lease, guard, event, outcome)
+                return
             outcome.ops += 1
             outcome.added += len(want) - (len(group.items) if group is not None else 0)
             self._record(feed.name, "replaced" if group is not None else "created", name, version, event,
                          added=len(fill.add), removed=len(fill.remove), size=len(want), capacity=fresh.capacity,
-                         priority=rule.priority, expiry=meta.expiry, replaces=group.name if group else None)
+                         priority=rule.priority, expiry=meta.expiry, replaces=group.name if group else None,
+                         reason=REPLACED[diff.why] if group is not None else None)
             leftovers = list(rules)
         for r in leftovers:  # coverage first: the new rule is in place before the old goes
-            self._drop(feed.name, r, lease, guard, event, outcome, why="replaced by a larger group")
+            self._drop(feed.name, r, lease, guard, event, outcome,
+                       why="replaced by a larger group" if diff.why != "order" else "replaced by a new group")
+
+    def _refuse_order(self, feed: str, group: AddressGroup, diff: ItemDiff, made: Sequence[str],
+                      exc: PermanentError, lease: Lease, guard: Callable[[], None], event: EventRef,
+                      outcome: Outcome) -> None:
+        """A change that fits ``group`` in no safe order, and whose
+        replacement could not be put in place: the group keeps the old list
+        whole (nothing unblocked), the new groups made for it go (no rule
+        references them), and one ``refused`` record says why."""
+        for name in made:
+            try:
+                lease.keep()
+                self.groups.delete_group(name, request_id=request_id(event.message_id, name, "delete", 0),
+                                         guard=guard)
+                outcome.ops += 1
+            except PermanentError as gone:  # cleanup deletes what no rule references
+                log.warning("could not delete the unreferenced address group %s: %s", name, gone)
+        self.audit.record(
+            "refused", f"refused snapshot of feed {feed} in address group {group.name}: splitting or merging its "
+            f"items in place needs {diff.peak} items at once, over the group's capacity {group.capacity} (any "
+            f"other order would briefly unblock addresses both lists block), and a replacement group could not "
+            f"be put in place ({type(exc).__name__}: {exc}); the group keeps the previous list (README, runbook "
+            f"\"a group is full\")", level=logging.WARNING, message_id=event.message_id, source=feed,
+            group=group.name, capacity=group.capacity, needed=diff.peak, items=len(diff.add),
+            error=f"{type(exc).__name__}: {exc}", reason="no order keeps the feed enforced")
 
     def _new_group(self, feed: str, version: int, capacity: int, rules: Sequence[GroupRule], event: EventRef,
                    lease: Lease, guard: Callable[[], None], outcome: Outcome, after: int = 0) -> tuple[str, AddressGroup]:
@@ -490,17 +594,17 @@ class GroupStore:
 
     def _write_items(self, name: str, diff: ItemDiff, lease: Lease, guard: Callable[[], None], event: EventRef,
                      outcome: Outcome) -> None:
-        """removeItems, then addItems (what left the list never needs covering;
-        removing first keeps the group within its capacity)."""
+        """removeItems of the true withdrawals (``diff.first``, usually none),
+        addItems, then removeItems of the rest: an item replaced by a covering
+        one or split into parts goes only once what replaces it is in, so no
+        address that both lists block is unblocked between two calls."""
         try:
-            if diff.remove:
-                lease.keep()
-                self.groups.remove_items(name, diff.remove, message_id=event.message_id, guard=guard)
-                outcome.ops += -(-len(diff.remove) // self.settings.groups.max_items_per_call)
-            if diff.add:
-                lease.keep()
-                self.groups.add_items(name, diff.add, message_id=event.message_id, guard=guard)
-                outcome.ops += -(-len(diff.add) // self.settings.groups.max_items_per_call)
+            for items, write in ((diff.first, self.groups.remove_items), (diff.add, self.groups.add_items),
+                                 (diff.last, self.groups.remove_items)):
+                if items:
+                    lease.keep()
+                    write(name, items, message_id=event.message_id, guard=guard)
+                    outcome.ops += -(-len(items) // self.settings.groups.max_items_per_call)
         except GroupFull as exc:
             raise BadEvent(f"address group {name} refused the items as over its capacity ({exc}): the API's "
                            f"limit is below groups.max_capacity; lower it (README, runbook \"a group is full\")") from exc
