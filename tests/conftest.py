@@ -53,7 +53,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                             f"(reproduce: ./test.sh -m property --hypothesis-seed={seed})")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _one_worker_per_shared_fixture(config, items)
+    _scale_examples(items)
+
+
+def _one_worker_per_shared_fixture(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """./test.sh runs the suite on several pytest-xdist workers (--dist
+    loadgroup): tests go one by one to whichever worker is free, except that
+    the tests of a module sharing a module-scoped fixture (a deploy run, a
+    browser page, a local API) go to one worker, so that fixture is built once."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d and d[-1].scope in ("module", "package", "class") for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def _scale_examples(items: list[pytest.Item]) -> None:
     scale = hypothesis_scale()
     if scale == 1:
         return
