@@ -390,12 +390,13 @@ class Responder:
         return parsed[1]
 
     def _entries_of(self, band: Band, now: datetime) -> Mapping[Network, planner.Entry]:
-        """``band.entries(now)``, kept while no rule of the band expires in
-        between (read only: callers share it)."""
+        """``band.entries(now)``, kept while no rule of the band expires, and
+        no claim in it ends, in between (read only: callers share it)."""
         live = self._live
         if live is not None and live[0] is band and live[1] <= now:
             since = live[1]
-            if not any(r.meta.expiry is not None and since < r.meta.expiry <= now for r in band.rules):
+            if not any((r.meta.expiry is not None and since < r.meta.expiry <= now)
+                       or any(e is not None and since < e <= now for _, e, _ in r.meta.claims) for r in band.rules):
                 return live[2]
         entries = band.entries(now)
         self._live = (band, now, entries)
@@ -873,7 +874,10 @@ class Responder:
                     severity=meta.severity.name.lower(), priority=op.rule.priority,
                     # the repeat-offender record (n=...), so that a restore keeps it
                     strikes=meta.strikes if meta.struck is not None else None,
-                    struck=_when(meta.struck) if meta.struck is not None else None, **common,
+                    struck=_when(meta.struck) if meta.struck is not None else None,
+                    # each source's own claim where it is not the entry's, so that a restore keeps it
+                    claims={s: {"expiry": _when(e), "severity": v.name.lower()} for s, e, v in meta.claims} or None,
+                    **common,
                 )
         if partial:  # what was added so far; removals wait for the redelivery's plan
             return

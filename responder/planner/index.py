@@ -82,7 +82,14 @@ class EntryIndex:
             entries = entries._index
         if isinstance(entries, EntryIndex):
             return cls({k: e for k, e in entries._entries.items() if not e.meta.expired(now)})
-        return cls({key_of(n): e for n, e in entries.items() if not e.meta.expired(now)})
+        # A mapping may hold claims that have ended (an index from
+        # ``Band.index(now)`` holds none): they go too.
+        out = {}
+        for n, e in entries.items():
+            meta = e.meta.live(now)
+            if meta is not None:
+                out[key_of(n)] = e if meta is e.meta else e._replace(meta=meta)
+        return cls(out)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from responder.codec import RuleMeta
+from responder.codec import RuleMeta, with_claims
 from responder.model import Escalation, Intent, Network, Severity, Verb
 from responder.planner.entry import MANUAL, Entry, later, latest, merge
 from responder.planner.index import EntryIndex
@@ -227,10 +227,12 @@ def _may_hold(meta: RuleMeta, sources: frozenset[str]) -> bool:
 
 
 def _hidden_sources_only(before: Entry, after: Entry) -> bool:
-    """True when ``after`` differs from ``before`` only by sources that
-    ``before`` may hold already."""
-    return _may_hold(before.meta, after.meta.sources) and after == before._replace(
-        meta=replace(before.meta, sources=after.meta.sources)
+    """True when ``after`` differs from ``before`` only by the claims of
+    sources that ``before`` may hold already (hidden by truncation)."""
+    new = after.meta.sources - before.meta.sources
+    return bool(new) and _may_hold(before.meta, after.meta.sources) and after == before._replace(
+        meta=replace(before.meta, sources=after.meta.sources,
+                     claims=before.meta.claims + tuple(c for c in after.meta.claims if c[0] in new))
     )
 
 
@@ -244,9 +246,7 @@ def _as_claim_on(have: Entry, want: Entry) -> Entry:
 
 def _satisfies(have: Entry, want: Entry) -> bool:
     return (
-        later(have.meta.expiry, want.meta.expiry) == have.meta.expiry
-        and have.meta.severity >= want.meta.severity
-        and _may_hold(have.meta, want.meta.sources)
+        _holds_claims(have.meta, want.meta)
         # a permanent entry keeps no repeat-offender record (see RuleMeta)
         and (have.meta.expiry is None or (
             want.meta.strikes <= have.meta.strikes
@@ -255,6 +255,19 @@ def _satisfies(have: Entry, want: Entry) -> bool:
         # least as long keeps its action
         and (want.preview or not have.preview)
     )
+
+
+def _holds_claims(have: RuleMeta, want: RuleMeta) -> bool:
+    """True when ``have`` holds every claim of ``want`` at least as long and
+    as heavy: a source's own claim, or, for a source a truncated record may
+    hide (never manual), the record's bounds."""
+    if not _may_hold(have, want.sources):
+        return False
+    for source, (expiry, severity) in want.claim_map().items():
+        own = have.claim(source) or (have.expiry, have.severity)
+        if later(own[0], expiry) != own[0] or own[1] < severity:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -276,21 +289,26 @@ def _extend(entries: EntryIndex, k: Key, intent: Intent, expiry: datetime | None
             return "not blocked"
         # in effect through a supernet already: no entry of its own
         if covers and not any(
-            later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources for c in covers
+            (held := c.meta.claim(intent.source)) is not None and later(held[0], expiry) == held[0] for c in covers
         ):
-            own = covers[0]._replace(network=intent.network)
+            folded = covers[0]._replace(network=intent.network)
             for cover in covers[1:]:
-                own = merge(own, cover)
-            entries.put(k, own)
+                folded = merge(folded, cover)
+            entries.put(k, folded)
             targets.append(k)
     for t in targets:
         entry = entries.by_key[t]
-        meta = replace(
-            entry.meta,
-            expiry=later(entry.meta.expiry, expiry),
-            sources=entry.meta.sources | {intent.source},
-        )
-        entries.put(t, entry._replace(meta=meta))
+        claims = entry.meta.claim_map()
+        own = claims.get(intent.source)
+        # the extender's claim: until the later of its own and the new
+        # expiry; a new claim weighs what the entry weighs
+        claims[intent.source] = (expiry, entry.meta.severity) if own is None else (later(own[0], expiry), own[1])
+        if claims[intent.source] != own:
+            meta = with_claims(entry.meta, claims)
+            assert meta is not None
+            extended = entry._replace(meta=meta)
+            if not _hidden_sources_only(entry, extended):
+                entries.put(t, extended)
     return None
 
 
@@ -305,10 +323,10 @@ def _withdraw(entry: Entry, source: str) -> Entry | None:
         return None
     if source not in entry.meta.sources:
         return entry
-    left = entry.meta.sources - {source}
-    if not left and not entry.meta.truncated:
-        return None
-    return entry._replace(meta=replace(entry.meta, sources=left))
+    claims = entry.meta.claim_map()
+    del claims[source]
+    meta = with_claims(entry.meta, claims)
+    return None if meta is None else entry._replace(meta=meta)
 
 
 def _unblock(entries: EntryIndex, k: Key, intent: Intent) -> None:

@@ -112,6 +112,15 @@ def plan_reconcile(
             if meta is not e.meta:
                 index.put(k, e._replace(meta=meta))
         groups = pack_merged(index.by_key.items())
+        for _ in range(8):
+            # Networks of two groups merged into one entry whose metadata
+            # may not fit either: fit it and pack again, until it holds.
+            if all(representable(settings.owner_tag, g[0]) == g[0] for g in groups):
+                break
+            network = networks_by_key(index.by_key)
+            groups = pack_merged(
+                (k, Entry(network(k), fit.get(g[0]) or fit.setdefault(g[0], representable(settings.owner_tag, g[0])), g[1], g[2]))
+                for g, keys in groups.items() for k in keys)
     limit = settings.size - len(band.foreign)
     if capacity is not None:
         limit = min(limit, capacity)

@@ -175,7 +175,10 @@ def test_a_resighting_with_a_later_expiry_adds_one_rule_with_merged_metadata():
     assert 1 == len(plan.ops)
     assert isinstance(plan.ops[0], Add)
     assert ("192.0.2.0/24",) == plan.ops[0].rule.ranges
-    assert meta(T2, sources=("feed", "spamhaus")) == decode(TAG, plan.ops[0].rule.description)
+    # one entry, each source's own claim: feed's ends at T1
+    merged = replace(meta(T2, sources=("feed", "spamhaus")), claims=(("feed", T1, Severity.MEDIUM),))
+    assert merged == decode(TAG, plan.ops[0].rule.description)
+    assert (T1, Severity.MEDIUM) == merged.claim("feed") and (T2, Severity.MEDIUM) == merged.claim("spamhaus")
 
 
 def test_a_resighting_with_an_earlier_expiry_never_shortens():
@@ -183,7 +186,9 @@ def test_a_resighting_with_an_earlier_expiry_never_shortens():
 
     plan = plan_append(read_band(rules, BAND), [block("192.0.2.0/24", "spamhaus", T1)], NOW, BAND)
 
-    assert meta(T2, sources=("feed", "spamhaus")) == decode(TAG, plan.ops[0].rule.description)
+    merged = replace(meta(T2, sources=("feed", "spamhaus")), claims=(("spamhaus", T1, Severity.MEDIUM),))
+    assert merged == decode(TAG, plan.ops[0].rule.description)
+    assert T2 == read_band(apply(by_priority(rules), plan).values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta.expiry
 
 
 def test_an_already_blocked_range_needs_no_op_and_counts_as_satisfied():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from localapi import LocalCloudArmor
+from responder.codec import decode
 from tests.e2e.conftest import Harness, expiry_word
 from tests.e2e.support import api_built, configured, incident, lb_entry, records, sample, scc_notification
 
@@ -228,12 +229,23 @@ def test_manual_permanent_block_is_never_shortened_by_automation(functions: Harn
     assert "manual" in sources(functions)[NET]
 
 
-def test_same_range_from_log_alert_and_feed_is_one_entry_listing_every_source(functions: Harness) -> None:
+def test_same_range_from_log_alert_and_feed_is_one_entry_keeping_each_sources_claim(functions: Harness) -> None:
     functions.publish("on_log_sink", lb_entry(ATTACKER, url="https://x/api/kernels", status=404))
     functions.publish("on_alert", incident(ATTACKER))
     functions.publish("on_alert", scc_notification([ATTACKER]))
+    fed = functions.clock()
     functions.publish("on_threat_feed", {"feed": "intel", "indicators": [{"range": ATTACKER, "ttl": "2h"}]})
     assert 200 == functions.publish("on_cleanup", {})
     rules = functions.band_rules()
     assert 1 == len(rules)
-    assert ["intel", "ml-probe", "monitoring", "scc"] == sorted(sources(functions)[NET].split("+"))
+    meta = decode("car1", rules[0]["description"])
+    assert meta is not None
+    every = {"intel", "ml-probe", "monitoring", "scc"}
+    # Four claims with their own expiries do not all fit 64 characters: the
+    # record keeps what fits and says it hides the rest.
+    assert meta.sources <= every and (meta.sources == every or meta.truncated)
+    assert "intel" in meta.sources
+    intel = meta.claim("intel")
+    assert intel is not None and intel[0] is not None
+    assert expiry_word(fed + timedelta(hours=2)) == intel[0].strftime("%Y%m%d%H%M")  # the feed's own 2 h
+    assert meta.expiry is not None and intel[0] < meta.expiry
