@@ -150,11 +150,7 @@ def encode(tag: str, meta: RuleMeta) -> str:
     """The description for a rule; sources that do not fit are dropped
     (kept: manual first, then in sorted order; the rest marked ``*``) so
     the result is at most 64 characters."""
-    expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(UTC).strftime(_TIME_FORMAT)
-    head = f"{tag} x={expiry} v={meta.severity.code} {_strikes(meta)}s="
-    names = sorted(meta.sources)
-    own = {name: _claim_text(meta, e, v) for name, e, v in meta.claims}
-    text = head + "+".join([n + own.get(n, "") for n in names] + ([TRUNCATED] if meta.truncated else []))
+    head, names, own, text = _layout(tag, meta)
     if len(text) > MAX_DESCRIPTION:
         kept: list[str] = []
         # Manual first, then sorted; a source that does not fit is skipped,
@@ -166,6 +162,62 @@ def encode(tag: str, meta: RuleMeta) -> str:
         text = head + "+".join([*kept, TRUNCATED])
     assert len(text) <= MAX_DESCRIPTION, text
     return text
+
+
+def _layout(tag: str, meta: RuleMeta) -> tuple[str, list[str], dict[str, str], str]:
+    """(head, sorted names, each claim's text, the whole text untruncated)."""
+    expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(UTC).strftime(_TIME_FORMAT)
+    head = f"{tag} x={expiry} v={meta.severity.code} {_strikes(meta)}s="
+    names = sorted(meta.sources)
+    own = {name: _claim_text(meta, e, v) for name, e, v in meta.claims}
+    text = head + "+".join([n + own.get(n, "") for n in names] + ([TRUNCATED] if meta.truncated else []))
+    return head, names, own, text
+
+
+def fits(tag: str, meta: RuleMeta) -> bool:
+    """True when one description holds ``meta`` whole."""
+    return len(_layout(tag, meta)[3]) <= MAX_DESCRIPTION
+
+
+def parts(tag: str, meta: RuleMeta) -> tuple[RuleMeta, ...]:
+    """``meta`` as records that each fit one description and merge back
+    into it (each source's claim in one of them): ``(meta,)`` when it fits.
+
+    The first record holds the latest claim, the strike record and any
+    truncation (with ``meta``'s expiry and severity, the bounds of what a
+    truncated record hides); then the claims in order of expiry, latest
+    first, each record filled while it fits. A claim too long to fit even
+    alone is truncated away (``representable``). The same metadata always
+    gives the same records, so a band written this way plans nothing new."""
+    if fits(tag, meta):
+        return (meta,)
+    own = meta.claim_map()
+    order = sorted(own, key=lambda s: (_never_last(own[s][0]), s), reverse=True)
+    groups: list[list[str]] = [[]]
+    for name in order:
+        trial = _part(meta, [*groups[-1], name], first=len(groups) == 1)
+        if groups[-1] and not fits(tag, trial):
+            groups.append([name])
+        else:
+            groups[-1].append(name)
+    out = [_part(meta, names, first=i == 0) for i, names in enumerate(groups)]
+    return tuple(representable(tag, m) for m in out)
+
+
+def _never_last(expiry: datetime | None) -> float:
+    return float("inf") if expiry is None else expiry.timestamp()
+
+
+def _part(meta: RuleMeta, names: list[str], *, first: bool) -> RuleMeta:
+    own = meta.claim_map()
+    claims = tuple((s, *own[s]) for s in names)
+    if first and (meta.truncated or not names):
+        expiry, severity = meta.expiry, meta.severity
+    else:
+        expiry = meta.expiry if first else own[names[0]][0]  # the latest (names are in that order)
+        severity = max(own[s][1] for s in names)
+    return RuleMeta(expiry, severity, frozenset(names), meta.truncated and first,
+                    meta.strikes if first else 0, meta.struck if first else None, claims)
 
 
 def _claim_text(meta: RuleMeta, expiry: datetime | None, severity: Severity) -> str:

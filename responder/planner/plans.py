@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from config.settings import BandSettings
-from responder.codec import RuleMeta, encode, representable
+from responder.codec import encode
 from responder.model import Intent
 from responder.planner.band import Add, Band, BandRule, Op, Patch, Plan, Remove
-from responder.planner.entry import Entry, Group, weaker
+from responder.planner.entry import Entry, Group, merge, weaker
 from responder.planner.index import EntryIndex
 from responder.planner.intents import apply
 from responder.planner.keys import Key, key_of
@@ -35,6 +35,7 @@ from responder.planner.packing import (
     networks_by_key,
     pack_keys,
     pack_merged,
+    split_groups,
 )
 from responder.planner.priorities import Priorities
 
@@ -67,6 +68,7 @@ def plan_append(
     again = [(k, e) for k, e in now_held.items() if (before := held.get(k)) is not None and before is not e and before != e]
     for k, e in again:
         groups.setdefault(e.group, []).append(k)
+    groups = split_groups(groups, settings.owner_tag)  # metadata too long for one description: several records
     priorities = Priorities(settings, band.used, seed)
     ops: list[Op] = []
     for group, keys in sorted(groups.items(), key=lambda kv: _group_order(kv[0])):
@@ -102,31 +104,17 @@ def plan_reconcile(
     expired: tuple[Entry, ...] = ()
     if any(rule.meta.expired(now) for rule in band.rules):
         expired = tuple(e for k, e in band.index().by_key.items() if not current.holds(k))
-    groups = pack_merged(index.by_key.items())
-    if any(representable(settings.owner_tag, g[0]) != g[0] for g in groups):
-        # Some metadata has more sources than a description holds: plan for
-        # what the rules will read back, or every run would rewrite them.
-        fit: dict[RuleMeta, RuleMeta] = {}
-        for k, e in index.by_key.items():
-            meta = fit.get(e.meta) or fit.setdefault(e.meta, representable(settings.owner_tag, e.meta))
-            if meta is not e.meta:
-                index.put(k, e._replace(meta=meta))
-        groups = pack_merged(index.by_key.items())
-        for _ in range(8):
-            # Networks of two groups merged into one entry whose metadata
-            # may not fit either: fit it and pack again, until it holds.
-            if all(representable(settings.owner_tag, g[0]) == g[0] for g in groups):
-                break
-            network = networks_by_key(index.by_key)
-            groups = pack_merged(
-                (k, Entry(network(k), fit.get(g[0]) or fit.setdefault(g[0], representable(settings.owner_tag, g[0])), g[1], g[2]))
-                for g, keys in groups.items() for k in keys)
+    merged = pack_merged(index.by_key.items())
+    # Metadata too long for one description is written as several records
+    # that read back merged (``codec.parts``): such networks are in two groups.
+    groups = split_groups(merged, settings.owner_tag)
+    split = groups is not merged
     limit = settings.size - len(band.foreign)
     if capacity is not None:
         limit = min(limit, capacity)
     network = networks_by_key(index.by_key)
     evicted = evict(groups, limit, network)
-    packed: dict[Key, Entry] = {}  # no key is in two groups (pack_merged)
+    packed: dict[Key, Entry] = {}  # a key is in two groups only when split
     known = index.by_key.get
     for g, keys in groups.items():
         meta, action, preview = g
@@ -135,6 +123,8 @@ def plan_reconcile(
             # An entry aggregated with nothing stays as it is (an equal Entry).
             if entry is None or entry.meta is not meta or entry.action != action or entry.preview != preview:
                 entry = Entry(network(k), meta, action, preview)
+            if split and (seen := packed.get(k)) is not None:
+                entry = merge(seen, entry)  # the parts of one entry, merged as reading back merges them
             packed[k] = entry
 
     by_group: dict[Group, list[BandRule]] = defaultdict(list)

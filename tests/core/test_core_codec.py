@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from responder.codec import MAX_DESCRIPTION, RuleMeta, decode, encode, representable
+from responder.codec import MAX_DESCRIPTION, RuleMeta, decode, encode, fits, parts, representable
 from responder.model import Severity
 
 TAG = "car1"
@@ -336,3 +336,54 @@ def test_any_claims_encode_within_64_characters_and_read_back_what_they_keep(tag
     for source in back.sources:  # every claim kept is read back exactly
         assert meta.claim(source) == back.claim(source)
     assert representable(tag, meta) == back
+
+
+def _merged(metas):
+    from responder.planner.entry import Entry, merge
+    net = __import__("ipaddress").ip_network("192.0.2.0/24")
+    entry = Entry(net, metas[0])
+    for m in metas[1:]:
+        entry = merge(entry, Entry(net, m))
+    return entry.meta
+
+
+def test_a_record_too_long_for_one_description_is_split_into_records_that_merge_back():
+    top = datetime(2026, 12, 1, tzinfo=UTC)
+    meta = RuleMeta(expiry=top, severity=Severity.HIGH, strikes=2, struck=top - timedelta(hours=3),
+                    sources=frozenset({"cloud-armor-waf", "example-intel", "monitoring", "scc"}),
+                    claims=(("example-intel", top - timedelta(hours=20), Severity.MEDIUM),
+                            ("monitoring", top - timedelta(hours=18), Severity.HIGH)))
+    assert not fits(TAG, meta)
+
+    records = parts(TAG, meta)
+
+    assert 1 < len(records)
+    assert all(fits(TAG, r) and not r.truncated for r in records)
+    assert [r for r in records if r.struck is not None] == [records[0]]  # the strike record once, with the latest claim
+    assert records[0].expiry == top
+    names = [s for r in records for s in r.sources]
+    assert sorted(names) == sorted(set(names)) == sorted(meta.sources)
+    assert meta == _merged([decode(TAG, encode(TAG, r)) for r in records])
+    assert records == parts(TAG, meta)
+
+
+@pytest.mark.property
+@settings(max_examples=200, deadline=None)
+@given(tags, st.dictionaries(source_names, st.tuples(st.integers(0, 60 * 24 * 30), st.sampled_from(list(Severity))),
+                             min_size=1, max_size=8), st.booleans(), st.integers(0, 5))
+def test_any_record_splits_into_records_that_fit_and_merge_back_exactly(tag, claims, permanent, strikes):
+    top = datetime(2026, 12, 1, tzinfo=UTC)
+    own = {s: (top - timedelta(minutes=m), v) for s, (m, v) in claims.items()}
+    if permanent:
+        own["manual"] = (None, Severity.LOW)
+    latest = None if permanent else max(e for e, _ in own.values())
+    meta = RuleMeta(expiry=latest, severity=max(v for _, v in own.values()), sources=frozenset(own),
+                    strikes=strikes, struck=None if latest is None else latest - timedelta(minutes=30),
+                    claims=tuple((s, e, v) for s, (e, v) in own.items()))
+
+    records = parts(tag, meta)
+
+    assert all(len(encode(tag, r)) <= MAX_DESCRIPTION for r in records)
+    back = [decode(tag, encode(tag, r)) for r in records]
+    assert back == list(records)  # each record reads back as it was planned
+    assert meta == _merged(back)  # and together they are the whole record

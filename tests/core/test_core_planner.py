@@ -597,3 +597,64 @@ def test_a_permanent_extend_beside_an_unblock_reconciles_once():
                                      unblock("198.51.101.128/25", "manual")])
 
     assert () == again.ops
+
+
+# --------------------------------------------------------------------------
+# Per-source claims
+
+
+LONG = ("cloud-armor-waf", "example-intel-ab", "monitoring-alert", "scc-findings")
+
+
+def test_each_source_keeps_its_own_claim_and_a_withdrawal_leaves_exactly_the_others():
+    rules = {}
+    for i, source in enumerate(("fa", "fb")):
+        plan = plan_reconcile(read_band(rules.values(), BAND), [block("192.0.2.0/24", source, at(60 * (4 + 8 * i)),
+                                                                      severity=Severity.HIGH if i else Severity.LOW)], NOW, BAND)
+        rules = apply(rules, plan)
+    held = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert {"fa": (at(240), Severity.LOW), "fb": (at(720), Severity.HIGH)} == held.claim_map()
+
+    plan = plan_reconcile(read_band(rules.values(), BAND), [unblock("192.0.2.0/24", "fb")], NOW, BAND)
+    rules = apply(rules, plan)
+
+    left = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert (at(240), Severity.LOW, frozenset({"fa"})) == (left.expiry, left.severity, left.sources)
+
+
+def test_claims_too_long_for_one_description_are_written_as_records_that_read_back_whole():
+    intents = [block("192.0.2.0/24", s, at(60 * (2 + 3 * i)), severity=list(Severity)[i]) for i, s in enumerate(LONG)]
+
+    plan = plan_reconcile(read_band([], BAND), intents, NOW, BAND)
+    rules = apply({}, plan)
+
+    assert 1 < len(rules)  # four long names with their own expiries: more than 64 characters
+    assert all(not decode(TAG, r.description).truncated for r in rules.values())
+    whole = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert {s: (at(60 * (2 + 3 * i)), list(Severity)[i]) for i, s in enumerate(LONG)} == whole.claim_map()
+    assert () == plan_reconcile(read_band(rules.values(), BAND), intents, NOW, BAND).ops
+    assert () == plan_append(read_band(rules.values(), BAND), intents, NOW, BAND).ops
+
+    # the latest claim withdraws: the entry ends with the next one, at its severity
+    plan = plan_reconcile(read_band(rules.values(), BAND), [unblock("192.0.2.0/24", LONG[-1])], NOW, BAND)
+    rules = apply(rules, plan)
+    left = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert (at(60 * 8), list(Severity)[2], frozenset(LONG[:-1])) == (left.expiry, left.severity, left.sources)
+    # and a claim that ends leaves the entry at that moment
+    later = read_band(rules.values(), BAND).entries(at(60 * 2))[net("192.0.2.0/24")].meta
+    assert frozenset(LONG[1:-1]) == later.sources
+
+
+def test_an_appended_claim_too_long_for_the_rule_it_joins_is_written_in_records():
+    rules = {1001: our_rule(1001, ["192.0.2.0/24"], at(600), sources=LONG[:2])}
+    intents = [block("192.0.2.0/24", s, at(60 * (2 + i)), severity=Severity.HIGH) for i, s in enumerate(LONG[2:])]
+
+    plan = plan_append(read_band(rules.values(), BAND), intents, NOW, BAND)
+    rules = apply(rules, plan)
+
+    assert plan.ops and all(isinstance(op, Add) for op in plan.ops)
+    assert all(not decode(TAG, r.description).truncated for r in rules.values())
+    whole = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert frozenset(LONG) == whole.sources
+    assert (at(120), Severity.HIGH) == whole.claim(LONG[2]) and (at(600), Severity.MEDIUM) == whole.claim(LONG[0])
+    assert () == plan_append(read_band(rules.values(), BAND), intents, NOW, BAND).ops

@@ -41,7 +41,7 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 
 V4_POOLS = [int(ipaddress.ip_address(a)) for a in ("192.0.2.0", "198.51.100.0", "198.51.101.0", "203.0.113.0")]
 V6_POOL = int(ipaddress.ip_address("2001:db8::"))
-SOURCES = ["manual", "feed", "spamhaus", "log"]
+SOURCES = ["manual", "feed", "spamhaus", "log", "cloud-armor-waf", "example-intel-16"]  # long names: entries split into records
 ACTIONS = ["deny(403)", "deny(404)"]
 
 

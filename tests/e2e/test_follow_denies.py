@@ -155,15 +155,14 @@ def test_an_entry_a_feed_and_a_detector_share_follows_by_the_detectors_own_claim
     # The detector's claim follows the traffic; the feed's stays its own 12 h.
     followed = expiry_word(round_down(functions.clock(), GRANULARITY) + timedelta(hours=6))
     assert {"cloud-armor-waf": followed, "example-intel": expiry_word(start + timedelta(hours=12))} == claims_on(functions, net(C))
-    # The feed withdraws. Its claim has a rule of its own (the first block),
-    # and the rule the detector added hides it: ``cloud-armor-waf:360+*``,
-    # the two claims and the strike record do not fit 64 characters. The
-    # withdrawal lifts what it can see; the hidden claim keeps the address
-    # blocked until the feed's own expiry, never less (README, "The band").
+    # The feed withdraws: the detector's own claim keeps the address blocked
+    # exactly until it ends. (The two claims and the strike record do not
+    # fit one 64-character description: the entry is written as two
+    # records, and reading the band back merges them.)
     revoke = {"feed": "example-intel", "indicators": [{"range": C, "revoked": True}]}
     assert 200 == functions.publish("on_threat_feed", revoke)
     assert {"cloud-armor-waf": followed} == claims_on(functions, net(C))
-    assert {net(C): expiry_word(start + timedelta(hours=12))} == functions.blocked()
+    assert {net(C): followed} == functions.blocked()
 
 
 def test_a_deny_after_the_detectors_claim_ended_is_not_followed(functions: Harness) -> None:
