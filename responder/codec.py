@@ -183,12 +183,14 @@ def parts(tag: str, meta: RuleMeta) -> tuple[RuleMeta, ...]:
     """``meta`` as records that each fit one description and merge back
     into it (each source's claim in one of them): ``(meta,)`` when it fits.
 
-    The first record holds the latest claim, the strike record and any
-    truncation (with ``meta``'s expiry and severity, the bounds of what a
-    truncated record hides); then the claims in order of expiry, latest
-    first, each record filled while it fits. A claim too long to fit even
+    The first record holds the latest claim and the strike record; then
+    the claims in order of expiry, latest first, each record filled while
+    it fits. A truncated record (written before per-source claims) stays
+    one record, as it reads back. A claim too long to fit even
     alone is truncated away (``representable``). The same metadata always
     gives the same records, so a band written this way plans nothing new."""
+    if meta.truncated:  # a record written truncated (before per-source claims) stays one record
+        return (representable(tag, meta),)
     if fits(tag, meta):
         return (meta,)
     own = meta.claim_map()

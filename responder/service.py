@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from config.settings import Settings
 from responder import planner
 from responder.audit import Audit
-from responder.codec import representable
+from responder.codec import RuleMeta, representable
 from responder.errors import (
     FingerprintMismatch,
     OutOfTime,
@@ -762,7 +762,7 @@ class Responder:
                 continue
             rule = by_priority[op.before.priority]
             if rule.meta.expired(now) or all(
-                _readback(tag, _merged(net, [r for r in holders[net] if r.priority != rule.priority and r.priority not in gone]))
+                _readback(tag, _merged(net, [r for r in holders[net] if r.priority != rule.priority and r.priority not in gone], now))
                 == _readback(tag, want[net])
                 for net in rule.networks
             ):
@@ -856,16 +856,22 @@ class Responder:
         # is "removed <the hole>" with ``split`` naming the broader range.
         split = {} if partial else _splits(plan.ops, before, after)
         pieces = {p for parts in split.values() for p in parts}
+        recorded: set[Network] = set()  # an entry written as several records is recorded once
         for op in plan.ops:
             if isinstance(op, Remove):
                 continue
-            nets = [ipaddress.ip_network(r) for r in op.rule.ranges]
+            nets = [n for n in map(ipaddress.ip_network, op.rule.ranges) if n not in recorded]
             new = [n for n in nets if n not in before and planner.covering(before, n) is None]
             grown = [n for n in nets if n not in new and n not in pieces and n not in split and before.get(n) != after.get(n)]
-            meta = planner.read_band([op.rule], self.settings.band).rules[0].meta
+            rule_meta = planner.read_band([op.rule], self.settings.band).rules[0].meta
+            by_meta: dict[tuple[str, RuleMeta], list[Network]] = {}
             for change, ranges in (("added", new), ("extended", grown)):
-                if not ranges:
-                    continue
+                for n in ranges:
+                    # the entry's whole metadata (all its records'), so that a restore gets it back
+                    entry = after.get(n)
+                    by_meta.setdefault((change, rule_meta if entry is None else entry.meta), []).append(n)
+                    recorded.add(n)
+            for (change, meta), ranges in by_meta.items():
                 setattr(outcome, change, getattr(outcome, change) + len(ranges))
                 self.audit.record(
                     change, f"{change} {len(ranges)} range(s) until {_when(meta.expiry)} at priority {op.rule.priority}",
@@ -955,13 +961,16 @@ def _order(net: Network) -> tuple[int, int, int]:
 
 
 def _readback(tag: str, entry: planner.Entry | None) -> planner.Entry | None:
-    """``entry`` as a rule written for it would read back."""
-    return entry if entry is None else entry._replace(meta=representable(tag, entry.meta))
+    """``entry`` as the plan wants it: a truncated record (written before
+    per-source claims) as it reads back; any other exactly."""
+    if entry is None or not entry.meta.truncated:
+        return entry
+    return entry._replace(meta=representable(tag, entry.meta))
 
 
-def _merged(net: Network, rules: Sequence[planner.BandRule]) -> planner.Entry | None:
+def _merged(net: Network, rules: Sequence[planner.BandRule], now: datetime) -> planner.Entry | None:
     """The entry of ``net`` that ``rules`` alone give (as ``Band.entries``)."""
-    return planner.Band(tuple(rules), (), frozenset()).entries().get(net) if rules else None
+    return planner.Band(tuple(rules), (), frozenset()).entries(now).get(net) if rules else None
 
 
 def _when(expiry: datetime | None) -> str:

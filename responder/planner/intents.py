@@ -177,6 +177,8 @@ def _block(
         merged = merged._replace(action=existing.action, preview=existing.preview)
     if merged == existing or _hidden_sources_only(existing, merged):
         return False
+    if existing.meta.truncated and _satisfies(existing, _as_claim_on(existing, wanted)):
+        return False  # the record may hold it already, hidden (see _holds_claims)
     # A supernet that already says all of it satisfies it here too: whether
     # the band holds an entry of exactly this network (an aggregate a
     # compaction made, say) must not change the answer.
@@ -264,7 +266,11 @@ def _holds_claims(have: RuleMeta, want: RuleMeta) -> bool:
     if not _may_hold(have, want.sources):
         return False
     for source, (expiry, severity) in want.claim_map().items():
-        own = have.claim(source) or (have.expiry, have.severity)
+        # A truncated record may hide a longer claim of any source but manual
+        # (another rule's copy of the source reads back merged with it).
+        own = (have.expiry, have.severity) if have.truncated and source != MANUAL else have.claim(source)
+        if own is None:
+            own = (have.expiry, have.severity)
         if later(own[0], expiry) != own[0] or own[1] < severity:
             return False
     return True

@@ -136,18 +136,18 @@ def pack_merged(entries: Iterable[tuple[Key, Entry]]) -> dict[Group, list[Key]]:
 def split_groups(groups: dict[Group, list[Key]], tag: str) -> dict[Group, list[Key]]:
     """``groups`` with every metadata too long for one description split
     into records that fit (``codec.parts``): the networks of such a group
-    are in each of its parts' groups, and reading the band back merges the
-    parts into the whole again. The only way a network is in two groups."""
+    are in each of its parts' groups, as they are (never aggregated again:
+    each network keeps exactly the entry it had), and reading the band back
+    merges the parts into the whole. The only way a network is in two
+    groups; a part equal to another group shares its rules."""
     if all(fits(tag, g[0]) for g in groups):
         return groups
     out: dict[Group, list[Key]] = {}
     for (meta, action, preview), keys in groups.items():
         for part in parts(tag, meta):
-            held = out.get((part, action, preview))
-            if held is None:
-                out[(part, action, preview)] = list(keys)
-            else:  # a part equal to another group: both lists, sorted as collapse sorts
-                out[(part, action, preview)] = sorted(set(held) | set(keys), key=lambda k: (k[0], k[1], k[2]))
+            held = out.setdefault((part, action, preview), [])
+            seen = set(held)
+            held.extend(k for k in keys if k not in seen)
     return out
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from config.settings import BandSettings
-from responder.codec import encode
+from responder.codec import RuleMeta, encode, representable
 from responder.model import Intent
 from responder.planner.band import Add, Band, BandRule, Op, Patch, Plan, Remove
 from responder.planner.entry import Entry, Group, merge, weaker
@@ -104,6 +104,15 @@ def plan_reconcile(
     expired: tuple[Entry, ...] = ()
     if any(rule.meta.expired(now) for rule in band.rules):
         expired = tuple(e for k, e in band.index().by_key.items() if not current.holds(k))
+    if any(rule.meta.truncated for rule in band.rules):
+        # Rules written truncated (before per-source claims): plan their
+        # entries as such a rule reads back, or every run would rewrite them.
+        fit: dict[RuleMeta, RuleMeta] = {}
+        for k, e in list(index.by_key.items()):
+            if e.meta.truncated:
+                meta = fit.get(e.meta) or fit.setdefault(e.meta, representable(settings.owner_tag, e.meta))
+                if meta is not e.meta:
+                    index.put(k, e._replace(meta=meta))
     merged = pack_merged(index.by_key.items())
     # Metadata too long for one description is written as several records
     # that read back merged (``codec.parts``): such networks are in two groups.

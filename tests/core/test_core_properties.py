@@ -273,11 +273,19 @@ def replayable(todo, plan):
 
 def rules_needed(rules):
     """sum(ceil(len(group) / 10)) over the groups of our rules, each group's
-    networks aggregated."""
+    networks aggregated; a group holding a network another group holds too
+    (the records of an entry too long for one description) is not
+    aggregated: each network keeps its own entry (README, "The policy is
+    the state store")."""
     groups = defaultdict(list)
     for rule in read_band(rules.values(), BAND).rules:
         groups[rule.group].extend(rule.networks)
-    return sum(math.ceil(len(collapse(nets)) / MAX_RANGES_PER_RULE) for nets in groups.values())
+    count = defaultdict(int)
+    for nets in groups.values():
+        for n in set(nets):
+            count[n] += 1
+    return sum(math.ceil(len(set(nets) if any(count[n] > 1 for n in nets) else collapse(nets)) / MAX_RANGES_PER_RULE)
+               for nets in groups.values())
 
 
 # --------------------------------------------------------------------------
