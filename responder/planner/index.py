@@ -47,7 +47,7 @@ class EntryIndex:
     first look-up for supernets; a single address is no one's supernet, so
     only its entry is kept."""
 
-    __slots__ = ("_entries", "_spans", "_starts", "by_key", "get", "holds", "put_address")
+    __slots__ = ("_entries", "_spans", "_starts", "by_key", "derived", "get", "holds", "put_address")
 
     by_key: Mapping[Key, Entry]
     """The entries by key, in the order they were first put: read-only by
@@ -70,6 +70,10 @@ class EntryIndex:
         self._spans: dict[int, list[_Spans]] | None = None  # by version, longest first; made on first use
         self._starts: dict[tuple[int, int], tuple[set[int], _Spans]] = {}  # by (version, length)
         self.by_key = self._entries
+        self.derived: set[Key] = set()
+        """Keys whose entry a block made from its supernets' (their claims
+        on the network, plus its own): what an append plan checks for a
+        copy that says nothing the supernets do not."""
         self.get = self._entries.get
         self.holds = self._entries.__contains__
         self.put_address = self._entries.__setitem__

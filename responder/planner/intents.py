@@ -25,6 +25,8 @@ from typing import Any
 
 from responder.codec import RuleMeta, with_claims
 from responder.model import Escalation, Intent, Network, Severity, Verb
+
+Claim = tuple[datetime | None, Severity]
 from responder.planner.entry import MANUAL, Entry, later, latest, merge
 from responder.planner.index import EntryIndex
 from responder.planner.keys import BITS, Key, key_of
@@ -89,6 +91,10 @@ def apply(
     get, held, covering, put, put_address, host_bits = (
         entries.get, entries.holds, entries.covering, entries.put, entries.put_address, BITS)
     last: tuple[Any, Any, Any, Any] = (object(), None, None, None)  # expiry, severity, source, meta
+    # Each source's severities in the entries, made when a block of a network
+    # first needs it: only a source that claims at more than one severity can
+    # hold a claim inside the network that the block's claim crosses.
+    severities: dict[str, set[Severity]] | None = None
     for intent in intents:
         verb, k = intent.verb, key_of(intent.network)
         if verb is unblock:
@@ -119,18 +125,68 @@ def apply(
                 # metadata is most often the previous intent's.
                 if expiry is not last[0] or intent.severity is not last[1] or intent.source != last[2]:
                     last = (expiry, intent.severity, intent.source, _meta(metas, expiry, intent))
+                    if severities is not None:
+                        severities.setdefault(intent.source, set()).add(intent.severity)
                 entry = Entry(intent.network, last[3], intent.action, intent.preview)
                 if k[2] == host_bits[k[0]]:
                     put_address(k, entry)  # a single address is no one's supernet
-                else:
-                    put(k, entry)
-            else:
-                satisfied += not _block(entries, k, intent, expiry, granularity, metas)
+                    continue
+                put(k, entry)
+            elif not _block(entries, k, intent, expiry, granularity, metas):
+                satisfied += 1
+                continue
+            if k[2] == host_bits[k[0]]:
+                continue
+            if severities is None:
+                severities = _severities(entries)
+            mine = severities.setdefault(intent.source, set())
+            if len(mine) > 1 or (mine and intent.severity not in mine):
+                _raise_inside(entries, k, intent.source)
+            mine.add(intent.severity)
         else:
             why = _extend(entries, k, intent, expiry)
+            severities = None  # an extend may add a claim at another severity
             if why:
                 refused.append((intent, why))
     return entries, refused, satisfied
+
+
+def _severities(entries: EntryIndex) -> dict[str, set[Severity]]:
+    out: dict[str, set[Severity]] = {}
+    seen: set[int] = set()  # the entries of one rule share their metadata
+    for e in entries.by_key.values():
+        if id(e.meta) not in seen:
+            seen.add(id(e.meta))
+            for source, (_, severity) in e.meta.claim_map().items():
+                out.setdefault(source, set()).add(severity)
+    return out
+
+
+def _stronger(a: Claim, b: Claim) -> Claim:
+    """One source's two claims as one: the later expiry, the higher severity."""
+    return later(a[0], b[0]), max(a[1], b[1])
+
+
+def _raise_inside(entries: EntryIndex, k: Key, source: str) -> None:
+    """After a block of ``source`` on ``k``: each narrower entry holding a
+    claim of the source takes the block's claim into its own (the later
+    expiry, the higher severity), so that nested claims of one source never
+    cross (see the package docstring: a source has one claim on an
+    address, whatever the band aggregated)."""
+    held = entries.by_key[k].meta.claim(source)
+    assert held is not None
+    for t in entries.inside(k):
+        if t == k:
+            continue
+        entry = entries.by_key[t]
+        own = entry.meta.claim(source)
+        if own is None or (new := _stronger(own, held)) == own:
+            continue
+        claims = entry.meta.claim_map()
+        claims[source] = new
+        meta = with_claims(entry.meta, claims)
+        assert meta is not None
+        entries.put(t, entry._replace(meta=meta))
 
 
 # --------------------------------------------------------------------------
@@ -170,6 +226,8 @@ def _block(
                 folded = folded._replace(action=cover.action, preview=cover.preview)
             wanted = folded
         entries.put(k, wanted)
+        if covers:
+            entries.derived.add(k)
         return True
     merged = merge(existing, wanted)
     if existing.manual and intent.source != MANUAL:
@@ -238,6 +296,16 @@ def _hidden_sources_only(before: Entry, after: Entry) -> bool:
     )
 
 
+def said_by_a_supernet(entries: EntryIndex, k: Key, entry: Entry) -> bool:
+    """True when one supernet's entry already says all that ``entry`` (of
+    ``k``) says: a copy of its claims that a block made and an unblock in
+    the same intents emptied of its own. Written, it would be a rule that
+    changes no address's meaning (and a redelivery would write it again).
+    One supernet, not several folded: their claims may cross (a band
+    written before a source had one claim per address)."""
+    return any(_satisfies(cover, _as_claim_on(cover, entry)) for cover in entries.covering(k))
+
+
 def _as_claim_on(have: Entry, want: Entry) -> Entry:
     """``want`` as it would merge into ``have``: automation adds its claim to
     a manual block but never changes its rule fields (see ``_block``)."""
@@ -302,14 +370,29 @@ def _extend(entries: EntryIndex, k: Key, intent: Intent, expiry: datetime | None
                 folded = merge(folded, cover)
             entries.put(k, folded)
             targets.append(k)
+    source = intent.source
+    above: dict[Key, Claim] = {}  # what the entries above each target claim for the source (before any change)
+    for t in targets:
+        for cover in entries.covering(t):
+            if (c := cover.meta.claim(source)) is not None:
+                was = above.get(t)
+                above[t] = c if was is None else _stronger(was, c)
     for t in targets:
         entry = entries.by_key[t]
         claims = entry.meta.claim_map()
-        own = claims.get(intent.source)
-        # the extender's claim: until the later of its own and the new
-        # expiry; a new claim weighs what the entry weighs
-        claims[intent.source] = (expiry, entry.meta.severity) if own is None else (later(own[0], expiry), own[1])
-        if claims[intent.source] != own:
+        own = claims.get(source)
+        # The extender's claim on each address: until the later of what it
+        # claims there and the new expiry, as heavy as it was; where it
+        # claims nothing, a new claim at the lowest severity (an extend says
+        # how long, not how bad).
+        was = own if own is not None else above.get(t)  # where it has no own claim, the broader entries' is the address's
+        if was is None:
+            claims[source] = (expiry, Severity.LOW)
+        elif own is None and later(was[0], expiry) == was[0]:
+            continue  # a broader entry already holds it as long
+        else:
+            claims[source] = (later(was[0], expiry), was[1])
+        if claims[source] != own:
             meta = with_claims(entry.meta, claims)
             assert meta is not None
             extended = entry._replace(meta=meta)

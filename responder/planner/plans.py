@@ -24,7 +24,7 @@ from responder.model import Intent
 from responder.planner.band import Add, Band, BandRule, Op, Patch, Plan, Remove
 from responder.planner.entry import Entry, Group, merge, weaker
 from responder.planner.index import EntryIndex
-from responder.planner.intents import apply
+from responder.planner.intents import apply, said_by_a_supernet
 from responder.planner.keys import Key, key_of
 from responder.planner.nogc import gc_paused
 from responder.planner.packing import (
@@ -56,8 +56,11 @@ def plan_append(
     lease."""
     current = band.index(now)
     index, refused, satisfied = apply(current, intents, now, settings.expiry_granularity)
-    entries = index.view()
     held, now_held = current.by_key, index.by_key
+    for k in index.derived:
+        if k not in held and (e := now_held.get(k)) is not None and said_by_a_supernet(index, k, e):
+            index.drop(k)
+    entries = index.view()
     if any(k not in now_held for k in held) or any(
         e is not now_held[k] and e != now_held[k] and weaker(e, now_held[k]) for k, e in held.items()
     ):

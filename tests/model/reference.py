@@ -18,14 +18,17 @@ Rules, each from the README section named beside it:
 * block ("Get, plan, apply"): an expiry is rounded up to the granularity
   ("The policy is the state store"); a re-sighting extends the source's
   claim to the later expiry and the higher severity, never less; only
-  manual blocks can be permanent. A network whose broader entry already
+  manual blocks can be permanent. A source has one claim on an address
+  ("Each source keeps its own claim"), so a block also merges its claim
+  into the source's claims on narrower entries inside the network. A network whose broader entry already
   holds the source's claim at least as long and as heavy (and a strike
   record at least as far) changes nothing; otherwise its own entry takes the
   claim, or a new entry holds what the broader ones claim of it plus the
   claim (one entry per network holds the whole meaning of that network).
 * extend (manual schema): every blocked address of the range is blocked by
-  the extender at least until the new expiry (its own claim, else a new one
-  as heavy as the entry); other sources' claims are unchanged; never
+  the extender at least until the new expiry: its claim there (an entry's
+  own, else a broader entry's) moves later, as heavy as it was, else a new
+  claim at the lowest severity; other sources' claims are unchanged; never
   shortens; a range nothing blocks is refused.
 * unblock (manual schema): a manual unblock lifts every claim on the range
   from every source, a broader entry split around it; a feed's withdrawal
@@ -70,6 +73,7 @@ from typing import NamedTuple
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 MANUAL = "manual"
+LOWEST = 1  # the lowest severity (low)
 
 
 class Claim(NamedTuple):
@@ -331,8 +335,17 @@ class Reference:
             return True
         if net in self.entries:
             self.entries[net] = merge(self.entries[net], want)
-            return True
-        self.entries[net] = merge(fold(covers) or want, want)
+        else:
+            self.entries[net] = merge(fold(covers) or want, want)
+        # One claim per source and address: the source's claims inside the
+        # network take this one in too.
+        mine = self.entries[net].claims[source]
+        for n in self._inside(net):
+            e = self.entries[n]
+            if n != net and source in e.claims:
+                kept = e.with_claims({**e.claims, source: stronger(e.claims[source], mine)})
+                assert kept is not None
+                self.entries[n] = kept
         return True
 
     def _escalate(self, net: Network, seen: datetime, ttl: timedelta, k: Kind,
@@ -367,10 +380,16 @@ class Reference:
             assert own is not None
             self.entries[net] = own
             inside.append(net)
+        above = {n: self._above(n).get(source) for n in inside}  # before any change
         for n in inside:
             e = self.entries[n]
-            own_claim = e.claims.get(source)
-            new = Claim(expiry, e.severity) if own_claim is None else Claim(later(own_claim.expiry, expiry), own_claim.severity)
+            had = e.claims.get(source) or above[n]  # the source's claim on these addresses
+            if had is None:
+                new = Claim(expiry, LOWEST)
+            elif source not in e.claims and later(had.expiry, expiry) == had.expiry:
+                continue  # a broader entry holds it as long: these addresses keep their claim
+            else:
+                new = Claim(later(had.expiry, expiry), had.severity)
             kept = e.with_claims({**e.claims, source: new})
             assert kept is not None
             self.entries[n] = kept

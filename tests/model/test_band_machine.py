@@ -831,18 +831,21 @@ def test_a_message_that_blocks_and_revokes_is_idempotent(machine_dir: Path, case
 @pytest.mark.parametrize("case", ["block", "extend"])
 def test_a_sources_severity_does_not_depend_on_aggregation(machine_dir: Path, case: str) -> None:
     """Found by the stateful test (seeds 11, 17 and 44 at HYPOTHESIS_SCALE=4,
-    and the default run): the per-source form of the defect above, for
-    severity. ``block``: the operator blocks both /25 of a /24 for 6 h at
-    low (the band aggregates them into one /24 entry), then the /24 for 1 h
-    at high. Unaggregated, the /24 is an entry of its own and the high claim
-    ends after the hour; aggregated, the block lands on the /24 entry and
-    merges into manual's one claim there (the later expiry, the higher
-    severity), so high lasts 6 h. ``extend``: fa blocks the /23 (medium),
-    the operator the /24 and both /25 of the other /24 for 1 h at low (the
-    band aggregates the three into the /23), then extends the /23 by 1 h.
-    Unaggregated, the /23 entry has no claim of manual's, so manual's new
-    claim there weighs what the entry weighs (medium); aggregated, the /23
-    entry holds manual's low claim, which the extend keeps low."""
+    and the default run), when entries held a source's claim per network:
+    the answer then depended on whether the band had aggregated. ``block``:
+    the operator blocks both /25 of a /24 for 6 h at low (the band
+    aggregates them into one /24 entry), then the /24 for 1 h at high.
+    Aggregated, the block merged into manual's one claim on the /24 (high
+    for 6 h); unaggregated, the high claim ended after the hour. A source
+    has one claim on an address, so the block merges into the /25's too:
+    high for 6 h either way. ``extend``: fa blocks the /23 (medium), the
+    operator the /24 and both /25 of the other /24 for 1 h at low (the band
+    aggregates the three into the /23), then extends the /23 by 1 h.
+    Aggregated, the /23 held manual's low claim, which the extend kept low;
+    unaggregated, the /23 had none, and the new claim weighed what the entry
+    weighed (medium). Where a source claims nothing, an extend's new claim
+    is now the lowest; where it claims, its claim moves as heavy as it was:
+    low either way."""
     m = _machine(machine_dir)
     try:
         if case == "block":
@@ -850,14 +853,14 @@ def test_a_sources_severity_does_not_depend_on_aggregation(machine_dir: Path, ca
             m.block([net("45.9.148.0/24")], 1, False, "high", 0)
             _check(m)
             m.advance(61)
-            m.advance(14)  # 13:18: the high claim ended at 13:15
-            want = {"manual": Claim(_at(6), NAMES["low"])}
+            m.advance(14)  # 13:18: past the hour of the high block
+            want = {"manual": Claim(_at(6), NAMES["high"])}
         else:
             m.feed("fa", [net("45.9.148.0/23")], [], False, 0)
             m.block([net("45.9.149.0/25"), net("45.9.148.0/24"), net("45.9.149.128/25")], 1, False, "low", 0)
             _check(m)
             m.extend(net("45.9.148.0/23"), 1, 0)
-            want = {"fa": FA, "manual": Claim(_at(1), NAMES["medium"])}
+            want = {"fa": FA, "manual": Claim(_at(1), NAMES["low"])}
         assert _says(m, "45.9.148.9") == Answer(want)
         _check(m)
     finally:

@@ -196,13 +196,13 @@ def test_extend_adds_the_extenders_own_claim() -> None:
     feed(m, "fa", "45.9.148.0/24", 4, M)
     feed(m, "fb", "45.9.148.0/24", 12, L)
     assert m.extend(net("45.9.148.0/24"), "manual", T0, T0 + 24 * H)
-    # a new claim weighs what the entry weighs; the others are unchanged
-    assert m.answer(ip("45.9.148.9"), T0) == claims(fa=(4, M), fb=(12, L), manual=(24, M))
+    # a new claim weighs the least (an extend says how long, not how bad); the others are unchanged
+    assert m.answer(ip("45.9.148.9"), T0) == claims(fa=(4, M), fb=(12, L), manual=(24, L))
     m.unblock(net("45.9.148.0/24"), "fa", T0)
     m.unblock(net("45.9.148.0/24"), "fb", T0)
-    assert m.answer(ip("45.9.148.9"), T0) == claims(manual=(24, M))
+    assert m.answer(ip("45.9.148.9"), T0) == claims(manual=(24, L))
     assert m.extend(net("45.9.148.0/24"), "manual", T0, T0 + 3 * H)  # never shortens
-    assert m.answer(ip("45.9.148.9"), T0) == claims(manual=(24, M))
+    assert m.answer(ip("45.9.148.9"), T0) == claims(manual=(24, L))
 
 
 def test_extend_keeps_the_extenders_own_severity() -> None:
@@ -211,6 +211,27 @@ def test_extend_keeps_the_extenders_own_severity() -> None:
     feed(m, "fa", "45.9.148.0/24", 4, HI)
     m.extend(net("45.9.148.0/24"), "manual", T0, T0 + 3 * H)
     assert m.answer(ip("45.9.148.9"), T0) == claims(fa=(4, HI), manual=(3, L))
+    # a claim a broader entry makes on the addresses is theirs too: it moves, as heavy as it was
+    manual(m, "45.9.150.0/23", 2, HI)
+    feed(m, "fa", "45.9.150.0/25", 4, M)
+    m.extend(net("45.9.150.0/24"), "manual", T0, T0 + 5 * H)
+    assert m.answer(ip("45.9.150.9"), T0) == claims(fa=(4, M), manual=(5, HI))
+    assert m.answer(ip("45.9.151.9"), T0) == claims(manual=(2, HI))
+
+
+def test_a_block_merges_into_its_sources_claims_inside_the_network() -> None:
+    """One claim per source and address, whatever entries hold it: blocking
+    both /25 for 6 h at low and then the /24 for 1 h at high leaves high for
+    6 h, as it would where the band aggregated the two /25 into the /24."""
+    m = model()
+    manual(m, "45.9.148.0/25", 6, L)
+    manual(m, "45.9.148.128/25", 6, L)
+    manual(m, "45.9.148.0/24", 1, HI)
+    assert m.answer(ip("45.9.148.9"), T0 + 2 * H) == claims(manual=(6, HI))
+    feed(m, "fa", "45.9.149.0/26", 1, HI)
+    feed(m, "fa", "45.9.149.0/24", 8, L)
+    assert m.answer(ip("45.9.149.9"), T0 + 2 * H) == claims(fa=(8, HI))
+    assert m.answer(ip("45.9.149.99"), T0 + 2 * H) == claims(fa=(8, L))
 
 
 def test_extend_inside_a_broader_entry() -> None:
@@ -219,9 +240,9 @@ def test_extend_inside_a_broader_entry() -> None:
     feed(m, "fb", "45.9.148.0/25", 12, L)  # a new entry: fa's and fb's claims
     assert m.extend(net("45.9.148.0/24"), "manual", T0, T0 + 24 * H)
     # the /24 gets an entry of its own (the /23's claims), then every entry inside gets manual's claim
-    assert entry_claims(m, "45.9.148.0/24") == {"fa": Claim(T0 + 4 * H, M), "manual": Claim(T0 + 24 * H, M)}
+    assert entry_claims(m, "45.9.148.0/24") == {"fa": Claim(T0 + 4 * H, M), "manual": Claim(T0 + 24 * H, L)}
     assert entry_claims(m, "45.9.148.0/25") == {"fa": Claim(T0 + 4 * H, M), "fb": Claim(T0 + 12 * H, L),
-                                                "manual": Claim(T0 + 24 * H, M)}
+                                                "manual": Claim(T0 + 24 * H, L)}
     assert m.answer(ip("45.9.149.9"), T0) == claims(fa=(4, M))  # the rest of the /23 keeps its expiry
     # a supernet holding manual's claim long enough: no new entry, nothing changes
     before = dict(m.entries)
@@ -340,10 +361,10 @@ def test_eviction_order() -> None:
 def test_evict_allows_for_copies_of_what_a_broader_entry_holds() -> None:
     m = model()
     manual(m, "45.9.148.64/26", 1, L)
-    manual(m, "45.9.148.0/25", 6, HI)
+    manual(m, "45.9.148.0/25", 6, HI)  # one claim per source and address: the /26's takes it in
     feed(m, "fa", "45.9.148.64/26", 4, M)
-    assert entry_claims(m, "45.9.148.64/26") == {"manual": Claim(T0 + H, L), "fa": Claim(T0 + 4 * H, M)}
-    # the band may have dropped the /26's manual copy (the /25 holds more): its /26 entry then says fa alone
+    assert entry_claims(m, "45.9.148.64/26") == {"manual": Claim(T0 + 6 * H, HI), "fa": Claim(T0 + 4 * H, M)}
+    # the band may have dropped the /26's manual copy (the /25 holds as much): its /26 entry then says fa alone
     view = m.eviction_view(T0)
     assert view[net("45.9.148.64/26")] == {"manual": Claim(T0 + 6 * H, HI), "fa": Claim(T0 + 4 * H, M)}
     # and the /25 as it may be once packing aggregates what lies inside it with it
