@@ -5,8 +5,13 @@ Invariant: the entries after some intents are what the intents mean, and
 applying the same intents again changes nothing. A block adds its source's
 claim to the entries of its network, or is satisfied by an entry (its own
 or a supernet's) that already holds as much; only a manual block may be
-permanent, and automation never changes a manual block's rule fields. An
-extend moves the expiry of every address it names later, never earlier. An
+permanent, and automation never changes a manual block's rule fields. A
+source has one claim on an address: a block merges its claim into the
+source's claims on narrower entries too, so nested claims of one source
+never cross (one holds the other) and the live claims covering an address
+answer the same whether or not the band aggregated. An extend moves the
+extender's claim on every address it names later (as heavy as it was; a
+new claim at the lowest severity), never earlier. An
 unblock withdraws its source's claim (a manual one, every claim) from every
 address it names, splitting a broader entry around the network, and an
 entry with no claim left goes. A sighting strikes only from a publish-time
