@@ -384,6 +384,11 @@ def _extend(entries: EntryIndex, k: Key, intent: Intent, expiry: datetime | None
                 above[t] = c if was is None else _stronger(was, c)
     for t in targets:
         entry = entries.by_key[t]
+        if entry.meta.truncated and source != MANUAL and later(entry.meta.expiry, expiry) == entry.meta.expiry:
+            # A record written truncated may hide a claim of the source as
+            # long as its expiry (never a manual one): satisfied, as a block
+            # is (``_holds_claims``); written again, it would hide it again.
+            continue
         claims = entry.meta.claim_map()
         own = claims.get(source)
         # The extender's claim on each address: until the later of what it

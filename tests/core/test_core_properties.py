@@ -171,6 +171,15 @@ BLOCK_UNDER_CROSSING_SUPERNETS = (
                  our_rule(1006, ["198.51.100.0/24"], at(15), Severity.MEDIUM, sources=("manual",))]),
     [block("198.51.100.0/25", "manual", permanent=True, severity=Severity.MEDIUM)],
 )
+# A record written truncated before per-source claims, merged with a
+# permanent manual one: extending a claim it shows wrote a rule that hid
+# that claim again (the description had no room), so every replay wrote.
+EXTEND_IN_A_TRUNCATED_RECORD = (
+    by_priority([our_rule(1000, ["2001:db8::/122"], None, Severity.LOW, sources=("manual",)),
+                 PolicyRule(priority=1004, action="deny(403)", ranges=("2001:db8::/122",),
+                            description="car1 x=202605011215 v=l n=1 s=cloud-armor-waf+example-intel-16+*")]),
+    [extend("2001:db8::/122", "example-intel-16", NOW + timedelta(minutes=15, seconds=7))],
+)
 
 
 # --------------------------------------------------------------------------
@@ -323,6 +332,7 @@ def test_append_plan_keeps_every_invariant(scenario):
 @SETTINGS
 @given(scenarios())
 @example(EXTEND_UNDER_MANUAL_SUPERNETS)  # replayed, it added 192.0.2.0/27 "x=never v=l s=feed+manual" again
+@example(EXTEND_IN_A_TRUNCATED_RECORD)  # found at seed 14
 def test_append_plan_is_idempotent(scenario):
     before, todo = scenario
     plan = plan_append(read_band(before.values(), BAND), todo, NOW, BAND, seed=1)
