@@ -726,8 +726,16 @@ class Responder:
                 )
                 if quota_full:
                     # A plan adds before it removes, so with the quota full its first add
-                    # fails: make room first with the plan's removals that uncover nothing.
+                    # fails: make room first with the plan's removals that uncover nothing,
+                    # then let each add take over a rule the plan removes, where that
+                    # uncovers nothing either.
+                    whole = plan
                     plan = self._remove_early(plan, band, lease, outcome)
+                    gone = {op.before.priority for op in whole.ops if isinstance(op, Remove)} - {
+                        op.before.priority for op in plan.ops if isinstance(op, Remove)}
+                    plan = planner.within_quota(plan, band, gone)
+                    if capped:
+                        plan = self._squeeze(plan, band, gone, intents, now, capacity, compact, _seed(event, attempt))
                 try:
                     why = f"quota full: {capacity} band rules fit" if capped else f"the band may hold {capacity} rules"
                     self._execute(plan, band, event, outcome, lease=lease, capacity=why)
@@ -741,6 +749,25 @@ class Responder:
         finally:
             self._invalidate()
             lease.release()
+
+    def _squeeze(
+        self, plan: Plan, band: Band, gone: set[int], intents: Sequence[Intent], now: datetime, capacity: int,
+        compact: bool, seed: int,
+    ) -> Plan:
+        """With the quota full, adds that could take over no rule would fail:
+        plan again for as many rules fewer (evicting, whose removals may go
+        first), a few times at most, and take the first plan left with no add."""
+        if gone:
+            band = planner.read_band([r.rule for r in band.rules if r.priority not in gone], self.settings.band)
+        for _ in range(3):
+            adds = sum(isinstance(op, Add) for op in plan.ops)
+            if not adds or capacity - adds < 1:
+                break
+            capacity -= adds
+            plan = planner.within_quota(
+                planner.plan_reconcile(band, intents, now, self.settings.band, capacity=capacity, compact=compact, seed=seed),
+                band)
+        return plan
 
     def _remove_early(self, plan: Plan, band: Band, lease: Lease, outcome: Outcome) -> Plan:
         """Does now the plan's removals of rules that no live entry needs:

@@ -13,9 +13,11 @@ the same intents, plans nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from config.settings import BandSettings
@@ -197,6 +199,52 @@ def plan_reconcile(
         removes.extend(Remove(r.rule) for r in dropped)
     ops = tuple(adds + grows + shrinks + removes)
     return Plan(ops, EntryIndex(packed).view(), tuple(refused), satisfied, expired, evicted)
+
+
+def within_quota(plan: Plan, band: Band, gone: Collection[int] = ()) -> Plan:
+    """``plan`` for a band at the project's rule quota, where no add lands
+    before a removal frees a rule (``gone``: the band's rules already
+    removed). Each add takes over, by one patch, a rule the plan removes
+    whose other ranges are held by then (after the grows, by other rules)
+    or blocked by nothing the plan leaves: no address that the band and the
+    plan both block is unblocked in between. An add that finds no such rule
+    stays an add. Order: grows, take-overs, adds, shrinks, removals."""
+    adds = [op for op in plan.ops if isinstance(op, Add)]
+    removes = [op for op in plan.ops if isinstance(op, Remove) and op.before.priority not in gone]
+    if not adds or not removes:
+        return plan
+    patches = [op for op in plan.ops if isinstance(op, Patch)]
+    grows = [op for op in patches if set(op.rule.ranges) >= set(op.before.ranges)]
+    shrinks = [op for op in patches if op not in grows]
+    held = {r.priority: r.networks for r in band.rules if r.priority not in gone}
+    for op in grows:
+        held[op.rule.priority] = tuple(ipaddress.ip_network(n) for n in op.rule.ranges)
+    blocked = list(plan.entries)
+
+    def still_blocked(n: object) -> bool:
+        return any(b.version == n.version and b.overlaps(n) for b in blocked)  # type: ignore[attr-defined]
+
+    def covered(n: object, by: dict[int, tuple[object, ...]]) -> bool:
+        return any(m.version == n.version and n.subnet_of(m) for ms in by.values() for m in ms)  # type: ignore[attr-defined]
+
+    taken: list[Op] = []
+    left: list[Op] = []
+    free = list(removes)
+    for add in adds:
+        for remove in free:
+            priority = remove.before.priority
+            after = dict(held)
+            after[priority] = tuple(ipaddress.ip_network(n) for n in add.rule.ranges)
+            if all(covered(n, after) or not still_blocked(n) for n in held[priority]):
+                taken.append(Patch(dataclasses.replace(add.rule, priority=priority), remove.before))
+                held = after
+                free.remove(remove)
+                break
+        else:
+            left.append(add)
+    if not taken:
+        return plan
+    return dataclasses.replace(plan, ops=(*grows, *taken, *left, *shrinks, *free))
 
 
 def _group_order(group: Group) -> tuple[int, float, str, str, bool]:

@@ -11,6 +11,7 @@ from bandkit import (
     NOW,
     TAG,
     apply,
+    apply_op,
     at,
     block,
     blocked,
@@ -27,7 +28,7 @@ from bandkit import (
 
 from responder.codec import decode
 from responder.model import Severity
-from responder.planner import Add, Patch, Remove, plan_append, plan_reconcile, read_band
+from responder.planner import Add, Patch, Remove, plan_append, plan_reconcile, read_band, within_quota
 from responder.policy import PolicyRule
 
 T1 = at(60)   # 13:00, on the 15-minute grid
@@ -658,3 +659,37 @@ def test_an_appended_claim_too_long_for_the_rule_it_joins_is_written_in_records(
     assert frozenset(LONG) == whole.sources
     assert (at(120), Severity.HIGH) == whole.claim(LONG[2]) and (at(600), Severity.MEDIUM) == whole.claim(LONG[0])
     assert () == plan_append(read_band(rules.values(), BAND), intents, NOW, BAND).ops
+
+
+def test_at_the_quota_an_add_takes_over_a_rule_the_plan_removes() -> None:
+    """With the project's rule quota full, no add lands until a removal
+    frees a rule, and a removal first would unblock its ranges. The add
+    takes over the removed rule by one patch instead, when the rest of that
+    rule's ranges are held elsewhere by then (or the plan unblocks them)."""
+    rules = by_priority([our_rule(1001, ["192.0.2.0/24"], at(60), sources=("fa",)),
+                         our_rule(1002, ["198.51.100.0/24", "198.51.101.7/32"], at(60), sources=("fb",)),
+                         our_rule(1003, ["198.51.101.0/24"], at(120), sources=("fb",))])
+    todo = [block("192.0.2.0/24", "fb", at(90)), unblock("198.51.100.0/24", "fb")]
+    plan = plan_reconcile(read_band(rules.values(), BAND), todo, NOW, BAND, compact=True, seed=1)
+    assert sorted(type(op).__name__ for op in plan.ops) == ["Add", "Patch", "Remove"]
+    fitted = within_quota(plan, read_band(rules.values(), BAND))
+    # the add of 192.0.2.0/24 (now fa's and fb's) takes over 1001, which the plan removed
+    assert not any(isinstance(op, (Add, Remove)) for op in fitted.ops)
+    taken = fitted.ops[0]
+    assert isinstance(taken, Patch) and taken.before.priority == 1001 and taken.rule.ranges == ("192.0.2.0/24",)
+    after = apply(rules, fitted)
+    assert len(after) == len(rules) and read_band(after.values(), BAND).entries(NOW) == dict(plan.entries)
+    # never an address both bands block unblocked in between: replay op by op
+    state = dict(rules)
+    for op in fitted.ops:
+        state = apply_op(state, op)
+        held = [ipaddress.ip_network(n) for r in state.values() for n in r.ranges]
+        for wanted in ("192.0.2.9", "198.51.101.9", "198.51.101.7"):
+            assert any(ipaddress.ip_address(wanted) in n for n in held), (op, wanted)
+
+    # no rule to take over safely: the add stays an add
+    lone = by_priority([our_rule(1001, ["192.0.2.0/24"], at(60), sources=("fa",)),
+                        our_rule(1002, ["203.0.113.0/24"], at(60), sources=("fc",))])
+    plan = plan_reconcile(read_band(lone.values(), BAND), [block("192.0.2.0/25", "fb", at(90))], NOW, BAND, seed=1)
+    fitted = within_quota(plan, read_band(lone.values(), BAND))
+    assert fitted.ops == plan.ops
