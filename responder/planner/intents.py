@@ -30,11 +30,11 @@ from typing import Any
 
 from responder.codec import RuleMeta, with_claims
 from responder.model import Escalation, Intent, Network, Severity, Verb
-
-Claim = tuple[datetime | None, Severity]
 from responder.planner.entry import MANUAL, Entry, later, latest, merge
 from responder.planner.index import EntryIndex
 from responder.planner.keys import BITS, Key, key_of
+
+Claim = tuple[datetime | None, Severity]
 
 
 def round_up(moment: datetime, granularity: timedelta) -> datetime:

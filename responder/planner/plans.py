@@ -17,12 +17,12 @@ import dataclasses
 import ipaddress
 import math
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from config.settings import BandSettings
 from responder.codec import RuleMeta, encode, representable
-from responder.model import Intent
+from responder.model import Intent, Network
 from responder.planner.band import Add, Band, BandRule, Op, Patch, Plan, Remove
 from responder.planner.entry import Entry, Group, merge, weaker
 from responder.planner.index import EntryIndex
@@ -221,11 +221,11 @@ def within_quota(plan: Plan, band: Band, gone: Collection[int] = ()) -> Plan:
         held[op.rule.priority] = tuple(ipaddress.ip_network(n) for n in op.rule.ranges)
     blocked = list(plan.entries)
 
-    def still_blocked(n: object) -> bool:
-        return any(b.version == n.version and b.overlaps(n) for b in blocked)  # type: ignore[attr-defined]
+    def still_blocked(n: Network) -> bool:
+        return any(b.version == n.version and b.overlaps(n) for b in blocked)
 
-    def covered(n: object, by: dict[int, tuple[object, ...]]) -> bool:
-        return any(m.version == n.version and n.subnet_of(m) for ms in by.values() for m in ms)  # type: ignore[attr-defined]
+    def covered(n: Network, by: Mapping[int, tuple[Network, ...]]) -> bool:
+        return any(m.version == n.version and n.subnet_of(m) for ms in by.values() for m in ms)  # type: ignore[arg-type]
 
     taken: list[Op] = []
     left: list[Op] = []
