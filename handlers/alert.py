@@ -14,9 +14,9 @@ Cloud Monitoring (source id ``monitoring``, settings ``[alerts.monitoring]``)
     ``on_close`` says: ``keep`` (nothing: the block runs out), ``lift``
     (withdraw the ``monitoring`` claim; other sources' claims on the same
     range stay), or ``shorten`` (withdraw the claim and block again until
-    the close's publish time + ``close_ttl``; the band keeps one expiry per
-    entry and the planner never moves one earlier, so a range that another
-    source also claims keeps its latest expiry). The console's test
+    the close's publish time + ``close_ttl``; each source keeps its own
+    claim, so a range that another source also claims stays blocked as long
+    as that claim says). The console's test
     notification is recognised and changes nothing.
 
 Security Command Center (source id ``scc``, settings ``[alerts.scc]``)

@@ -273,8 +273,9 @@ def follow(deny: BandDeny, message: Message, rt: Runtime) -> Outcome:
         if asked is None:
             return []
         source_id, expiry = asked
-        if hit.meta.expiry is not None and planner.round_up(expiry, band.expiry_granularity) <= hit.meta.expiry:
-            return []  # already as long: an extension in this bucket happened
+        own = hit.meta.claim(source_id)
+        if own is not None and own[0] is not None and planner.round_up(expiry, band.expiry_granularity) <= own[0]:
+            return []  # its claim is already as long: an extension in this bucket happened
         return [Intent(Verb.EXTEND, hit.network, source_id, expiry=expiry, severity=hit.meta.severity,
                        action=hit.action, reason=f"follows traffic: {deny.address.network_address} denied at "
                        f"priority {deny.priority}")]

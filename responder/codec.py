@@ -21,6 +21,20 @@ An absent ``n`` decodes as 0 strikes and no bucket, so rules written before
 escalation existed still read; ``n=<strikes>`` alone (no bucket) reads too.
 A permanent rule never carries it.
 
+Each source keeps its own claim (expiry and severity): ``x`` is the latest
+claim's expiry and ``v`` the highest claim's severity, and a source whose
+claim differs says how::
+
+    car1 x=202611300630 v=m s=fa:480+fb:l+manual@202612010000
+         fa:480    fa's claim ends 480 minutes before x (severity v)
+         fb:l      fb's ends at x, severity low
+         fa:480l   both; in a permanent rule (x=never) a finite claim
+                   gives its own expiry: manual@202612010000[c]
+
+A source written bare claims until ``x`` at ``v``, so rules written before
+per-source claims read as before. A truncated record (``*``) may hide
+claims: none ends after ``x`` or weighs more than ``v``.
+
 A rule in the band whose description does not start with the owner tag and
 decode cleanly is *foreign*: reported, never changed. Unknown ``key=value``
 fields are ignored on decode so that a newer writer's rules still read.
@@ -28,6 +42,7 @@ fields are ignored on decode so that a newer writer's rules still read.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -54,6 +69,10 @@ class RuleMeta:
     # expiry (whole minutes, as the description holds it).
     strikes: int = 0
     struck: datetime | None = None
+    # The claims of the sources whose own expiry or severity is not the
+    # entry's (every other source claims until ``expiry`` at ``severity``):
+    # (source, expiry, severity), sorted; normalized on construction.
+    claims: tuple[tuple[str, datetime | None, Severity], ...] = ()
 
     def __post_init__(self) -> None:
         if self.expiry is None:
@@ -62,29 +81,164 @@ class RuleMeta:
                 object.__setattr__(self, "struck", None)
         elif self.struck is not None and self.struck > self.expiry:
             object.__setattr__(self, "struck", self.expiry)
+        if self.claims:
+            object.__setattr__(self, "claims", self._normal(self.claims))
+
+    def _normal(self, claims: tuple[tuple[str, datetime | None, Severity], ...]) -> tuple[tuple[str, datetime | None, Severity], ...]:
+        """Claims of known sources only, none later or heavier than the
+        entry, none equal to it; sorted."""
+        out = []
+        for source, expiry, severity in claims:
+            if source not in self.sources:
+                continue
+            if self.expiry is not None and (expiry is None or expiry > self.expiry):
+                expiry = self.expiry
+            severity = min(severity, self.severity)
+            if expiry != self.expiry or severity != self.severity:
+                out.append((source, expiry, severity))
+        return tuple(sorted(out))
 
     def expired(self, now: datetime) -> bool:
         return self.expiry is not None and self.expiry <= now
+
+    def claim(self, source: str) -> tuple[datetime | None, Severity] | None:
+        """``source``'s own claim (expiry, severity), or None when the
+        record does not show the source."""
+        if source not in self.sources:
+            return None
+        for name, expiry, severity in self.claims:
+            if name == source:
+                return expiry, severity
+        return self.expiry, self.severity
+
+    def claim_map(self) -> dict[str, tuple[datetime | None, Severity]]:
+        """Every shown source's own claim."""
+        own = {name: (expiry, severity) for name, expiry, severity in self.claims}
+        return {s: own.get(s, (self.expiry, self.severity)) for s in self.sources}
+
+    def live(self, now: datetime) -> RuleMeta | None:
+        """The record without the claims that ended by ``now``; None when no
+        claim is left (the entry has expired)."""
+        if self.expired(now):
+            return None
+        if not any(expiry is not None and expiry <= now for _, expiry, _ in self.claims):
+            return self
+        kept = {s: c for s, c in self.claim_map().items() if c[0] is None or c[0] > now}
+        return with_claims(self, kept)
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    return None if a is None or b is None else max(a, b)
+
+
+def with_claims(meta: RuleMeta, claims: dict[str, tuple[datetime | None, Severity]]) -> RuleMeta | None:
+    """``meta`` holding exactly ``claims`` (its strike record kept); None
+    when nothing is left. A truncated record never ends sooner or weighs
+    less than it did: the claims it hides may be the latest or heaviest."""
+    if not claims and not meta.truncated:
+        return None
+    first = not meta.truncated
+    expiry, severity = meta.expiry, meta.severity
+    for e, v in claims.values():
+        expiry, severity = (e, v) if first else (_later(expiry, e), max(severity, v))
+        first = False
+    return RuleMeta(expiry, severity, frozenset(claims), meta.truncated, meta.strikes, meta.struck,
+                    tuple((s, e, v) for s, (e, v) in claims.items()))
 
 
 def encode(tag: str, meta: RuleMeta) -> str:
     """The description for a rule; sources that do not fit are dropped
     (kept: manual first, then in sorted order; the rest marked ``*``) so
     the result is at most 64 characters."""
-    expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(UTC).strftime(_TIME_FORMAT)
-    head = f"{tag} x={expiry} v={meta.severity.code} {_strikes(meta)}s="
-    names = sorted(meta.sources)
-    text = head + "+".join(names + ([TRUNCATED] if meta.truncated else []))
+    head, names, own, text = _layout(tag, meta)
     if len(text) > MAX_DESCRIPTION:
         kept: list[str] = []
-        # Manual first, then sorted; a name that does not fit is skipped, so
-        # any set between the kept names and all of them keeps the same ones.
+        # Manual first, then sorted; a source that does not fit is skipped,
+        # so any set between the kept sources and all of them keeps the same ones.
         for name in sorted(names, key=lambda n: n != MANUAL):
-            if len(head + "+".join([*kept, name, TRUNCATED])) <= MAX_DESCRIPTION:
-                kept.append(name)
+            token = name + own.get(name, "")
+            if len(head + "+".join([*kept, token, TRUNCATED])) <= MAX_DESCRIPTION:
+                kept.append(token)
         text = head + "+".join([*kept, TRUNCATED])
     assert len(text) <= MAX_DESCRIPTION, text
     return text
+
+
+def _layout(tag: str, meta: RuleMeta) -> tuple[str, list[str], dict[str, str], str]:
+    """(head, sorted names, each claim's text, the whole text untruncated)."""
+    expiry = PERMANENT if meta.expiry is None else meta.expiry.astimezone(UTC).strftime(_TIME_FORMAT)
+    head = f"{tag} x={expiry} v={meta.severity.code} {_strikes(meta)}s="
+    names = sorted(meta.sources)
+    own = {name: _claim_text(meta, e, v) for name, e, v in meta.claims}
+    text = head + "+".join([n + own.get(n, "") for n in names] + ([TRUNCATED] if meta.truncated else []))
+    return head, names, own, text
+
+
+def fits(tag: str, meta: RuleMeta) -> bool:
+    """True when one description holds ``meta`` whole."""
+    return len(_layout(tag, meta)[3]) <= MAX_DESCRIPTION
+
+
+def parts(tag: str, meta: RuleMeta) -> tuple[RuleMeta, ...]:
+    """``meta`` as records that each fit one description and merge back
+    into it (each source's claim in one of them): ``(meta,)`` when it fits.
+
+    The first record holds the latest claim and the strike record; then
+    the claims in order of expiry, latest first, each record filled while
+    it fits. A truncated record (written before per-source claims) stays
+    one record, as it reads back. A claim too long to fit even
+    alone is truncated away (``representable``). The same metadata always
+    gives the same records, so a band written this way plans nothing new."""
+    if meta.truncated:  # a record written truncated (before per-source claims) stays one record
+        return (representable(tag, meta),)
+    if fits(tag, meta):
+        return (meta,)
+    own = meta.claim_map()
+    order = sorted(own, key=lambda s: (_never_last(own[s][0]), s), reverse=True)
+    groups: list[list[str]] = [[]]
+    for name in order:
+        trial = _part(meta, [*groups[-1], name], first=len(groups) == 1)
+        if groups[-1] and not fits(tag, trial):
+            groups.append([name])
+        else:
+            groups[-1].append(name)
+    out = [_part(meta, names, first=i == 0) for i, names in enumerate(groups)]
+    return tuple(representable(tag, m) for m in out)
+
+
+def _never_last(expiry: datetime | None) -> float:
+    return float("inf") if expiry is None else expiry.timestamp()
+
+
+def _part(meta: RuleMeta, names: list[str], *, first: bool) -> RuleMeta:
+    own = meta.claim_map()
+    claims = tuple((s, *own[s]) for s in names)
+    if first and (meta.truncated or not names):
+        expiry, severity = meta.expiry, meta.severity
+    else:
+        expiry = meta.expiry if first else own[names[0]][0]  # the latest (names are in that order)
+        severity = max(own[s][1] for s in names)
+    return RuleMeta(expiry, severity, frozenset(names), meta.truncated and first,
+                    meta.strikes if first else 0, meta.struck if first else None, claims)
+
+
+def _claim_text(meta: RuleMeta, expiry: datetime | None, severity: Severity) -> str:
+    """How a source's own claim differs from the record's (see the module
+    docstring): ``:<minutes before x>``, ``@<its expiry>`` in a permanent
+    record, then its severity code when that differs."""
+    code = severity.code if severity != meta.severity else ""
+    if expiry == meta.expiry:
+        return ":" + code
+    if meta.expiry is None:
+        assert expiry is not None
+        return "@" + expiry.astimezone(UTC).strftime(_TIME_FORMAT) + code
+    assert expiry is not None
+    minutes = int((_minute(meta.expiry) - _minute(expiry)).total_seconds()) // 60
+    return f":{minutes}{code}"
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
 def representable(tag: str, meta: RuleMeta) -> RuleMeta:
@@ -146,11 +300,43 @@ def decode(tag: str, description: str) -> RuleMeta | None:
         return None
     if strikes is None:
         return None
-    names = [n for n in raw_sources.split("+") if n]
-    truncated = TRUNCATED in names
-    sources = frozenset(n for n in names if n != TRUNCATED)
-    return RuleMeta(expiry=expiry, severity=severity, sources=sources, truncated=truncated,
-                    strikes=strikes[0], struck=strikes[1])
+    tokens = [n for n in raw_sources.split("+") if n]
+    truncated = TRUNCATED in tokens
+    names: list[str] = []
+    claims: list[tuple[str, datetime | None, Severity]] = []
+    for token in tokens:
+        if token == TRUNCATED:
+            continue
+        match = _TOKEN.fullmatch(token)
+        if match is None:
+            return None
+        name, mark, number, code = match.groups()
+        names.append(name)
+        if not mark:
+            continue
+        try:
+            own = Severity.from_code(code) if code else severity
+            if mark == "@":
+                if expiry is not None or len(number) != 12:
+                    return None
+                until: datetime | None = datetime.strptime(number, _TIME_FORMAT).replace(tzinfo=UTC)
+            elif number:
+                if expiry is None or len(number) > 9:
+                    return None
+                until = expiry - timedelta(minutes=int(number))
+            else:
+                until = expiry
+        except (ValueError, OverflowError):
+            return None
+        claims.append((name, until, own))
+    if len(set(names)) != len(names):
+        return None
+    return RuleMeta(expiry=expiry, severity=severity, sources=frozenset(names), truncated=truncated,
+                    strikes=strikes[0], struck=strikes[1], claims=tuple(claims))
+
+
+# A source and how its own claim differs: ``name``, ``name:[minutes][c]``, ``name@YYYYMMDDhhmm[c]``.
+_TOKEN = re.compile(r"([^:@]+)(?:([:@])(\d{0,12})([a-z]?))?")
 
 
 # --------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Pure: records in, claims and intents out; no clock, no I/O. The records are
 those the band service writes (``responder.service``): ``added`` and
 ``extended`` name ranges with the metadata their entry has after the change
-(expiry, sources, severity, action, preview, and the repeat-offender record
-``strikes``/``struck`` when there is one); ``removed``, ``expired`` and
+(expiry, sources, severity, action, preview, the repeat-offender record
+``strikes``/``struck`` when there is one, and ``claims``: the sources whose
+own claim ends sooner or weighs less than the entry's); ``removed``, ``expired`` and
 ``evicted`` name the ranges that left the band. A ``removed`` record with
 ``split`` names broader ranges that were split around its ranges (an unblock
 inside a broader block): the pieces around the hole stay.
@@ -45,6 +46,8 @@ class Claim:
     strikes: int | None = None  # the repeat-offender record, when the entry has one
     struck: datetime | None = None
     time: str | None = None  # when the record that set it was written
+    # sources whose own claim is not the entry's: source -> (expiry, severity)
+    own: tuple[tuple[str, datetime | None, Severity], ...] = ()
 
 
 def _time(text: Any) -> datetime | None:
@@ -81,8 +84,25 @@ def _claim(net: Network, r: Mapping[str, Any]) -> Claim | None:
         net, expiry, tuple(sorted(str(s) for s in r.get("sources") or [r.get("source") or MANUAL])), severity,
         str(r.get("action") or "deny(403)"), bool(r.get("preview")),
         int(strikes) if isinstance(strikes, (int, float)) and struck is not None else None, struck,
-        r.get("time") if isinstance(r.get("time"), str) else None,
+        r.get("time") if isinstance(r.get("time"), str) else None, _own(r.get("claims"), severity),
     )
+
+
+def _own(value: Any, severity: Severity) -> tuple[tuple[str, datetime | None, Severity], ...]:
+    """The recorded per-source claims (``claims``: source -> expiry, severity)."""
+    out = []
+    for source, claim in (value.items() if isinstance(value, dict) else ()):
+        if not isinstance(claim, dict):
+            continue
+        expiry = _time(claim.get("expiry"))
+        if expiry is None and claim.get("expiry") != "permanent":
+            continue
+        try:
+            own = Severity.parse(str(claim.get("severity") or severity.name))
+        except ValueError:
+            own = severity
+        out.append((str(source), expiry, own))
+    return tuple(sorted(out))
 
 
 def _lift(state: dict[Network, Claim], r: Mapping[str, Any]) -> None:
@@ -140,10 +160,11 @@ def live(claims: Mapping[Network, Claim], now: datetime) -> list[Claim]:
 
 def intents(claims: Iterable[Claim], now: datetime) -> list[Intent]:
     """Block intents that give each claim's entry back as recorded: one per
-    source (the planner merges them: the same expiry, severity and rule
-    fields, the union of the sources), with the recorded strikes replayed.
-    A permanent entry's other sources are claimed for a day: merged with
-    the manual block, the entry stays permanent."""
+    source, with its own expiry and severity (the planner merges them into
+    one entry), with the recorded strikes replayed. In a permanent entry a
+    source recorded with no claim of its own (written before per-source
+    claims) is claimed for a day: merged with the manual block, the entry
+    stays permanent."""
     out: list[Intent] = []
     for c in claims:
         escalation = None
@@ -151,11 +172,13 @@ def intents(claims: Iterable[Claim], now: datetime) -> list[Intent]:
             ttl = max(c.expiry - c.struck, timedelta(seconds=1))
             escalation = Escalation(seen=c.struck, ttl=ttl, factor=1.0, cap=ttl, strikes=c.strikes)
         sources = sorted(c.sources, key=lambda s: s != MANUAL)  # manual first: it may be permanent
+        own = {s: (e, v) for s, e, v in c.own}
         for source in sources:
-            permanent = c.expiry is None and source == MANUAL
-            expiry = c.expiry if c.expiry is not None else (None if permanent else now + timedelta(days=1))
+            until, severity = own.get(source, (c.expiry, c.severity))
+            permanent = until is None and source == MANUAL
+            expiry = until if until is not None else (None if permanent else now + timedelta(days=1))
             out.append(Intent(
-                Verb.BLOCK, c.network, source, expiry=expiry, permanent=permanent, severity=c.severity,
-                action=c.action, preview=c.preview, escalation=escalation,
+                Verb.BLOCK, c.network, source, expiry=expiry, permanent=permanent, severity=severity,
+                action=c.action, preview=c.preview, escalation=escalation if expiry == c.expiry else None,
             ))
     return out

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from config.settings import Settings
 from responder import planner
 from responder.audit import Audit
-from responder.codec import representable
+from responder.codec import RuleMeta, representable
 from responder.errors import (
     FingerprintMismatch,
     OutOfTime,
@@ -390,12 +390,13 @@ class Responder:
         return parsed[1]
 
     def _entries_of(self, band: Band, now: datetime) -> Mapping[Network, planner.Entry]:
-        """``band.entries(now)``, kept while no rule of the band expires in
-        between (read only: callers share it)."""
+        """``band.entries(now)``, kept while no rule of the band expires, and
+        no claim in it ends, in between (read only: callers share it)."""
         live = self._live
         if live is not None and live[0] is band and live[1] <= now:
             since = live[1]
-            if not any(r.meta.expiry is not None and since < r.meta.expiry <= now for r in band.rules):
+            if not any((r.meta.expiry is not None and since < r.meta.expiry <= now)
+                       or any(e is not None and since < e <= now for _, e, _ in r.meta.claims) for r in band.rules):
                 return live[2]
         entries = band.entries(now)
         self._live = (band, now, entries)
@@ -725,8 +726,16 @@ class Responder:
                 )
                 if quota_full:
                     # A plan adds before it removes, so with the quota full its first add
-                    # fails: make room first with the plan's removals that uncover nothing.
+                    # fails: make room first with the plan's removals that uncover nothing,
+                    # then let each add take over a rule the plan removes, where that
+                    # uncovers nothing either.
+                    whole = plan
                     plan = self._remove_early(plan, band, lease, outcome)
+                    gone = {op.before.priority for op in whole.ops if isinstance(op, Remove)} - {
+                        op.before.priority for op in plan.ops if isinstance(op, Remove)}
+                    plan = planner.within_quota(plan, band, gone)
+                    if capped:
+                        plan = self._squeeze(plan, band, gone, intents, now, capacity, compact, _seed(event, attempt))
                 try:
                     why = f"quota full: {capacity} band rules fit" if capped else f"the band may hold {capacity} rules"
                     self._execute(plan, band, event, outcome, lease=lease, capacity=why)
@@ -740,6 +749,25 @@ class Responder:
         finally:
             self._invalidate()
             lease.release()
+
+    def _squeeze(
+        self, plan: Plan, band: Band, gone: set[int], intents: Sequence[Intent], now: datetime, capacity: int,
+        compact: bool, seed: int,
+    ) -> Plan:
+        """With the quota full, adds that could take over no rule would fail:
+        plan again for as many rules fewer (evicting, whose removals may go
+        first), a few times at most, and take the first plan left with no add."""
+        if gone:
+            band = planner.read_band([r.rule for r in band.rules if r.priority not in gone], self.settings.band)
+        for _ in range(3):
+            adds = sum(isinstance(op, Add) for op in plan.ops)
+            if not adds or capacity - adds < 1:
+                break
+            capacity -= adds
+            plan = planner.within_quota(
+                planner.plan_reconcile(band, intents, now, self.settings.band, capacity=capacity, compact=compact, seed=seed),
+                band)
+        return plan
 
     def _remove_early(self, plan: Plan, band: Band, lease: Lease, outcome: Outcome) -> Plan:
         """Does now the plan's removals of rules that no live entry needs:
@@ -761,7 +789,7 @@ class Responder:
                 continue
             rule = by_priority[op.before.priority]
             if rule.meta.expired(now) or all(
-                _readback(tag, _merged(net, [r for r in holders[net] if r.priority != rule.priority and r.priority not in gone]))
+                _readback(tag, _merged(net, [r for r in holders[net] if r.priority != rule.priority and r.priority not in gone], now))
                 == _readback(tag, want[net])
                 for net in rule.networks
             ):
@@ -855,16 +883,22 @@ class Responder:
         # is "removed <the hole>" with ``split`` naming the broader range.
         split = {} if partial else _splits(plan.ops, before, after)
         pieces = {p for parts in split.values() for p in parts}
+        recorded: set[Network] = set()  # an entry written as several records is recorded once
         for op in plan.ops:
             if isinstance(op, Remove):
                 continue
-            nets = [ipaddress.ip_network(r) for r in op.rule.ranges]
+            nets = [n for n in map(ipaddress.ip_network, op.rule.ranges) if n not in recorded]
             new = [n for n in nets if n not in before and planner.covering(before, n) is None]
             grown = [n for n in nets if n not in new and n not in pieces and n not in split and before.get(n) != after.get(n)]
-            meta = planner.read_band([op.rule], self.settings.band).rules[0].meta
+            rule_meta = planner.read_band([op.rule], self.settings.band).rules[0].meta
+            by_meta: dict[tuple[str, RuleMeta], list[Network]] = {}
             for change, ranges in (("added", new), ("extended", grown)):
-                if not ranges:
-                    continue
+                for n in ranges:
+                    # the entry's whole metadata (all its records'), so that a restore gets it back
+                    entry = after.get(n)
+                    by_meta.setdefault((change, rule_meta if entry is None else entry.meta), []).append(n)
+                    recorded.add(n)
+            for (change, meta), ranges in by_meta.items():
                 setattr(outcome, change, getattr(outcome, change) + len(ranges))
                 self.audit.record(
                     change, f"{change} {len(ranges)} range(s) until {_when(meta.expiry)} at priority {op.rule.priority}",
@@ -873,7 +907,10 @@ class Responder:
                     severity=meta.severity.name.lower(), priority=op.rule.priority,
                     # the repeat-offender record (n=...), so that a restore keeps it
                     strikes=meta.strikes if meta.struck is not None else None,
-                    struck=_when(meta.struck) if meta.struck is not None else None, **common,
+                    struck=_when(meta.struck) if meta.struck is not None else None,
+                    # each source's own claim where it is not the entry's, so that a restore keeps it
+                    claims={s: {"expiry": _when(e), "severity": v.name.lower()} for s, e, v in meta.claims} or None,
+                    **common,
                 )
         if partial:  # what was added so far; removals wait for the redelivery's plan
             return
@@ -951,13 +988,16 @@ def _order(net: Network) -> tuple[int, int, int]:
 
 
 def _readback(tag: str, entry: planner.Entry | None) -> planner.Entry | None:
-    """``entry`` as a rule written for it would read back."""
-    return entry if entry is None else entry._replace(meta=representable(tag, entry.meta))
+    """``entry`` as the plan wants it: a truncated record (written before
+    per-source claims) as it reads back; any other exactly."""
+    if entry is None or not entry.meta.truncated:
+        return entry
+    return entry._replace(meta=representable(tag, entry.meta))
 
 
-def _merged(net: Network, rules: Sequence[planner.BandRule]) -> planner.Entry | None:
+def _merged(net: Network, rules: Sequence[planner.BandRule], now: datetime) -> planner.Entry | None:
     """The entry of ``net`` that ``rules`` alone give (as ``Band.entries``)."""
-    return planner.Band(tuple(rules), (), frozenset()).entries().get(net) if rules else None
+    return planner.Band(tuple(rules), (), frozenset()).entries(now).get(net) if rules else None
 
 
 def _when(expiry: datetime | None) -> str:

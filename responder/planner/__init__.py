@@ -69,7 +69,7 @@ from responder.planner.index import EntryIndex, EntryView, covering, covers_of
 from responder.planner.intents import apply_intents, escalated_ttl, round_down, round_up
 from responder.planner.keys import Key
 from responder.planner.packing import MAX_RANGES_PER_RULE, make_rule, pack
-from responder.planner.plans import NEEDS_REMOVAL, plan_append, plan_reconcile
+from responder.planner.plans import NEEDS_REMOVAL, plan_append, plan_reconcile, within_quota
 
 __all__ = [
     "MANUAL",
@@ -95,6 +95,7 @@ __all__ = [
     "pack",
     "plan_append",
     "plan_reconcile",
+    "within_quota",
     "read_band",
     "round_down",
     "round_up",

@@ -59,8 +59,8 @@ class Band:
 
     def entries(self, now: datetime | None = None) -> EntryView:
         """One entry per network, read-only; a network held by several rules
-        merges (latest expiry, highest severity, union of sources, enforced
-        over preview). With ``now``, expired entries are left out."""
+        merges (each source's latest expiry and highest severity, enforced
+        over preview). With ``now``, expired entries and claims are left out."""
         return self.index(now).view()
 
     def index(self, now: datetime | None = None) -> EntryIndex:
@@ -68,10 +68,14 @@ class Band:
         index = EntryIndex()
         get, put = index.get, index.put
         for rule in sorted(self.rules, key=lambda r: r.priority):
-            if now is not None and rule.meta.expired(now):
-                continue
+            meta = rule.meta
+            if now is not None:
+                live = meta.live(now)  # without the claims that have ended
+                if live is None:
+                    continue
+                meta = live
             for net in rule.networks:
-                entry = Entry(net, rule.meta, rule.action, rule.preview)
+                entry = Entry(net, meta, rule.action, rule.preview)
                 k = key_of(net)
                 seen = get(k)
                 put(k, entry if seen is None else merge(seen, entry))

@@ -47,7 +47,7 @@ class EntryIndex:
     first look-up for supernets; a single address is no one's supernet, so
     only its entry is kept."""
 
-    __slots__ = ("_entries", "_spans", "_starts", "by_key", "get", "holds", "put_address")
+    __slots__ = ("_entries", "_spans", "_starts", "by_key", "derived", "get", "holds", "put_address")
 
     by_key: Mapping[Key, Entry]
     """The entries by key, in the order they were first put: read-only by
@@ -70,6 +70,10 @@ class EntryIndex:
         self._spans: dict[int, list[_Spans]] | None = None  # by version, longest first; made on first use
         self._starts: dict[tuple[int, int], tuple[set[int], _Spans]] = {}  # by (version, length)
         self.by_key = self._entries
+        self.derived: set[Key] = set()
+        """Keys whose entry a block made from its supernets' (their claims
+        on the network, plus its own): what an append plan checks for a
+        copy that says nothing the supernets do not."""
         self.get = self._entries.get
         self.holds = self._entries.__contains__
         self.put_address = self._entries.__setitem__
@@ -82,7 +86,14 @@ class EntryIndex:
             entries = entries._index
         if isinstance(entries, EntryIndex):
             return cls({k: e for k, e in entries._entries.items() if not e.meta.expired(now)})
-        return cls({key_of(n): e for n, e in entries.items() if not e.meta.expired(now)})
+        # A mapping may hold claims that have ended (an index from
+        # ``Band.index(now)`` holds none): they go too.
+        out = {}
+        for n, e in entries.items():
+            meta = e.meta.live(now)
+            if meta is not None:
+                out[key_of(n)] = e if meta is e.meta else e._replace(meta=meta)
+        return cls(out)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -5,8 +5,13 @@ Invariant: the entries after some intents are what the intents mean, and
 applying the same intents again changes nothing. A block adds its source's
 claim to the entries of its network, or is satisfied by an entry (its own
 or a supernet's) that already holds as much; only a manual block may be
-permanent, and automation never changes a manual block's rule fields. An
-extend moves the expiry of every address it names later, never earlier. An
+permanent, and automation never changes a manual block's rule fields. A
+source has one claim on an address: a block merges its claim into the
+source's claims on narrower entries too, so nested claims of one source
+never cross (one holds the other) and the live claims covering an address
+answer the same whether or not the band aggregated. An extend moves the
+extender's claim on every address it names later (as heavy as it was; a
+new claim at the lowest severity), never earlier. An
 unblock withdraws its source's claim (a manual one, every claim) from every
 address it names, splitting a broader entry around the network, and an
 entry with no claim left goes. A sighting strikes only from a publish-time
@@ -23,11 +28,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from responder.codec import RuleMeta
+from responder.codec import RuleMeta, with_claims
 from responder.model import Escalation, Intent, Network, Severity, Verb
 from responder.planner.entry import MANUAL, Entry, later, latest, merge
 from responder.planner.index import EntryIndex
 from responder.planner.keys import BITS, Key, key_of
+
+Claim = tuple[datetime | None, Severity]
 
 
 def round_up(moment: datetime, granularity: timedelta) -> datetime:
@@ -89,6 +96,10 @@ def apply(
     get, held, covering, put, put_address, host_bits = (
         entries.get, entries.holds, entries.covering, entries.put, entries.put_address, BITS)
     last: tuple[Any, Any, Any, Any] = (object(), None, None, None)  # expiry, severity, source, meta
+    # Each source's severities in the entries, made when a block of a network
+    # first needs it: only a source that claims at more than one severity can
+    # hold a claim inside the network that the block's claim crosses.
+    severities: dict[str, set[Severity]] | None = None
     for intent in intents:
         verb, k = intent.verb, key_of(intent.network)
         if verb is unblock:
@@ -119,18 +130,68 @@ def apply(
                 # metadata is most often the previous intent's.
                 if expiry is not last[0] or intent.severity is not last[1] or intent.source != last[2]:
                     last = (expiry, intent.severity, intent.source, _meta(metas, expiry, intent))
+                    if severities is not None:
+                        severities.setdefault(intent.source, set()).add(intent.severity)
                 entry = Entry(intent.network, last[3], intent.action, intent.preview)
                 if k[2] == host_bits[k[0]]:
                     put_address(k, entry)  # a single address is no one's supernet
-                else:
-                    put(k, entry)
-            else:
-                satisfied += not _block(entries, k, intent, expiry, granularity, metas)
+                    continue
+                put(k, entry)
+            elif not _block(entries, k, intent, expiry, granularity, metas):
+                satisfied += 1
+                continue
+            if k[2] == host_bits[k[0]]:
+                continue
+            if severities is None:
+                severities = _severities(entries)
+            mine = severities.setdefault(intent.source, set())
+            if len(mine) > 1 or (mine and intent.severity not in mine):
+                _raise_inside(entries, k, intent.source)
+            mine.add(intent.severity)
         else:
             why = _extend(entries, k, intent, expiry)
+            severities = None  # an extend may add a claim at another severity
             if why:
                 refused.append((intent, why))
     return entries, refused, satisfied
+
+
+def _severities(entries: EntryIndex) -> dict[str, set[Severity]]:
+    out: dict[str, set[Severity]] = {}
+    seen: set[int] = set()  # the entries of one rule share their metadata
+    for e in entries.by_key.values():
+        if id(e.meta) not in seen:
+            seen.add(id(e.meta))
+            for source, (_, severity) in e.meta.claim_map().items():
+                out.setdefault(source, set()).add(severity)
+    return out
+
+
+def _stronger(a: Claim, b: Claim) -> Claim:
+    """One source's two claims as one: the later expiry, the higher severity."""
+    return later(a[0], b[0]), max(a[1], b[1])
+
+
+def _raise_inside(entries: EntryIndex, k: Key, source: str) -> None:
+    """After a block of ``source`` on ``k``: each narrower entry holding a
+    claim of the source takes the block's claim into its own (the later
+    expiry, the higher severity), so that nested claims of one source never
+    cross (see the package docstring: a source has one claim on an
+    address, whatever the band aggregated)."""
+    held = entries.by_key[k].meta.claim(source)
+    assert held is not None
+    for t in entries.inside(k):
+        if t == k:
+            continue
+        entry = entries.by_key[t]
+        own = entry.meta.claim(source)
+        if own is None or (new := _stronger(own, held)) == own:
+            continue
+        claims = entry.meta.claim_map()
+        claims[source] = new
+        meta = with_claims(entry.meta, claims)
+        assert meta is not None
+        entries.put(t, entry._replace(meta=meta))
 
 
 # --------------------------------------------------------------------------
@@ -170,6 +231,8 @@ def _block(
                 folded = folded._replace(action=cover.action, preview=cover.preview)
             wanted = folded
         entries.put(k, wanted)
+        if covers:
+            entries.derived.add(k)
         return True
     merged = merge(existing, wanted)
     if existing.manual and intent.source != MANUAL:
@@ -177,6 +240,8 @@ def _block(
         merged = merged._replace(action=existing.action, preview=existing.preview)
     if merged == existing or _hidden_sources_only(existing, merged):
         return False
+    if existing.meta.truncated and _satisfies(existing, _as_claim_on(existing, wanted)):
+        return False  # the record may hold it already, hidden (see _holds_claims)
     # A supernet that already says all of it satisfies it here too: whether
     # the band holds an entry of exactly this network (an aggregate a
     # compaction made, say) must not change the answer.
@@ -227,11 +292,23 @@ def _may_hold(meta: RuleMeta, sources: frozenset[str]) -> bool:
 
 
 def _hidden_sources_only(before: Entry, after: Entry) -> bool:
-    """True when ``after`` differs from ``before`` only by sources that
-    ``before`` may hold already."""
-    return _may_hold(before.meta, after.meta.sources) and after == before._replace(
-        meta=replace(before.meta, sources=after.meta.sources)
+    """True when ``after`` differs from ``before`` only by the claims of
+    sources that ``before`` may hold already (hidden by truncation)."""
+    new = after.meta.sources - before.meta.sources
+    return bool(new) and _may_hold(before.meta, after.meta.sources) and after == before._replace(
+        meta=replace(before.meta, sources=after.meta.sources,
+                     claims=before.meta.claims + tuple(c for c in after.meta.claims if c[0] in new))
     )
+
+
+def said_by_a_supernet(entries: EntryIndex, k: Key, entry: Entry) -> bool:
+    """True when one supernet's entry already says all that ``entry`` (of
+    ``k``) says: a copy of its claims that a block made and an unblock in
+    the same intents emptied of its own. Written, it would be a rule that
+    changes no address's meaning (and a redelivery would write it again).
+    One supernet, not several folded: their claims may cross (a band
+    written before a source had one claim per address)."""
+    return any(_satisfies(cover, _as_claim_on(cover, entry)) for cover in entries.covering(k))
 
 
 def _as_claim_on(have: Entry, want: Entry) -> Entry:
@@ -244,9 +321,7 @@ def _as_claim_on(have: Entry, want: Entry) -> Entry:
 
 def _satisfies(have: Entry, want: Entry) -> bool:
     return (
-        later(have.meta.expiry, want.meta.expiry) == have.meta.expiry
-        and have.meta.severity >= want.meta.severity
-        and _may_hold(have.meta, want.meta.sources)
+        _holds_claims(have.meta, want.meta)
         # a permanent entry keeps no repeat-offender record (see RuleMeta)
         and (have.meta.expiry is None or (
             want.meta.strikes <= have.meta.strikes
@@ -255,6 +330,23 @@ def _satisfies(have: Entry, want: Entry) -> bool:
         # least as long keeps its action
         and (want.preview or not have.preview)
     )
+
+
+def _holds_claims(have: RuleMeta, want: RuleMeta) -> bool:
+    """True when ``have`` holds every claim of ``want`` at least as long and
+    as heavy: a source's own claim, or, for a source a truncated record may
+    hide (never manual), the record's bounds."""
+    if not _may_hold(have, want.sources):
+        return False
+    for source, (expiry, severity) in want.claim_map().items():
+        # A truncated record may hide a longer claim of any source but manual
+        # (another rule's copy of the source reads back merged with it).
+        own = (have.expiry, have.severity) if have.truncated and source != MANUAL else have.claim(source)
+        if own is None:
+            own = (have.expiry, have.severity)
+        if later(own[0], expiry) != own[0] or own[1] < severity:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -276,21 +368,46 @@ def _extend(entries: EntryIndex, k: Key, intent: Intent, expiry: datetime | None
             return "not blocked"
         # in effect through a supernet already: no entry of its own
         if covers and not any(
-            later(c.meta.expiry, expiry) == c.meta.expiry and intent.source in c.meta.sources for c in covers
+            (held := c.meta.claim(intent.source)) is not None and later(held[0], expiry) == held[0] for c in covers
         ):
-            own = covers[0]._replace(network=intent.network)
+            folded = covers[0]._replace(network=intent.network)
             for cover in covers[1:]:
-                own = merge(own, cover)
-            entries.put(k, own)
+                folded = merge(folded, cover)
+            entries.put(k, folded)
             targets.append(k)
+    source = intent.source
+    above: dict[Key, Claim] = {}  # what the entries above each target claim for the source (before any change)
+    for t in targets:
+        for cover in entries.covering(t):
+            if (c := cover.meta.claim(source)) is not None:
+                was = above.get(t)
+                above[t] = c if was is None else _stronger(was, c)
     for t in targets:
         entry = entries.by_key[t]
-        meta = replace(
-            entry.meta,
-            expiry=later(entry.meta.expiry, expiry),
-            sources=entry.meta.sources | {intent.source},
-        )
-        entries.put(t, entry._replace(meta=meta))
+        if entry.meta.truncated and source != MANUAL and later(entry.meta.expiry, expiry) == entry.meta.expiry:
+            # A record written truncated may hide a claim of the source as
+            # long as its expiry (never a manual one): satisfied, as a block
+            # is (``_holds_claims``); written again, it would hide it again.
+            continue
+        claims = entry.meta.claim_map()
+        own = claims.get(source)
+        # The extender's claim on each address: until the later of what it
+        # claims there and the new expiry, as heavy as it was; where it
+        # claims nothing, a new claim at the lowest severity (an extend says
+        # how long, not how bad).
+        was = own if own is not None else above.get(t)  # where it has no own claim, the broader entries' is the address's
+        if was is None:
+            claims[source] = (expiry, Severity.LOW)
+        elif own is None and later(was[0], expiry) == was[0]:
+            continue  # a broader entry already holds it as long
+        else:
+            claims[source] = (later(was[0], expiry), was[1])
+        if claims[source] != own:
+            meta = with_claims(entry.meta, claims)
+            assert meta is not None
+            extended = entry._replace(meta=meta)
+            if not _hidden_sources_only(entry, extended):
+                entries.put(t, extended)
     return None
 
 
@@ -305,10 +422,10 @@ def _withdraw(entry: Entry, source: str) -> Entry | None:
         return None
     if source not in entry.meta.sources:
         return entry
-    left = entry.meta.sources - {source}
-    if not left and not entry.meta.truncated:
-        return None
-    return entry._replace(meta=replace(entry.meta, sources=left))
+    claims = entry.meta.claim_map()
+    del claims[source]
+    meta = with_claims(entry.meta, claims)
+    return None if meta is None else entry._replace(meta=meta)
 
 
 def _unblock(entries: EntryIndex, k: Key, intent: Intent) -> None:

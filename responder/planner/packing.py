@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from responder.codec import RuleMeta, encode
+from responder.codec import RuleMeta, encode, fits, parts
 from responder.model import Network
 from responder.planner.entry import MANUAL, Entry, Group, merge
 from responder.planner.keys import BITS, Key, address, key_of, text, to_network
@@ -133,9 +133,28 @@ def pack_merged(entries: Iterable[tuple[Key, Entry]]) -> dict[Group, list[Key]]:
         groups = regrouped
 
 
+def split_groups(groups: dict[Group, list[Key]], tag: str) -> dict[Group, list[Key]]:
+    """``groups`` with every metadata too long for one description split
+    into records that fit (``codec.parts``): the networks of such a group
+    are in each of its parts' groups, as they are (never aggregated again:
+    each network keeps exactly the entry it had), and reading the band back
+    merges the parts into the whole. The only way a network is in two
+    groups; a part equal to another group shares its rules."""
+    if all(fits(tag, g[0]) for g in groups):
+        return groups
+    out: dict[Group, list[Key]] = {}
+    for (meta, action, preview), keys in groups.items():
+        for part in parts(tag, meta):
+            held = out.setdefault((part, action, preview), [])
+            seen = set(held)
+            held.extend(k for k in keys if k not in seen)
+    return out
+
+
 def evict(groups: dict[Group, list[Key]], limit: int, network: Callable[[Key], Network]) -> tuple[Entry, ...]:
     """Removes aggregated networks from ``groups`` until they fit ``limit``
-    rules: lowest severity first, then soonest expiry; manual never."""
+    rules: lowest severity first, then soonest expiry; manual never. A
+    network in several groups (the parts of one entry) goes whole."""
 
     def rules_needed() -> int:
         return sum(math.ceil(len(keys) / MAX_RANGES_PER_RULE) for keys in groups.values())
@@ -143,25 +162,36 @@ def evict(groups: dict[Group, list[Key]], limit: int, network: Callable[[Key], N
     need = rules_needed()
     if need <= max(limit, 0):
         return ()
+    owners: dict[Key, list[Group]] = {}
+    for g, keys in groups.items():
+        for k in keys:
+            owners.setdefault(k, []).append(g)
+    whole: dict[Key, Entry] = {}
+    for k, gs in owners.items():
+        entry = Entry(network(k), *gs[0])
+        for g in gs[1:]:
+            entry = merge(entry, Entry(entry.network, *g))
+        whole[k] = entry
     candidates = sorted(
-        ((g, k) for g, keys in groups.items() if MANUAL not in g[0].sources for k in keys),
-        key=lambda gk: (
-            int(gk[0][0].severity),
-            math.inf if gk[0][0].expiry is None else gk[0][0].expiry.timestamp(),
-            text(gk[1]),
+        (k for k, e in whole.items() if MANUAL not in e.meta.sources),
+        key=lambda k: (
+            int(whole[k].meta.severity),
+            math.inf if whole[k].meta.expiry is None else whole[k].meta.expiry.timestamp(),  # type: ignore[union-attr]
+            text(k),
         ),
     )
     evicted: list[Entry] = []
-    for group, key in candidates:
+    for key in candidates:
         if need <= limit:
             break
-        keys = groups[group]
-        before = math.ceil(len(keys) / MAX_RANGES_PER_RULE)
-        keys.remove(key)
-        need -= before - math.ceil(len(keys) / MAX_RANGES_PER_RULE)
-        evicted.append(Entry(network(key), *group))
-        if not keys:
-            del groups[group]
+        for group in owners[key]:
+            keys = groups[group]
+            before = math.ceil(len(keys) / MAX_RANGES_PER_RULE)
+            keys.remove(key)
+            need -= before - math.ceil(len(keys) / MAX_RANGES_PER_RULE)
+            if not keys:
+                del groups[group]
+        evicted.append(whole[key])
     return tuple(evicted)
 
 

@@ -13,18 +13,20 @@ the same intents, plans nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from config.settings import BandSettings
 from responder.codec import RuleMeta, encode, representable
-from responder.model import Intent
+from responder.model import Intent, Network
 from responder.planner.band import Add, Band, BandRule, Op, Patch, Plan, Remove
-from responder.planner.entry import Entry, Group, weaker
+from responder.planner.entry import Entry, Group, merge, weaker
 from responder.planner.index import EntryIndex
-from responder.planner.intents import apply
+from responder.planner.intents import apply, said_by_a_supernet
 from responder.planner.keys import Key, key_of
 from responder.planner.nogc import gc_paused
 from responder.planner.packing import (
@@ -35,6 +37,7 @@ from responder.planner.packing import (
     networks_by_key,
     pack_keys,
     pack_merged,
+    split_groups,
 )
 from responder.planner.priorities import Priorities
 
@@ -55,8 +58,11 @@ def plan_append(
     lease."""
     current = band.index(now)
     index, refused, satisfied = apply(current, intents, now, settings.expiry_granularity)
-    entries = index.view()
     held, now_held = current.by_key, index.by_key
+    for k in index.derived:
+        if k not in held and (e := now_held.get(k)) is not None and said_by_a_supernet(index, k, e):
+            index.drop(k)
+    entries = index.view()
     if any(k not in now_held for k in held) or any(
         e is not now_held[k] and e != now_held[k] and weaker(e, now_held[k]) for k, e in held.items()
     ):
@@ -67,6 +73,7 @@ def plan_append(
     again = [(k, e) for k, e in now_held.items() if (before := held.get(k)) is not None and before is not e and before != e]
     for k, e in again:
         groups.setdefault(e.group, []).append(k)
+    groups = split_groups(groups, settings.owner_tag)  # metadata too long for one description: several records
     priorities = Priorities(settings, band.used, seed)
     ops: list[Op] = []
     for group, keys in sorted(groups.items(), key=lambda kv: _group_order(kv[0])):
@@ -102,22 +109,26 @@ def plan_reconcile(
     expired: tuple[Entry, ...] = ()
     if any(rule.meta.expired(now) for rule in band.rules):
         expired = tuple(e for k, e in band.index().by_key.items() if not current.holds(k))
-    groups = pack_merged(index.by_key.items())
-    if any(representable(settings.owner_tag, g[0]) != g[0] for g in groups):
-        # Some metadata has more sources than a description holds: plan for
-        # what the rules will read back, or every run would rewrite them.
+    if any(rule.meta.truncated for rule in band.rules):
+        # Rules written truncated (before per-source claims): plan their
+        # entries as such a rule reads back, or every run would rewrite them.
         fit: dict[RuleMeta, RuleMeta] = {}
-        for k, e in index.by_key.items():
-            meta = fit.get(e.meta) or fit.setdefault(e.meta, representable(settings.owner_tag, e.meta))
-            if meta is not e.meta:
-                index.put(k, e._replace(meta=meta))
-        groups = pack_merged(index.by_key.items())
+        for k, e in list(index.by_key.items()):
+            if e.meta.truncated:
+                meta = fit.get(e.meta) or fit.setdefault(e.meta, representable(settings.owner_tag, e.meta))
+                if meta is not e.meta:
+                    index.put(k, e._replace(meta=meta))
+    merged = pack_merged(index.by_key.items())
+    # Metadata too long for one description is written as several records
+    # that read back merged (``codec.parts``): such networks are in two groups.
+    groups = split_groups(merged, settings.owner_tag)
+    split = groups is not merged
     limit = settings.size - len(band.foreign)
     if capacity is not None:
         limit = min(limit, capacity)
     network = networks_by_key(index.by_key)
     evicted = evict(groups, limit, network)
-    packed: dict[Key, Entry] = {}  # no key is in two groups (pack_merged)
+    packed: dict[Key, Entry] = {}  # a key is in two groups only when split
     known = index.by_key.get
     for g, keys in groups.items():
         meta, action, preview = g
@@ -126,6 +137,8 @@ def plan_reconcile(
             # An entry aggregated with nothing stays as it is (an equal Entry).
             if entry is None or entry.meta is not meta or entry.action != action or entry.preview != preview:
                 entry = Entry(network(k), meta, action, preview)
+            if split and (seen := packed.get(k)) is not None:
+                entry = merge(seen, entry)  # the parts of one entry, merged as reading back merges them
             packed[k] = entry
 
     by_group: dict[Group, list[BandRule]] = defaultdict(list)
@@ -186,6 +199,52 @@ def plan_reconcile(
         removes.extend(Remove(r.rule) for r in dropped)
     ops = tuple(adds + grows + shrinks + removes)
     return Plan(ops, EntryIndex(packed).view(), tuple(refused), satisfied, expired, evicted)
+
+
+def within_quota(plan: Plan, band: Band, gone: Collection[int] = ()) -> Plan:
+    """``plan`` for a band at the project's rule quota, where no add lands
+    before a removal frees a rule (``gone``: the band's rules already
+    removed). Each add takes over, by one patch, a rule the plan removes
+    whose other ranges are held by then (after the grows, by other rules)
+    or blocked by nothing the plan leaves: no address that the band and the
+    plan both block is unblocked in between. An add that finds no such rule
+    stays an add. Order: grows, take-overs, adds, shrinks, removals."""
+    adds = [op for op in plan.ops if isinstance(op, Add)]
+    removes = [op for op in plan.ops if isinstance(op, Remove) and op.before.priority not in gone]
+    if not adds or not removes:
+        return plan
+    patches = [op for op in plan.ops if isinstance(op, Patch)]
+    grows = [op for op in patches if set(op.rule.ranges) >= set(op.before.ranges)]
+    shrinks = [op for op in patches if op not in grows]
+    held = {r.priority: r.networks for r in band.rules if r.priority not in gone}
+    for op in grows:
+        held[op.rule.priority] = tuple(ipaddress.ip_network(n) for n in op.rule.ranges)
+    blocked = list(plan.entries)
+
+    def still_blocked(n: Network) -> bool:
+        return any(b.version == n.version and b.overlaps(n) for b in blocked)
+
+    def covered(n: Network, by: Mapping[int, tuple[Network, ...]]) -> bool:
+        return any(m.version == n.version and n.subnet_of(m) for ms in by.values() for m in ms)  # type: ignore[arg-type]
+
+    taken: list[Op] = []
+    left: list[Op] = []
+    free = list(removes)
+    for add in adds:
+        for remove in free:
+            priority = remove.before.priority
+            after = dict(held)
+            after[priority] = tuple(ipaddress.ip_network(n) for n in add.rule.ranges)
+            if all(covered(n, after) or not still_blocked(n) for n in held[priority]):
+                taken.append(Patch(dataclasses.replace(add.rule, priority=priority), remove.before))
+                held = after
+                free.remove(remove)
+                break
+        else:
+            left.append(add)
+    if not taken:
+        return plan
+    return dataclasses.replace(plan, ops=(*grows, *taken, *left, *shrinks, *free))
 
 
 def _group_order(group: Group) -> tuple[int, float, str, str, bool]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from responder.codec import MAX_DESCRIPTION, RuleMeta, decode, encode, representable
+from responder.codec import MAX_DESCRIPTION, RuleMeta, decode, encode, fits, parts, representable
 from responder.model import Severity
 
 TAG = "car1"
@@ -248,3 +248,142 @@ def test_any_strike_record_encodes_within_64_characters_and_round_trips(tag, sou
         (decoded.expiry, decoded.severity, decoded.strikes, decoded.struck)
     assert decoded.sources <= sources
     assert (decoded.sources != sources) == decoded.truncated
+
+
+# --------------------------------------------------------------------------
+# Per-source claims
+
+
+def test_each_sources_own_claim_is_written_and_read_back():
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.HIGH, sources=frozenset({"fa", "fb", "waf"}),
+                    claims=(("fa", EXPIRY - timedelta(hours=8), Severity.HIGH),
+                            ("fb", EXPIRY, Severity.LOW),
+                            ("waf", EXPIRY - timedelta(minutes=90), Severity.MEDIUM)))
+
+    text = encode(TAG, meta)
+
+    assert "car1 x=202611291830 v=h s=fa:480+fb:l+waf:90m" == text
+    back = decode(TAG, text)
+    assert meta == back
+    assert (EXPIRY - timedelta(hours=8), Severity.HIGH) == back.claim("fa")
+    assert (EXPIRY, Severity.LOW) == back.claim("fb")
+    assert back.claim("other") is None
+
+
+def test_a_permanent_record_gives_a_finite_claim_its_own_expiry():
+    own = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+    meta = RuleMeta(expiry=None, severity=Severity.HIGH, sources=frozenset({"manual", "fa"}),
+                    claims=(("fa", own, Severity.LOW),))
+
+    text = encode(TAG, meta)
+
+    assert "car1 x=never v=h s=fa@202612010000l+manual" == text
+    assert meta == decode(TAG, text)
+
+
+def test_a_record_without_claims_reads_as_every_source_until_its_expiry():
+    back = decode(TAG, "car1 x=202611291830 v=m s=fa+fb")
+    assert () == back.claims
+    assert (EXPIRY, Severity.MEDIUM) == back.claim("fa") == back.claim("fb")
+
+
+def test_claims_are_normalized_never_later_or_heavier_than_the_record():
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.LOW, sources=frozenset({"fa", "fb"}),
+                    claims=(("fa", EXPIRY + timedelta(hours=1), Severity.HIGH), ("gone", EXPIRY, Severity.LOW),
+                            ("fb", EXPIRY - timedelta(minutes=15), Severity.LOW)))
+    assert (("fb", EXPIRY - timedelta(minutes=15), Severity.LOW),) == meta.claims
+
+
+@pytest.mark.parametrize("sources", [
+    "fa:15x", "fa@2026120100", "fa:1234567890", "fa@202612010000",  # @ only in a permanent record
+    "fa:15+fa",  # one source twice
+])
+def test_a_malformed_claim_decodes_to_none(sources):
+    assert decode(TAG, f"car1 x=202611291830 v=m s={sources}") is None
+
+
+def test_a_minutes_claim_in_a_permanent_record_decodes_to_none():
+    assert decode(TAG, "car1 x=never v=m s=fa:15+manual") is None
+
+
+def test_claims_that_ended_leave_the_record_and_the_rest_decide_it():
+    meta = RuleMeta(expiry=EXPIRY, severity=Severity.HIGH, sources=frozenset({"fa", "fb"}),
+                    claims=(("fa", EXPIRY, Severity.LOW), ("fb", EXPIRY - timedelta(hours=8), Severity.HIGH)))
+
+    assert meta is meta.live(EXPIRY - timedelta(hours=9))
+    after = meta.live(EXPIRY - timedelta(hours=8))
+    assert after == RuleMeta(expiry=EXPIRY, severity=Severity.LOW, sources=frozenset({"fa"}))
+    assert meta.live(EXPIRY) is None
+
+
+@pytest.mark.property
+@settings(max_examples=200, deadline=None)
+@given(tags, st.dictionaries(source_names, st.tuples(st.integers(0, 60 * 24 * 30), st.sampled_from(list(Severity))),
+                             min_size=1, max_size=6), st.booleans())
+def test_any_claims_encode_within_64_characters_and_read_back_what_they_keep(tag, claims, permanent):
+    top = datetime(2026, 12, 1, tzinfo=UTC)
+    own = {s: (top - timedelta(minutes=m), v) for s, (m, v) in claims.items()}
+    latest = max(e for e, _ in own.values())
+    meta = RuleMeta(expiry=None if permanent else latest, severity=max(v for _, v in own.values()),
+                    sources=frozenset(own), claims=tuple((s, e, v) for s, (e, v) in own.items()))
+
+    text = encode(tag, meta)
+    back = decode(tag, text)
+
+    assert len(text) <= MAX_DESCRIPTION
+    assert back is not None and (meta.expiry, meta.severity) == (back.expiry, back.severity)
+    assert back.sources <= meta.sources and (back.sources != meta.sources) == back.truncated
+    for source in back.sources:  # every claim kept is read back exactly
+        assert meta.claim(source) == back.claim(source)
+    assert representable(tag, meta) == back
+
+
+def _merged(metas):
+    from responder.planner.entry import Entry, merge
+    net = __import__("ipaddress").ip_network("192.0.2.0/24")
+    entry = Entry(net, metas[0])
+    for m in metas[1:]:
+        entry = merge(entry, Entry(net, m))
+    return entry.meta
+
+
+def test_a_record_too_long_for_one_description_is_split_into_records_that_merge_back():
+    top = datetime(2026, 12, 1, tzinfo=UTC)
+    meta = RuleMeta(expiry=top, severity=Severity.HIGH, strikes=2, struck=top - timedelta(hours=3),
+                    sources=frozenset({"cloud-armor-waf", "example-intel", "monitoring", "scc"}),
+                    claims=(("example-intel", top - timedelta(hours=20), Severity.MEDIUM),
+                            ("monitoring", top - timedelta(hours=18), Severity.HIGH)))
+    assert not fits(TAG, meta)
+
+    records = parts(TAG, meta)
+
+    assert 1 < len(records)
+    assert all(fits(TAG, r) and not r.truncated for r in records)
+    assert [r for r in records if r.struck is not None] == [records[0]]  # the strike record once, with the latest claim
+    assert records[0].expiry == top
+    names = [s for r in records for s in r.sources]
+    assert sorted(names) == sorted(set(names)) == sorted(meta.sources)
+    assert meta == _merged([decode(TAG, encode(TAG, r)) for r in records])
+    assert records == parts(TAG, meta)
+
+
+@pytest.mark.property
+@settings(max_examples=200, deadline=None)
+@given(tags, st.dictionaries(source_names, st.tuples(st.integers(0, 60 * 24 * 30), st.sampled_from(list(Severity))),
+                             min_size=1, max_size=8), st.booleans(), st.integers(0, 5))
+def test_any_record_splits_into_records_that_fit_and_merge_back_exactly(tag, claims, permanent, strikes):
+    top = datetime(2026, 12, 1, tzinfo=UTC)
+    own = {s: (top - timedelta(minutes=m), v) for s, (m, v) in claims.items()}
+    if permanent:
+        own["manual"] = (None, Severity.LOW)
+    latest = None if permanent else max(e for e, _ in own.values())
+    meta = RuleMeta(expiry=latest, severity=max(v for _, v in own.values()), sources=frozenset(own),
+                    strikes=strikes, struck=None if latest is None else latest - timedelta(minutes=30),
+                    claims=tuple((s, e, v) for s, (e, v) in own.items()))
+
+    records = parts(tag, meta)
+
+    assert all(len(encode(tag, r)) <= MAX_DESCRIPTION for r in records)
+    back = [decode(tag, encode(tag, r)) for r in records]
+    assert back == list(records)  # each record reads back as it was planned
+    assert meta == _merged(back)  # and together they are the whole record

@@ -140,17 +140,25 @@ def test_a_lapsed_block_starts_again_with_no_strike():
     assert (0, at(150)) == (meta.strikes, meta.expiry)
 
 
-def test_a_permanent_manual_block_is_unaffected():
+def test_a_permanent_manual_block_stays_permanent_and_a_sighting_keeps_its_own_claim():
     rules = {1001: our_rule(1001, [HOST], None, Severity.HIGH, sources=("manual",))}
 
     plan, rules = run(rules, [sighting(at(30))], now=at(30))
-    again, _ = run(rules, [sighting(at(30)), sighting(at(60))], now=at(60))
+    same, _ = run(rules, [sighting(at(30))], now=at(30))
+    later, after = run(rules, [sighting(at(30)), sighting(at(60))], now=at(60))
 
     meta = entry(rules, now=at(30)).meta
-    assert (None, 0, None) == (meta.expiry, meta.strikes, meta.struck)
-    assert "manual" in meta.sources
+    assert (None, 0, None) == (meta.expiry, meta.strikes, meta.struck)  # a permanent entry keeps no strikes
+    assert (None, Severity.HIGH) == meta.claim("manual")
+    own = meta.claim("cloud-armor-waf")
+    assert own is not None and own[0] is not None and own[0] > at(30)  # the sighting's own, finite claim
     assert all(" n=" not in op.rule.description for op in plan.ops)
-    assert () == again.ops
+    assert () == same.ops
+    # a later sighting lengthens only its own claim; the block stays permanent
+    assert later.ops
+    moved = entry(after, now=at(60)).meta
+    assert moved.expiry is None and (None, Severity.HIGH) == moved.claim("manual")
+    assert moved.claim("cloud-armor-waf")[0] > own[0]  # type: ignore[index]
 
 
 def test_a_timed_manual_block_is_never_shortened():

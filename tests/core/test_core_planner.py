@@ -11,6 +11,7 @@ from bandkit import (
     NOW,
     TAG,
     apply,
+    apply_op,
     at,
     block,
     blocked,
@@ -27,7 +28,7 @@ from bandkit import (
 
 from responder.codec import decode
 from responder.model import Severity
-from responder.planner import Add, Patch, Remove, plan_append, plan_reconcile, read_band
+from responder.planner import Add, Patch, Remove, plan_append, plan_reconcile, read_band, within_quota
 from responder.policy import PolicyRule
 
 T1 = at(60)   # 13:00, on the 15-minute grid
@@ -175,7 +176,10 @@ def test_a_resighting_with_a_later_expiry_adds_one_rule_with_merged_metadata():
     assert 1 == len(plan.ops)
     assert isinstance(plan.ops[0], Add)
     assert ("192.0.2.0/24",) == plan.ops[0].rule.ranges
-    assert meta(T2, sources=("feed", "spamhaus")) == decode(TAG, plan.ops[0].rule.description)
+    # one entry, each source's own claim: feed's ends at T1
+    merged = replace(meta(T2, sources=("feed", "spamhaus")), claims=(("feed", T1, Severity.MEDIUM),))
+    assert merged == decode(TAG, plan.ops[0].rule.description)
+    assert (T1, Severity.MEDIUM) == merged.claim("feed") and (T2, Severity.MEDIUM) == merged.claim("spamhaus")
 
 
 def test_a_resighting_with_an_earlier_expiry_never_shortens():
@@ -183,7 +187,9 @@ def test_a_resighting_with_an_earlier_expiry_never_shortens():
 
     plan = plan_append(read_band(rules, BAND), [block("192.0.2.0/24", "spamhaus", T1)], NOW, BAND)
 
-    assert meta(T2, sources=("feed", "spamhaus")) == decode(TAG, plan.ops[0].rule.description)
+    merged = replace(meta(T2, sources=("feed", "spamhaus")), claims=(("spamhaus", T1, Severity.MEDIUM),))
+    assert merged == decode(TAG, plan.ops[0].rule.description)
+    assert T2 == read_band(apply(by_priority(rules), plan).values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta.expiry
 
 
 def test_an_already_blocked_range_needs_no_op_and_counts_as_satisfied():
@@ -592,3 +598,98 @@ def test_a_permanent_extend_beside_an_unblock_reconciles_once():
                                      unblock("198.51.101.128/25", "manual")])
 
     assert () == again.ops
+
+
+# --------------------------------------------------------------------------
+# Per-source claims
+
+
+LONG = ("cloud-armor-waf", "example-intel-ab", "monitoring-alert", "scc-findings")
+
+
+def test_each_source_keeps_its_own_claim_and_a_withdrawal_leaves_exactly_the_others():
+    rules = {}
+    for i, source in enumerate(("fa", "fb")):
+        plan = plan_reconcile(read_band(rules.values(), BAND), [block("192.0.2.0/24", source, at(60 * (4 + 8 * i)),
+                                                                      severity=Severity.HIGH if i else Severity.LOW)], NOW, BAND)
+        rules = apply(rules, plan)
+    held = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert {"fa": (at(240), Severity.LOW), "fb": (at(720), Severity.HIGH)} == held.claim_map()
+
+    plan = plan_reconcile(read_band(rules.values(), BAND), [unblock("192.0.2.0/24", "fb")], NOW, BAND)
+    rules = apply(rules, plan)
+
+    left = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert (at(240), Severity.LOW, frozenset({"fa"})) == (left.expiry, left.severity, left.sources)
+
+
+def test_claims_too_long_for_one_description_are_written_as_records_that_read_back_whole():
+    intents = [block("192.0.2.0/24", s, at(60 * (2 + 3 * i)), severity=list(Severity)[i]) for i, s in enumerate(LONG)]
+
+    plan = plan_reconcile(read_band([], BAND), intents, NOW, BAND)
+    rules = apply({}, plan)
+
+    assert 1 < len(rules)  # four long names with their own expiries: more than 64 characters
+    assert all(not decode(TAG, r.description).truncated for r in rules.values())
+    whole = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert {s: (at(60 * (2 + 3 * i)), list(Severity)[i]) for i, s in enumerate(LONG)} == whole.claim_map()
+    assert () == plan_reconcile(read_band(rules.values(), BAND), intents, NOW, BAND).ops
+    assert () == plan_append(read_band(rules.values(), BAND), intents, NOW, BAND).ops
+
+    # the latest claim withdraws: the entry ends with the next one, at its severity
+    plan = plan_reconcile(read_band(rules.values(), BAND), [unblock("192.0.2.0/24", LONG[-1])], NOW, BAND)
+    rules = apply(rules, plan)
+    left = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert (at(60 * 8), list(Severity)[2], frozenset(LONG[:-1])) == (left.expiry, left.severity, left.sources)
+    # and a claim that ends leaves the entry at that moment
+    later = read_band(rules.values(), BAND).entries(at(60 * 2))[net("192.0.2.0/24")].meta
+    assert frozenset(LONG[1:-1]) == later.sources
+
+
+def test_an_appended_claim_too_long_for_the_rule_it_joins_is_written_in_records():
+    rules = {1001: our_rule(1001, ["192.0.2.0/24"], at(600), sources=LONG[:2])}
+    intents = [block("192.0.2.0/24", s, at(60 * (2 + i)), severity=Severity.HIGH) for i, s in enumerate(LONG[2:])]
+
+    plan = plan_append(read_band(rules.values(), BAND), intents, NOW, BAND)
+    rules = apply(rules, plan)
+
+    assert plan.ops and all(isinstance(op, Add) for op in plan.ops)
+    assert all(not decode(TAG, r.description).truncated for r in rules.values())
+    whole = read_band(rules.values(), BAND).entries(NOW)[net("192.0.2.0/24")].meta
+    assert frozenset(LONG) == whole.sources
+    assert (at(120), Severity.HIGH) == whole.claim(LONG[2]) and (at(600), Severity.MEDIUM) == whole.claim(LONG[0])
+    assert () == plan_append(read_band(rules.values(), BAND), intents, NOW, BAND).ops
+
+
+def test_at_the_quota_an_add_takes_over_a_rule_the_plan_removes() -> None:
+    """With the project's rule quota full, no add lands until a removal
+    frees a rule, and a removal first would unblock its ranges. The add
+    takes over the removed rule by one patch instead, when the rest of that
+    rule's ranges are held elsewhere by then (or the plan unblocks them)."""
+    rules = by_priority([our_rule(1001, ["192.0.2.0/24"], at(60), sources=("fa",)),
+                         our_rule(1002, ["198.51.100.0/24", "198.51.101.7/32"], at(60), sources=("fb",)),
+                         our_rule(1003, ["198.51.101.0/24"], at(120), sources=("fb",))])
+    todo = [block("192.0.2.0/24", "fb", at(90)), unblock("198.51.100.0/24", "fb")]
+    plan = plan_reconcile(read_band(rules.values(), BAND), todo, NOW, BAND, compact=True, seed=1)
+    assert sorted(type(op).__name__ for op in plan.ops) == ["Add", "Patch", "Remove"]
+    fitted = within_quota(plan, read_band(rules.values(), BAND))
+    # the add of 192.0.2.0/24 (now fa's and fb's) takes over 1001, which the plan removed
+    assert not any(isinstance(op, (Add, Remove)) for op in fitted.ops)
+    taken = fitted.ops[0]
+    assert isinstance(taken, Patch) and taken.before.priority == 1001 and taken.rule.ranges == ("192.0.2.0/24",)
+    after = apply(rules, fitted)
+    assert len(after) == len(rules) and read_band(after.values(), BAND).entries(NOW) == dict(plan.entries)
+    # never an address both bands block unblocked in between: replay op by op
+    state = dict(rules)
+    for op in fitted.ops:
+        state = apply_op(state, op)
+        held = [ipaddress.ip_network(n) for r in state.values() for n in r.ranges]
+        for wanted in ("192.0.2.9", "198.51.101.9", "198.51.101.7"):
+            assert any(ipaddress.ip_address(wanted) in n for n in held), (op, wanted)
+
+    # no rule to take over safely: the add stays an add
+    lone = by_priority([our_rule(1001, ["192.0.2.0/24"], at(60), sources=("fa",)),
+                        our_rule(1002, ["203.0.113.0/24"], at(60), sources=("fc",))])
+    plan = plan_reconcile(read_band(lone.values(), BAND), [block("192.0.2.0/25", "fb", at(90))], NOW, BAND, seed=1)
+    fitted = within_quota(plan, read_band(lone.values(), BAND))
+    assert fitted.ops == plan.ops

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 
 from localapi import LocalCloudArmor
+from responder.codec import decode
+from responder.planner.entry import Entry, merge
 from tests.e2e.conftest import Harness, expiry_word
 from tests.e2e.support import api_built, configured, incident, lb_entry, records, sample, scc_notification
 
@@ -228,12 +231,28 @@ def test_manual_permanent_block_is_never_shortened_by_automation(functions: Harn
     assert "manual" in sources(functions)[NET]
 
 
-def test_same_range_from_log_alert_and_feed_is_one_entry_listing_every_source(functions: Harness) -> None:
+def test_same_range_from_log_alert_and_feed_is_one_entry_keeping_each_sources_claim(functions: Harness) -> None:
     functions.publish("on_log_sink", lb_entry(ATTACKER, url="https://x/api/kernels", status=404))
     functions.publish("on_alert", incident(ATTACKER))
     functions.publish("on_alert", scc_notification([ATTACKER]))
+    fed = functions.clock()
     functions.publish("on_threat_feed", {"feed": "intel", "indicators": [{"range": ATTACKER, "ttl": "2h"}]})
     assert 200 == functions.publish("on_cleanup", {})
     rules = functions.band_rules()
-    assert 1 == len(rules)
-    assert ["intel", "ml-probe", "monitoring", "scc"] == sorted(sources(functions)[NET].split("+"))
+    # Four claims with their own expiries and a strike record do not fit
+    # one 64-character description: the entry is written as records that
+    # each fit, with no source in two of them, and reads back whole.
+    metas = [decode("car1", r["description"]) for r in rules]
+    assert all(m is not None and not m.truncated for m in metas) and 1 < len(rules)
+    assert all([NET] == r["match"]["config"]["srcIpRanges"] for r in rules)
+    names = [s for m in metas for s in m.sources]  # type: ignore[union-attr]
+    assert sorted(names) == sorted(set(names))
+    entry = Entry(ip_network(NET), metas[0])  # type: ignore[arg-type]
+    for m in metas[1:]:
+        entry = merge(entry, Entry(entry.network, m))  # type: ignore[arg-type]
+    meta = entry.meta
+    assert {"intel", "ml-probe", "monitoring", "scc"} == meta.sources and not meta.truncated
+    intel = meta.claim("intel")
+    assert intel is not None and intel[0] is not None
+    assert expiry_word(fed + timedelta(hours=2)) == intel[0].strftime("%Y%m%d%H%M")  # the feed's own 2 h
+    assert meta.expiry is not None and intel[0] < meta.expiry

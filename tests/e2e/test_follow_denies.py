@@ -13,6 +13,7 @@ import pytest
 
 from handlers import follow
 from localapi import LocalCloudArmor
+from responder.codec import decode
 from responder.planner import round_down
 from tests.e2e.conftest import BAND, GRANULARITY, PROJECT, REGION, Harness, _harness, expiry_word
 from tests.e2e.support import BASE_CONFIG, lb_entry, records, sample
@@ -130,13 +131,52 @@ def test_an_entry_only_a_feed_holds_is_not_extended_and_expires(functions: Harne
     assert {} == functions.blocked()
 
 
-def test_an_entry_a_feed_and_a_detector_share_follows_by_the_detectors_ttl(functions: Harness) -> None:
-    feed = {"feed": "example-intel", "indicators": [{"range": C, "confidence": 90}]}
+def claims_on(h: Harness, network: str) -> dict[str, str]:
+    """Each source's own claim on ``network`` (its expiry word), over the
+    band rules that hold it."""
+    out: dict[str, str] = {}
+    for rule in h.band_rules():
+        meta = decode("car1", rule["description"])
+        if meta is None or network not in rule["match"]["config"]["srcIpRanges"]:
+            continue
+        for source, (expiry, _) in meta.claim_map().items():
+            word = "never" if expiry is None else expiry.strftime("%Y%m%d%H%M")
+            out[source] = max(out.get(source, word), word)
+    return out
+
+
+def test_an_entry_a_feed_and_a_detector_share_follows_by_the_detectors_own_claim(functions: Harness) -> None:
+    feed = {"feed": "example-intel", "indicators": [{"range": C, "confidence": 90}]}  # ttl 12h
+    start = functions.clock()
     assert 200 == functions.publish("on_threat_feed", feed)
-    waf_block(functions, C, "waf-c")
-    functions.clock.advance(timedelta(hours=11))
+    waf_block(functions, C, "waf-c")  # 6h
+    functions.clock.advance(timedelta(hours=5))
     assert 200 == functions.publish("on_log_sink", band_deny(functions, C))
-    assert {net(C): expiry_word(round_down(functions.clock(), GRANULARITY) + timedelta(hours=6))} == functions.blocked()
+    # The detector's claim follows the traffic; the feed's stays its own 12 h.
+    followed = expiry_word(round_down(functions.clock(), GRANULARITY) + timedelta(hours=6))
+    assert {"cloud-armor-waf": followed, "example-intel": expiry_word(start + timedelta(hours=12))} == claims_on(functions, net(C))
+    # The feed withdraws: the detector's own claim keeps the address blocked
+    # exactly until it ends. (The two claims and the strike record do not
+    # fit one 64-character description: the entry is written as two
+    # records, and reading the band back merges them.)
+    revoke = {"feed": "example-intel", "indicators": [{"range": C, "revoked": True}]}
+    assert 200 == functions.publish("on_threat_feed", revoke)
+    assert {"cloud-armor-waf": followed} == claims_on(functions, net(C))
+    assert {net(C): followed} == functions.blocked()
+
+
+def test_a_deny_after_the_detectors_claim_ended_is_not_followed(functions: Harness) -> None:
+    feed = {"feed": "example-intel", "indicators": [{"range": C, "confidence": 90}]}  # ttl 12h
+    start = functions.clock()
+    assert 200 == functions.publish("on_threat_feed", feed)
+    waf_block(functions, C, "waf-c")  # 6h
+    functions.clock.advance(timedelta(hours=11))  # the detector's claim ended 5 h ago: only the feed's is left
+    since = len(functions.server.requests)
+    assert 200 == functions.publish("on_log_sink", band_deny(functions, C))
+    assert 0 == writes(functions, since)
+    assert 200 == functions.publish("on_cleanup", {})
+    assert {net(C): expiry_word(start + timedelta(hours=12))} == functions.blocked()
+    assert {"example-intel": expiry_word(start + timedelta(hours=12))} == claims_on(functions, net(C))
 
 
 def test_a_burst_of_1000_denies_on_5_entries_writes_at_most_once_per_entry(functions: Harness) -> None:
@@ -261,3 +301,4 @@ def test_a_band_deny_without_a_client_address_is_rejected_once(functions: Harnes
     assert band == functions.band_rules()
     rejected = records(functions, "rejected", "bad")
     assert 1 == len(rejected) and complaint in rejected[0]["error"]
+

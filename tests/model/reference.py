@@ -1,79 +1,92 @@
 """A reference model of the band's meaning, written from README.md (not from
 the planner): deliberately simple, with no index, no packing and no rules.
 
-The state is one entry per blocked network ("the same range from two sources
-is one entry that remembers both"), each with its expiry (None: permanent),
-severity, sources and repeat-offender record (strikes, publish-time bucket).
-What an address means is the union of the live entries that cover it: the
-latest expiry, the highest severity, every source (README, "Concurrency":
-"the band's state is the union of its rules").
+The state is one entry per blocked network ("Get, plan, apply": "the same
+range from two sources is one entry that remembers each source's claim (its
+own expiry and severity)"): a claim per source, (expiry, severity), expiry
+None being permanent, plus one repeat-offender record (strikes, publish-time
+bucket). What an address means is the union of the live claims of the
+entries that cover it ("The policy is the state store", "Each source keeps
+its own claim"; "Concurrency": "the band's state is the union of its
+rules"): blocked if any; until the latest expiry (None if one is
+permanent); the highest severity; those claims' sources. ``answer`` keeps
+it per source (each source's latest expiry and highest severity over the
+entries that cover the address), which says all four.
 
 Rules, each from the README section named beside it:
 
 * block ("Get, plan, apply"): an expiry is rounded up to the granularity
-  ("The policy is the state store"); a re-sighting extends to the later
-  expiry and never shortens; only manual blocks can be permanent. A network
-  already blocked by a broader entry that says at least as much changes
-  nothing; otherwise the new entry carries what the broader ones say of it
-  (one entry per network holds the whole meaning of that network).
-* extend (manual schema): every blocked address of the range is blocked at
-  least until the new expiry, and the range records the source; never
+  ("The policy is the state store"); a re-sighting extends the source's
+  claim to the later expiry and the higher severity, never less; only
+  manual blocks can be permanent. A source has one claim on an address
+  ("Each source keeps its own claim"), so a block also merges its claim
+  into the source's claims on narrower entries inside the network. A network whose broader entry already
+  holds the source's claim at least as long and as heavy (and a strike
+  record at least as far) changes nothing; otherwise its own entry takes the
+  claim, or a new entry holds what the broader ones claim of it plus the
+  claim (one entry per network holds the whole meaning of that network).
+* extend (manual schema): every blocked address of the range is blocked by
+  the extender at least until the new expiry: its claim there (an entry's
+  own, else a broader entry's) moves later, as heavy as it was, else a new
+  claim at the lowest severity; other sources' claims are unchanged; never
   shortens; a range nothing blocks is refused.
-* unblock (manual schema): a manual unblock lifts every block on the range
-  from every source, a broader block split around it; a feed's withdrawal
-  (snapshot, revoked) lifts only that feed's claim, the same way.
-* snapshot feeds ("Snapshot feeds"): the feed's entries that the new list no
-  longer covers lose the feed's claim, then the list is blocked.
+* unblock (manual schema): a manual unblock lifts every claim on the range
+  from every source, a broader entry split around it; a feed's withdrawal
+  (snapshot, revoked) lifts only that feed's claims, the same way: the
+  other sources keep their own expiry and severity.
+* snapshot feeds ("Snapshot feeds"): the entries holding the feed's claim
+  that the new list no longer covers lose it, then the list is blocked.
 * guards ("Guards"): a block or extend overlapping a special-purpose range
   or the allowlist, or broader than the kind's minimum prefix, is refused
   whole; single IPv6 addresses of detectors and alerts widen to /64;
   unblocks always pass.
-* escalation ("Repeat offenders' TTL escalates").
-* expiry: an entry whose expiry has passed is not live; cleanup drops it.
+* escalation ("Repeat offenders' TTL escalates"): the strike rule reads the
+  entry's record (its own, else its supernets' folded); the record stays
+  with the entry, never later than its latest expiry; a permanent entry
+  keeps none.
+* expiry: a claim whose expiry has passed is gone, before anything else; an
+  entry with no live claim is gone; cleanup drops them.
 * capacity ("The rule quota full", Runbook): the model does not pack, so it
   cannot know how many rules the band needs; it is told what was evicted
-  and checks the order (never manual; lowest severity, soonest expiry first).
+  and checks the order (never manual; lowest severity, then soonest expiry,
+  of an entry's live claims, first). A claim that a broader entry already
+  holds for the same source changes no address's meaning, so the band may
+  keep it in an entry or not (a compaction drops copies; two writers may
+  add both at once; the model's own order of blocks decides whether it made
+  one), and packing may aggregate narrower entries into a broader one:
+  eviction is compared with such claims merged in (``evict``,
+  ``eviction_view``).
+
+The model knows nothing of descriptions (an entry that does not fit one is
+written as several records, "The policy is the state store").
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 MANUAL = "manual"
-FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
+LOWEST = 1  # the lowest severity (low)
 
 
-@dataclass(frozen=True)
-class Claim:
-    expiry: datetime | None  # None: permanent
+class Claim(NamedTuple):
+    """One source's claim: until ``expiry`` (None: permanent), this heavy."""
+
+    expiry: datetime | None
     severity: int
-    sources: frozenset[str]
-    strikes: int = 0
-    bucket: datetime | None = None  # publish-time bucket of the last escalating sighting
-    # The known defect (test_band_machine.py, test_a_withdrawal_does_not_depend_on_aggregation):
-    # after a withdrawal the band may keep the withdrawn claim's expiry and
-    # severity on what it had aggregated with it. ``hi`` and ``sev_hi`` bound
-    # what the band may say; both equal expiry and severity until a withdrawal.
-    hi: datetime | None = None  # set by __post_init__: never before the expiry (FOREVER: permanent)
-    sev_hi: int = 0
-
-    def __post_init__(self) -> None:
-        floor = FOREVER if self.expiry is None else self.expiry
-        object.__setattr__(self, "hi", floor if self.hi is None else max(self.hi, floor))
-        object.__setattr__(self, "sev_hi", max(self.sev_hi, self.severity))
 
     def live(self, now: datetime) -> bool:
         return self.expiry is None or self.expiry > now
 
-    def may_live(self, now: datetime) -> bool:
-        assert self.hi is not None
-        return self.hi > now
+
+Claims = Mapping[str, Claim]
 
 
 def later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -84,14 +97,133 @@ def latest_bucket(a: datetime | None, b: datetime | None) -> datetime | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def merge(a: Claim, b: Claim) -> Claim:
-    return Claim(later(a.expiry, b.expiry), max(a.severity, b.severity), a.sources | b.sources,
-                 max(a.strikes, b.strikes), latest_bucket(a.bucket, b.bucket), max(a.hi or FOREVER, b.hi or FOREVER), max(a.sev_hi, b.sev_hi))
+def stronger(a: Claim, b: Claim) -> Claim:
+    """Two claims of one source merged: the later expiry, the higher severity."""
+    return Claim(later(a.expiry, b.expiry), max(a.severity, b.severity))
 
 
-def says_at_least(have: Claim, want: Claim) -> bool:
-    """``have`` already says everything ``want`` says."""
-    return merge(have, want) == have
+def holds(have: Claim, want: Claim) -> bool:
+    """``have`` lasts at least as long as ``want`` and weighs at least as much."""
+    return stronger(have, want) == have
+
+
+def merge_claims(a: Claims, b: Claims) -> dict[str, Claim]:
+    """Per source, the stronger of the two claims."""
+    out = dict(a)
+    for s, c in b.items():
+        out[s] = stronger(out[s], c) if s in out else c
+    return out
+
+
+def until(claims: Claims) -> datetime | None:
+    """The latest expiry of some claims (None: one is permanent)."""
+    return None if any(c.expiry is None for c in claims.values()) else max(c.expiry for c in claims.values())  # type: ignore[type-var]
+
+
+def rank(claims: Claims) -> tuple[int, float]:
+    """Eviction order: lowest highest-severity first, then soonest latest expiry."""
+    last = until(claims)
+    return (max(c.severity for c in claims.values()), math.inf if last is None else last.timestamp())
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One blocked network: a claim per source and one strike record.
+    Never mutated: changes build a new one (``normal`` keeps the record's
+    rules: none on a permanent entry, never later than the latest expiry)."""
+
+    claims: dict[str, Claim]
+    strikes: int = 0
+    bucket: datetime | None = None  # publish-time bucket of the last escalating sighting
+
+    @property
+    def expiry(self) -> datetime | None:
+        return until(self.claims)
+
+    @property
+    def severity(self) -> int:
+        return max(c.severity for c in self.claims.values())
+
+    @property
+    def sources(self) -> frozenset[str]:
+        return frozenset(self.claims)
+
+    def with_claims(self, claims: Claims) -> Entry | None:
+        """This entry holding ``claims`` (its record kept, clamped); None when empty."""
+        if not claims:
+            return None
+        expiry = until(claims)
+        if expiry is None:
+            return Entry(dict(claims))
+        bucket = self.bucket if self.bucket is None or self.bucket <= expiry else expiry
+        return Entry(dict(claims), self.strikes, bucket)
+
+    def live(self, now: datetime) -> Entry | None:
+        """Without the claims that ended by ``now``; None when none is left."""
+        if all(c.live(now) for c in self.claims.values()):
+            return self
+        return self.with_claims({s: c for s, c in self.claims.items() if c.live(now)})
+
+    def without(self, source: str) -> Entry | None:
+        """A withdrawal: a manual one takes every claim, another source only its own."""
+        if source == MANUAL:
+            return None
+        if source not in self.claims:
+            return self
+        return self.with_claims({s: c for s, c in self.claims.items() if s != source})
+
+
+def normal(claims: Claims, strikes: int, bucket: datetime | None) -> Entry:
+    e = Entry(dict(claims), strikes, bucket)
+    out = e.with_claims(claims)
+    assert out is not None
+    return out
+
+
+def merge(a: Entry, b: Entry) -> Entry:
+    """Two entries of one network: claims merged per source; the most
+    strikes and the latest bucket."""
+    return normal(merge_claims(a.claims, b.claims), max(a.strikes, b.strikes), latest_bucket(a.bucket, b.bucket))
+
+
+def fold(entries: Iterable[Entry]) -> Entry | None:
+    out: Entry | None = None
+    for e in entries:
+        out = e if out is None else merge(out, e)
+    return out
+
+
+def record_holds(have: Entry, want: Entry) -> bool:
+    """``have``'s strike record is at least as far as ``want``'s; a permanent
+    entry keeps none and never strikes, so any record is moot there."""
+    return have.expiry is None or (have.strikes >= want.strikes and latest_bucket(have.bucket, want.bucket) == have.bucket)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the band means for one address: each source's live claim
+    (merged over the entries that cover the address)."""
+
+    claims: dict[str, Claim]
+
+    @property
+    def expiry(self) -> datetime | None:
+        return until(self.claims)
+
+    @property
+    def severity(self) -> int:
+        return max(c.severity for c in self.claims.values())
+
+    @property
+    def sources(self) -> frozenset[str]:
+        return frozenset(self.claims)
+
+    def __str__(self) -> str:
+        def when(e: datetime | None) -> str:
+            return "never" if e is None else e.strftime("%d %H:%M")
+
+        each = ", ".join(f"{s} {when(c.expiry)} v{c.severity}" for s, c in sorted(self.claims.items()))
+        return f"until {when(self.expiry)} v{self.severity} [{each}]"
 
 
 def round_up(moment: datetime, step: timedelta) -> datetime:
@@ -115,56 +247,52 @@ class Kind:
     max_ttl: timedelta = timedelta(days=365)
 
 
+def _within(n: Network, net: Network) -> bool:
+    return n.version == net.version and n.subnet_of(net)  # type: ignore[arg-type]
+
+
+def _strictly_covers(n: Network, net: Network) -> bool:
+    return n != net and _within(net, n)
+
+
 @dataclass
 class Reference:
     granularity: timedelta
     kinds: dict[str, Kind]
     allowlist: tuple[Network, ...]
     special: tuple[Network, ...]
-    entries: dict[Network, Claim] = field(default_factory=dict)
+    entries: dict[Network, Entry] = field(default_factory=dict)
 
     # -- reading -------------------------------------------------------------
 
-    def live(self, now: datetime) -> dict[Network, Claim]:
-        return {n: c for n, c in self.entries.items() if c.live(now)}
+    def live(self, now: datetime) -> dict[Network, Entry]:
+        """The entries with their live claims only."""
+        out = {}
+        for n, e in self.entries.items():
+            if (kept := e.live(now)) is not None:
+                out[n] = kept
+        return out
 
-    def answer(self, address: Address, now: datetime) -> Claim | None:
-        """What the band means for one address: None, or the union of the
-        live entries that cover it (strike records left out)."""
-        found = [c for n, c in self.live(now).items() if n.version == address.version and address in n]
-        if not found:
-            return None
-        out = found[0]
-        for c in found[1:]:
-            out = merge(out, c)
-        return Claim(out.expiry, out.severity, out.sources)
+    def answer(self, address: Address, now: datetime) -> Answer | None:
+        """What the band means for one address: None (not blocked), or the
+        live claims of the entries that cover it, merged per source."""
+        claims: dict[str, Claim] = {}
+        for n, e in self.live(now).items():
+            if n.version == address.version and address in n:
+                claims = merge_claims(claims, e.claims)
+        return Answer(claims) if claims else None
 
-    def bounds(self, address: Address, now: datetime) -> tuple[Claim | None, Claim | None]:
-        """What the band must say of one address (the live entries that cover
-        it), and the most it may say (with what the known defect may leave
-        behind: ``Claim.hi``, ``sev_hi``)."""
-        covering = [c for n, c in self.entries.items() if n.version == address.version and address in n]
-        must = [c for c in covering if c.live(now)]
-        may = [c for c in covering if c.may_live(now)]
+    def _covers(self, net: Network) -> list[Entry]:
+        """Entries of strict supernets of ``net`` (call after ``_forget_expired``)."""
+        return [e for n, e in self.entries.items() if _strictly_covers(n, net)]
 
-        def union(cs: list[Claim]) -> Claim | None:
-            if not cs:
-                return None
-            out = cs[0]
-            for c in cs[1:]:
-                out = merge(out, c)
-            return out
+    def _inside(self, net: Network) -> list[Network]:
+        """Networks with an entry inside ``net`` (``net`` included)."""
+        return [n for n in self.entries if _within(n, net)]
 
-        return union(must), union(may)
-
-    def _covers(self, net: Network, now: datetime) -> list[Claim]:
-        """Live entries of strict supernets of ``net``."""
-        return [c for n, c in self.live(now).items()
-                if n.version == net.version and n != net and net.subnet_of(n)]  # type: ignore[arg-type]
-
-    def _inside(self, net: Network, now: datetime) -> list[Network]:
-        """Live entries of ``net`` and its subnets."""
-        return [n for n, c in self.live(now).items() if n.version == net.version and n.subnet_of(net)]  # type: ignore[arg-type]
+    def _put(self, net: Network, e: Entry) -> None:
+        """Adds ``e``; on an existing entry of that network, merges."""
+        self.entries[net] = merge(self.entries[net], e) if net in self.entries else e
 
     # -- guards --------------------------------------------------------------
 
@@ -173,7 +301,7 @@ class Reference:
         k = self.kinds[kind]
         if net.version == 6 and k.widen_v6_to is not None and net.prefixlen > k.widen_v6_to:
             net = net.supernet(new_prefix=k.widen_v6_to)
-        if any(s.version == net.version and s.overlaps(net) for s in self.special + self.allowlist):  # type: ignore[arg-type]
+        if any(s.version == net.version and s.overlaps(net) for s in self.special + self.allowlist):
             return None
         if net.prefixlen < (k.min_prefix_v4 if net.version == 4 else k.min_prefix_v6):
             return None
@@ -182,12 +310,12 @@ class Reference:
     # -- changes -------------------------------------------------------------
 
     def _forget_expired(self, now: datetime) -> None:
-        self.entries = {n: c for n, c in self.entries.items() if c.may_live(now)}
+        self.entries = self.live(now)
 
     def block(self, net: Network, kind: str, source: str, now: datetime, *, expiry: datetime | None,
               severity: int, seen: datetime | None = None, ttl: timedelta | None = None) -> bool:
         """A block; ``expiry`` None is permanent (manual only). ``seen`` and
-        ``ttl`` (publish time, base TTL) for kinds that escalate."""
+        ``ttl`` (publish time, base TTL) for kinds that escalate. False: refused."""
         self._forget_expired(now)
         if expiry is None and source != MANUAL:
             return False
@@ -195,29 +323,39 @@ class Reference:
             expiry = round_up(expiry, self.granularity)
             if expiry <= now:
                 return False
-        want = Claim(expiry, severity, frozenset({source}))
+        claim = Claim(expiry, severity)
+        strikes, bucket = 0, None
         k = self.kinds[kind]
         if k.escalate > 1 and expiry is not None and seen is not None and ttl is not None and ttl > timedelta(0):
-            want = self._escalate(net, want, seen, ttl, k, now)
-        covers = self._covers(net, now)
-        if any(says_at_least(c, want) for c in covers):
+            strikes, bucket, expiry = self._escalate(net, seen, ttl, k, expiry)
+            claim = Claim(expiry, severity)
+        want = normal({source: claim}, strikes, bucket)
+        covers = self._covers(net)
+        if any(source in c.claims and holds(c.claims[source], claim) and record_holds(c, want) for c in covers):
             return True
         if net in self.entries:
             self.entries[net] = merge(self.entries[net], want)
-            return True
-        for c in covers:
-            want = merge(c, want)
-        self.entries[net] = want
+        else:
+            self.entries[net] = merge(fold(covers) or want, want)
+        # One claim per source and address: the source's claims inside the
+        # network take this one in too.
+        mine = self.entries[net].claims[source]
+        for n in self._inside(net):
+            e = self.entries[n]
+            if n != net and source in e.claims:
+                kept = e.with_claims({**e.claims, source: stronger(e.claims[source], mine)})
+                assert kept is not None
+                self.entries[n] = kept
         return True
 
-    def _escalate(self, net: Network, want: Claim, seen: datetime, ttl: timedelta, k: Kind, now: datetime) -> Claim:
+    def _escalate(self, net: Network, seen: datetime, ttl: timedelta, k: Kind,
+                  expiry: datetime) -> tuple[int, datetime, datetime]:
+        """(strikes, bucket, expiry) of a sighting, from the record of the
+        network's entry, else of its supernets' entries folded."""
         bucket = round_down(seen, self.granularity)
-        base = self.entries.get(net)
-        if base is None:
-            for c in self._covers(net, now):
-                base = c if base is None else merge(base, c)
+        base = self.entries.get(net) or fold(self._covers(net))
         if base is None or base.expiry is None or base.bucket is None or bucket <= base.bucket:
-            return replace(want, strikes=0, bucket=bucket)  # first record, or no later bucket: no strike
+            return 0, bucket, expiry  # first record, permanent, or no later bucket: no strike
         strikes = base.strikes + 1
         cap = max(k.max_ttl, ttl).total_seconds()
         try:
@@ -225,104 +363,139 @@ class Reference:
         except OverflowError:
             scaled = math.inf
         longer = round_up(seen + timedelta(seconds=min(max(scaled, ttl.total_seconds()), cap)), self.granularity)
-        assert want.expiry is not None
-        return replace(want, expiry=max(longer, want.expiry), strikes=strikes, bucket=bucket)
+        return strikes, bucket, max(longer, expiry)
 
     def extend(self, net: Network, source: str, now: datetime, expiry: datetime) -> bool:
+        """False: refused (nothing blocked in or around ``net``)."""
         self._forget_expired(now)
         expiry = round_up(expiry, self.granularity)
         if expiry <= now:
             return False
-        inside, covers = self._inside(net, now), self._covers(net, now)
+        inside, covers = self._inside(net), self._covers(net)
         if not inside and not covers:
             return False  # not blocked
         if net not in self.entries and covers and not any(
-                later(c.expiry, expiry) == c.expiry and source in c.sources for c in covers):
-            own = covers[0]
-            for c in covers[1:]:
-                own = merge(own, c)
+                source in c.claims and later(c.claims[source].expiry, expiry) == c.claims[source].expiry for c in covers):
+            own = fold(covers)
+            assert own is not None
             self.entries[net] = own
             inside.append(net)
+        above = {n: self._above(n).get(source) for n in inside}  # before any change
         for n in inside:
-            c = self.entries[n]
-            self.entries[n] = replace(c, expiry=later(c.expiry, expiry), sources=c.sources | {source})
+            e = self.entries[n]
+            had = e.claims.get(source) or above[n]  # the source's claim on these addresses
+            if had is None:
+                new = Claim(expiry, LOWEST)
+            elif source not in e.claims and later(had.expiry, expiry) == had.expiry:
+                continue  # a broader entry holds it as long: these addresses keep their claim
+            else:
+                new = Claim(later(had.expiry, expiry), had.severity)
+            kept = e.with_claims({**e.claims, source: new})
+            assert kept is not None
+            self.entries[n] = kept
         return True
 
     def unblock(self, net: Network, source: str, now: datetime) -> None:
         """A manual unblock lifts every claim; another source only its own."""
         self._forget_expired(now)
-
-        def without(c: Claim) -> Claim | None:
-            if source == MANUAL or (source in c.sources and len(c.sources) == 1):
-                return None
-            return replace(c, sources=c.sources - {source})
-
-        withdrawn = [] if source == MANUAL else [
-            (n, c) for n, c in self.entries.items() if source in c.sources and n.version == net.version
-            and (n.subnet_of(net) or net.subnet_of(n))]  # type: ignore[arg-type]
-
-        for n in self._inside(net, now):
-            kept = without(self.entries.pop(n))
+        for n in self._inside(net):
+            kept = self.entries.pop(n).without(source)
             if kept is not None:
                 self.entries[n] = kept
-        # A broader entry holding the claim is split around the network.
-        for n in sorted((n for n in self.entries if n.version == net.version and n != net and net.subnet_of(n)),  # type: ignore[arg-type]
-                        key=lambda n: -n.prefixlen):
-            c = self.entries.get(n)
-            if c is None or (source != MANUAL and source not in c.sources):
+        # A broader entry holding the claim is split around the network: the
+        # parts keep every claim, the network every claim but the withdrawn.
+        for n in [n for n in self.entries if _strictly_covers(n, net)]:
+            e = self.entries[n]
+            kept = e.without(source)
+            if kept is e:
                 continue
             del self.entries[n]
-            parts: list[tuple[Network, Claim]] = [(p, c) for p in n.address_exclude(net)]  # type: ignore[arg-type]
-            kept = without(c)
+            for part in n.address_exclude(net):  # type: ignore[arg-type]
+                self._put(part, e)
             if kept is not None:
-                parts.append((net, kept))
-            for p, pc in parts:
-                self.entries[p] = merge(self.entries[p], pc) if p in self.entries else pc
-        # The known defect: what the band had aggregated with a withdrawn claim
-        # may keep its expiry and severity (never its source).
-        for w, wc in withdrawn:
-            for n, c in list(self.entries.items()):
-                if n.version == w.version and n.overlaps(w):  # type: ignore[arg-type]
-                    self.entries[n] = replace(c, hi=max(c.hi or FOREVER, wc.hi or FOREVER), sev_hi=max(c.sev_hi, wc.sev_hi))
+                self._put(net, kept)
 
     def snapshot(self, feed: str, listed: Iterable[Network], now: datetime) -> list[Network]:
         """The withdrawals of a snapshot of ``feed`` listing ``listed`` (already
-        screened): entries of the feed no listed network covers."""
+        screened): entries holding the feed's claim that no listed network covers."""
         self._forget_expired(now)
         nets = list(listed)
-        listed = [*ipaddress.collapse_addresses([n for n in nets if n.version == 4]),  # type: ignore[misc]
-                  *ipaddress.collapse_addresses([n for n in nets if n.version == 6])]  # type: ignore[misc]
-        gone = [n for n, c in self.entries.items() if feed in c.sources
+        listed = [*ipaddress.collapse_addresses([n for n in nets if n.version == 4]),
+                  *ipaddress.collapse_addresses([n for n in nets if n.version == 6])]
+        gone = [n for n, e in self.entries.items() if feed in e.claims
                 and not any(x.version == n.version and n.subnet_of(x) for x in listed)]  # type: ignore[arg-type]
         for n in sorted(gone, key=lambda n: (n.version, n.prefixlen)):  # all at once: broadest first
             self.unblock(n, feed, now)
         return gone
 
-    def evict(self, net: Network, claim: Claim) -> None:
-        """Told that the band evicted ``net`` (an aggregate of entries that
-        all say ``claim``): those entries go."""
-        for n in [n for n, c in self.entries.items() if n.version == net.version and n.subnet_of(net)  # type: ignore[arg-type]
-                  and (c.expiry, c.severity, c.sources) == (claim.expiry, claim.severity, claim.sources)]:
+    def _above(self, net: Network) -> dict[str, Claim]:
+        """The claims of the entries strictly covering ``net``, merged per source."""
+        out: dict[str, Claim] = {}
+        for e in self._covers(net):  # after _forget_expired: live
+            out = merge_claims(out, e.claims)
+        return out
+
+    def evict(self, net: Network, claims: Claims, now: datetime, loose: bool = False) -> list[Network]:
+        """Told that the band evicted ``net`` (an aggregate of entries whose
+        live claims are ``claims``): those entries go. Returns the networks
+        dropped.
+
+        An entry may hold, or not, a claim that a broader entry already
+        holds for the same source (a copy a compaction drops, or that two
+        writers added at once), so entries are compared with the claims of
+        the entries above ``net`` merged in. ``loose``: the stateful test
+        does not hold the band to the model there (an earlier eviction), so
+        only the sources must agree."""
+        self._forget_expired(now)
+        above = self._above(net)
+        theirs = merge_claims(claims, above)
+
+        def matches(e: Entry) -> bool:
+            mine = merge_claims(e.claims, above)
+            for s in set(e.claims) | set(claims):
+                if s in claims:
+                    if s not in mine or (mine[s] != theirs[s] and not loose):
+                        return False
+                elif not (s in above and holds(above[s], e.claims[s])):
+                    return False
+            return True
+
+        gone = [n for n, e in self.entries.items() if _within(n, net) and matches(e)]
+        for n in gone:
             del self.entries[n]
+        return gone
+
+    def eviction_view(self, now: datetime) -> dict[Network, dict[str, Claim]]:
+        """Each live entry as eviction may rank it at most: with the claims of
+        the entries above it and inside it merged in. The band may hold
+        copies of a broader entry's claims in it, and packing aggregates
+        narrower entries of equal claims into a network that may be this
+        one's, where they merge with it; a manual claim among them may
+        protect it."""
+        self._forget_expired(now)
+        out = {}
+        for n, e in self.entries.items():
+            claims = merge_claims(e.claims, self._above(n))
+            for m in self._inside(n):
+                claims = merge_claims(claims, self.entries[m].claims)
+            out[n] = claims
+        return out
 
     def cleanup(self, now: datetime) -> None:
         self._forget_expired(now)
 
 
-def eviction_order_holds(evicted: list[Claim], kept: Iterable[Claim]) -> str:
-    """'' when the evicted claims all come before every kept non-manual
-    claim in the eviction order (lowest severity, then soonest expiry), and
-    none is manual; else why not."""
-    if any(MANUAL in c.sources for c in evicted):
+def eviction_order_holds(evicted: list[Claims], kept: Iterable[Claims]) -> str:
+    """'' when the evicted entries (their live claims) all come before every
+    kept entry without a manual claim in the eviction order (lowest
+    highest-severity, then soonest latest expiry), and none holds a manual
+    claim; else why not."""
+    if any(MANUAL in c for c in evicted):
         return "a manual block was evicted"
-
-    def rank(c: Claim) -> tuple[int, float]:
-        return (c.severity, math.inf if c.expiry is None else c.expiry.timestamp())
-
     if not evicted:
         return ""
     worst = max(rank(c) for c in evicted)
     for c in kept:
-        if MANUAL not in c.sources and rank(c) < worst:
-            return f"kept {c} ranks before an evicted claim {worst}"
+        if MANUAL not in c and rank(c) < worst:
+            return f"kept {Answer(dict(c))} ranks {rank(c)}, before an evicted entry's {worst}"
     return ""
