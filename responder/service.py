@@ -729,10 +729,7 @@ class Responder:
                     # fails: make room first with the plan's removals that uncover nothing,
                     # then let each add take over a rule the plan removes, where that
                     # uncovers nothing either.
-                    whole = plan
-                    plan = self._remove_early(plan, band, lease, outcome)
-                    gone = {op.before.priority for op in whole.ops if isinstance(op, Remove)} - {
-                        op.before.priority for op in plan.ops if isinstance(op, Remove)}
+                    plan, gone = self._remove_early(plan, band, lease, outcome)
                     plan = planner.within_quota(plan, band, gone)
                     if capped:
                         plan = self._squeeze(plan, band, gone, intents, now, capacity, compact, _seed(event, attempt))
@@ -769,11 +766,12 @@ class Responder:
                 band)
         return plan
 
-    def _remove_early(self, plan: Plan, band: Band, lease: Lease, outcome: Outcome) -> Plan:
+    def _remove_early(self, plan: Plan, band: Band, lease: Lease, outcome: Outcome) -> tuple[Plan, set[int]]:
         """Does now the plan's removals of rules that no live entry needs:
         expired rules, and copies whose every range other rules give the
         same entry (as the band reads back). Nothing is uncovered, so this
-        is safe with writers appending meanwhile. Returns the rest of the plan."""
+        is safe with writers appending meanwhile. Returns the rest of the
+        plan and the priorities removed."""
         now = self.clock()
         tag = self.settings.band.owner_tag
         want = band.entries(now)
@@ -798,10 +796,10 @@ class Responder:
                 gone.add(rule.priority)
                 outcome.ops += 1
         if not gone:
-            return plan
+            return plan, gone
         log.info("quota full: removed %d band rule(s) no entry needs before reconciling", len(gone))
         rest = tuple(op for op in plan.ops if not (isinstance(op, Remove) and op.before.priority in gone))
-        return replace(plan, ops=rest)
+        return replace(plan, ops=rest), gone
 
     def _dry_reconcile(
         self, band: Band, intents: Sequence[Intent], event: EventRef, now: datetime, outcome: Outcome, *, compact: bool

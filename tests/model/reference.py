@@ -126,15 +126,11 @@ def rank(claims: Claims) -> tuple[int, float]:
     return (max(c.severity for c in claims.values()), math.inf if last is None else last.timestamp())
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One blocked network: a claim per source and one strike record.
-    Never mutated: changes build a new one (``normal`` keeps the record's
-    rules: none on a permanent entry, never later than the latest expiry)."""
+class _Claimed:
+    """What some live claims say together: until the latest expiry, at the
+    highest severity, from their sources."""
 
-    claims: dict[str, Claim]
-    strikes: int = 0
-    bucket: datetime | None = None  # publish-time bucket of the last escalating sighting
+    claims: Claims
 
     @property
     def expiry(self) -> datetime | None:
@@ -147,6 +143,18 @@ class Entry:
     @property
     def sources(self) -> frozenset[str]:
         return frozenset(self.claims)
+
+
+@dataclass(frozen=True)
+class Entry(_Claimed):
+    """One blocked network: a claim per source and one strike record.
+    Never mutated: changes build a new one (``normal`` keeps the record's
+    rules: none on a permanent entry, never later than the latest expiry)."""
+
+    claims: dict[str, Claim]
+    strikes: int = 0
+    bucket: datetime | None = None  # publish-time bucket of the last escalating sighting
+
 
     def with_claims(self, claims: Claims) -> Entry | None:
         """This entry holding ``claims`` (its record kept, clamped); None when empty."""
@@ -200,23 +208,12 @@ def record_holds(have: Entry, want: Entry) -> bool:
 
 
 @dataclass(frozen=True)
-class Answer:
+class Answer(_Claimed):
     """What the band means for one address: each source's live claim
     (merged over the entries that cover the address)."""
 
     claims: dict[str, Claim]
 
-    @property
-    def expiry(self) -> datetime | None:
-        return until(self.claims)
-
-    @property
-    def severity(self) -> int:
-        return max(c.severity for c in self.claims.values())
-
-    @property
-    def sources(self) -> frozenset[str]:
-        return frozenset(self.claims)
 
     def __str__(self) -> str:
         def when(e: datetime | None) -> str:
